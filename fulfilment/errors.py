@@ -1,0 +1,87 @@
+"""Failure classes of order completion.
+
+Every fault a step can meet is raised as one `StepError` carrying an `ErrorClass`. The class says
+whether a retry can help, which health check watches the dependency (so a retry can wait for that
+check to turn green instead of spending attempts) and which of the shop's six runbook issues it is.
+Inner code raises; the pipeline is the one boundary that catches, records and schedules.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ErrorPolicy:
+    retryable: bool
+    gated: bool  # retries wait for `checks` to be green without spending attempts
+    checks: tuple[str, ...]
+    runbook: str
+
+
+class ErrorClass(str, enum.Enum):
+    S3_AUTH = "s3_auth"
+    S3_UNAVAILABLE = "s3_unavailable"
+    S3_MISSING_FILE = "s3_missing_file"
+    ASSET_MISSING = "asset_missing"
+    RENDER_ERROR = "render_error"
+    EMAIL_AUTH = "email_auth"
+    EMAIL_REJECTED = "email_rejected"
+    EMAIL_TRANSIENT = "email_transient"
+    DATABASE = "database"
+    RESOURCES = "resources"
+    PAYMENT_UNVERIFIED = "payment_unverified"
+    PAYMENT_TRANSIENT = "payment_transient"
+    BAD_INPUT = "bad_input"
+
+    @property
+    def policy(self) -> ErrorPolicy:
+        return _POLICIES[self]
+
+    @property
+    def retryable(self) -> bool:
+        return self.policy.retryable
+
+
+_S3 = "1 S3 permission denied"
+_FILES = "2 S3 files missing"
+_PDF = "3 PDF generation failing"
+_EMAIL = "4 email sending failing"
+_DB = "5 database error"
+_RES = "6 memory/resource issues"
+
+_POLICIES: dict[ErrorClass, ErrorPolicy] = {
+    ErrorClass.S3_AUTH: ErrorPolicy(True, True, ("s3",), _S3),
+    # Endpoint unreachable, 5xx or throttled: same check, same wait, but not a credentials fault.
+    ErrorClass.S3_UNAVAILABLE: ErrorPolicy(True, True, ("s3",), _S3),
+    ErrorClass.S3_MISSING_FILE: ErrorPolicy(False, False, ("orders",), _FILES),
+    ErrorClass.ASSET_MISSING: ErrorPolicy(True, True, ("assets",), _PDF),
+    ErrorClass.RENDER_ERROR: ErrorPolicy(True, True, ("assets",), _PDF),
+    ErrorClass.EMAIL_AUTH: ErrorPolicy(True, True, ("sendgrid",), _EMAIL),
+    # SendGrid refused this message (bad recipient, 400/413): resending the same one cannot help.
+    ErrorClass.EMAIL_REJECTED: ErrorPolicy(False, False, ("sendgrid",), _EMAIL),
+    ErrorClass.EMAIL_TRANSIENT: ErrorPolicy(True, False, ("sendgrid",), _EMAIL),
+    ErrorClass.DATABASE: ErrorPolicy(True, False, ("database",), _DB),
+    ErrorClass.RESOURCES: ErrorPolicy(True, True, ("disk", "memory"), _RES),
+    ErrorClass.PAYMENT_UNVERIFIED: ErrorPolicy(False, False, ("stripe",), "-"),
+    # Stripe unreachable, 429 or 5xx: the payment is not known to be bad, so ask again later.
+    ErrorClass.PAYMENT_TRANSIENT: ErrorPolicy(True, False, ("stripe",), "-"),
+    ErrorClass.BAD_INPUT: ErrorPolicy(False, False, ("stripe",), "-"),
+}
+
+
+class StepError(Exception):
+    """A classified failure of one completion step; the message is safe to store and show."""
+
+    def __init__(self, error_class: ErrorClass, message: str) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.message = message
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        # Renders run in a process pool: the error must survive pickling with its class.
+        return (StepError, (self.error_class, self.message))
+
+    def __repr__(self) -> str:
+        return f"StepError({self.error_class.value}, {self.message!r})"
