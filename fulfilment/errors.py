@@ -34,6 +34,7 @@ class ErrorClass(str, enum.Enum):
     PAYMENT_UNVERIFIED = "payment_unverified"
     PAYMENT_TRANSIENT = "payment_transient"
     BAD_INPUT = "bad_input"
+    INTERNAL = "internal"  # an unexpected exception: a bug, retried with backoff, never silent
 
     @property
     def policy(self) -> ErrorPolicy:
@@ -68,6 +69,7 @@ _POLICIES: dict[ErrorClass, ErrorPolicy] = {
     # Stripe unreachable, 429 or 5xx: the payment is not known to be bad, so ask again later.
     ErrorClass.PAYMENT_TRANSIENT: ErrorPolicy(True, False, ("stripe",), "-"),
     ErrorClass.BAD_INPUT: ErrorPolicy(False, False, ("stripe",), "-"),
+    ErrorClass.INTERNAL: ErrorPolicy(True, False, (), "-"),
 }
 
 

@@ -1,0 +1,161 @@
+"""The `orders` table (the contract with the shop's web API) and each order's story, `order_events`.
+
+Schema changes go through Alembic migrations in `healer/migrations`; these classes describe the
+head revision and must stay in step with it (a test compares them).
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    Uuid,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on both PostgreSQL (timestamptz) and SQLite (which drops the offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@contextmanager
+def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work: committed when the block ends, rolled back if it raises."""
+    with sessions() as session, session.begin():
+        yield session
+
+
+class OrderStatus(str, enum.Enum):
+    PENDING_PAYMENT = "pending_payment"
+    PAID = "paid"
+    FILES_MIGRATED = "files_migrated"
+    PDF_RENDERED = "pdf_rendered"
+    COMPLETED = "completed"
+    NEEDS_ATTENTION = "needs_attention"
+    REFUNDED = "refunded"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (OrderStatus.COMPLETED, OrderStatus.REFUNDED)
+
+
+class Step(str, enum.Enum):
+    VERIFY_PAYMENT = "verify_payment"
+    MIGRATE_FILES = "migrate_files"
+    RENDER = "render"
+    EMAIL = "email"
+
+
+class Outcome(str, enum.Enum):
+    OK = "ok"
+    FAILED = "failed"  # retry scheduled
+    GAVE_UP = "gave_up"  # order moved to needs_attention
+    WAITING = "waiting"  # gated on a failing check; no attempt spent
+    REQUEUED = "requeued"  # an operator or the daemon put it back in the queue
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Order(Base):
+    __tablename__ = "orders"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    status: Mapped[str] = mapped_column(
+        String(32), default=OrderStatus.PENDING_PAYMENT.value, server_default="pending_payment"
+    )
+    email: Mapped[str] = mapped_column(String(320))
+    session_token: Mapped[str | None] = mapped_column(String(128))
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255))
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+    template: Mapped[str] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(Text, default="", server_default="")
+    subtitle: Mapped[str] = mapped_column(Text, default="", server_default="")
+    photo_key: Mapped[str | None] = mapped_column(String(1024))
+    audio_key: Mapped[str | None] = mapped_column(String(1024))
+    waveform_key: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, server_default=func.now())
+    paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    payment_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    final_pdf_key: Mapped[str | None] = mapped_column(String(1024))
+    download_token: Mapped[str | None] = mapped_column(String(64), unique=True)
+    email_message_id: Mapped[str | None] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error_step: Mapped[str | None] = mapped_column(String(32))
+    last_error_class: Mapped[str | None] = mapped_column(String(32))
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_orders_due", "next_attempt_at"),
+        Index("ix_orders_status", "status"),
+        Index("ix_orders_payment_intent", "stripe_payment_intent_id"),
+    )
+
+    @property
+    def order_status(self) -> OrderStatus:
+        return OrderStatus(self.status)
+
+
+class OrderEvent(Base):
+    """One row per step attempt (or queue decision): the order's story."""
+
+    __tablename__ = "order_events"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    order_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("orders.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    step: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(16))
+    duration_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    error_class: Mapped[str | None] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text, default="")
+    worker: Mapped[str | None] = mapped_column(String(128))

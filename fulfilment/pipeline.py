@@ -1,0 +1,570 @@
+"""Order completion as a durable state machine.
+
+`status` is the last durable milestone. Each step is idempotent, runs outside any database
+transaction, and its result (new status + one `order_events` row) is committed in one transaction
+guarded by the lease, so a worker that lost its lease can never overwrite another's progress.
+Work is claimed with a compare-and-set UPDATE (owner + expiry): several daemons can share one
+database, and an order held by a dead worker is picked up again once its lease expires.
+
+This module is the one boundary where step failures are caught, classified and scheduled.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import PurePosixPath
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from fulfilment.errors import ErrorClass, StepError
+from fulfilment.mailer import Mailer, download_email
+from fulfilment.models import Order, OrderEvent, OrderStatus, Outcome, Step, transaction, utcnow
+from fulfilment.payments import Payments
+from fulfilment.render import PosterInputs
+from fulfilment.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+# A status and the step that moves an order on from it.
+NEXT_STEP: dict[OrderStatus, Step] = {
+    OrderStatus.PENDING_PAYMENT: Step.VERIFY_PAYMENT,
+    OrderStatus.PAID: Step.MIGRATE_FILES,
+    OrderStatus.FILES_MIGRATED: Step.RENDER,
+    OrderStatus.PDF_RENDERED: Step.EMAIL,
+}
+# Where an order stands again when a given step is retried after `needs_attention`.
+STATUS_BEFORE: dict[Step, OrderStatus] = {step: status for status, step in NEXT_STEP.items()}
+ACTIVE = tuple(s.value for s in NEXT_STEP)
+
+# The health checks each step depends on: while one is failing, the step waits (no attempt spent).
+STEP_CHECKS: dict[Step, tuple[str, ...]] = {
+    Step.VERIFY_PAYMENT: ("stripe",),
+    Step.MIGRATE_FILES: ("s3",),
+    Step.RENDER: ("s3", "assets", "disk", "memory"),
+    Step.EMAIL: ("sendgrid",),
+}
+
+MAX_PHOTO_BYTES = 60 * 1024 * 1024
+MAX_AUDIO_BYTES = 250 * 1024 * 1024
+MAX_WAVEFORM_BYTES = 20 * 1024 * 1024
+
+# Returns why a step must wait ("s3 failing: access denied"), or None to go ahead.
+Gate = Callable[[tuple[str, ...]], str | None]
+RenderFn = Callable[[PosterInputs], bytes]
+
+
+def never_gated(_checks: tuple[str, ...]) -> str | None:
+    return None
+
+
+class OrderNotFound(LookupError):
+    pass
+
+
+class PaymentNotSucceeded(Exception):
+    """Stripe says the order's payment did not succeed; nothing will be fulfilled."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 10
+    base_seconds: float = 30.0
+    max_seconds: float = 1800.0
+
+    def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+        """Exponential backoff with equal jitter: half the delay fixed, half random, capped."""
+        ceiling = min(self.max_seconds, self.base_seconds * 2 ** max(0, attempt - 1))
+        return ceiling / 2 + rng() * ceiling / 2
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step did; `healer` turns these into metrics."""
+
+    order_id: uuid.UUID
+    step: Step
+    outcome: Outcome
+    duration_seconds: float
+    status: OrderStatus
+    error_class: ErrorClass | None = None
+    message: str = ""
+    completion_latency_seconds: float | None = None  # paid to emailed, on the email step
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A finished step: the milestone reached, the columns to set, and a line for the story."""
+
+    status: OrderStatus
+    values: dict[str, object]
+    message: str
+
+
+def permanent_key(order_id: uuid.UUID, kind: str, temp_key: str) -> str:
+    suffix = PurePosixPath(temp_key).suffix.lower()[:10]
+    return f"orders/{order_id}/{kind}{suffix}"
+
+
+def final_pdf_key(order_id: uuid.UUID) -> str:
+    return f"pdfs/final_{order_id}.pdf"
+
+
+def mask_email(address: str) -> str:
+    local, _, domain = address.partition("@")
+    return f"{local[:1]}…@{domain}" if domain else "…"
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        store: ObjectStore,
+        payments: Payments,
+        mailer: Mailer,
+        render: RenderFn,
+        public_base_url: str,
+        retry: RetryPolicy,
+        lease_seconds: int,
+        gate: Gate = never_gated,
+        gate_wait_seconds: float = 15.0,
+        observe: Callable[[StepResult], None] = lambda _result: None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.sessions = sessions
+        self.store = store
+        self.payments = payments
+        self.mailer = mailer
+        self.render = render
+        self.public_base_url = public_base_url.rstrip("/")
+        self.retry_policy = retry
+        self.lease = timedelta(seconds=lease_seconds)
+        self.gate = gate
+        self.gate_wait = timedelta(seconds=gate_wait_seconds)
+        self.observe = observe
+        self.clock = clock
+
+    # -- queue ---------------------------------------------------------------------------------
+
+    def claim(self, owner: str, limit: int, exclude: Collection[uuid.UUID] = ()) -> list[uuid.UUID]:
+        """Lease up to `limit` due orders to `owner`, oldest due first."""
+        now = self.clock()
+        free = or_(
+            Order.lease_expires_at.is_(None),
+            Order.lease_expires_at < now,
+            Order.lease_owner == owner,  # our own, left by a step whose commit failed
+        )
+        with self._transaction() as session:
+            candidates = session.scalars(
+                select(Order.id)
+                .where(Order.status.in_(ACTIVE), Order.next_attempt_at <= now, free)
+                .order_by(Order.next_attempt_at)
+                .limit(limit + len(exclude))
+            ).all()
+        claimed: list[uuid.UUID] = []
+        for order_id in candidates:
+            if len(claimed) >= limit:
+                break
+            if order_id not in exclude and self._take_lease(order_id, owner, free, now):
+                claimed.append(order_id)
+        return claimed
+
+    def _take_lease(self, order_id: uuid.UUID, owner: str, free: object, now: datetime) -> bool:
+        with self._transaction() as session:
+            taken = session.execute(
+                update(Order)
+                .where(Order.id == order_id, Order.status.in_(ACTIVE), free)  # type: ignore[arg-type]
+                .values(lease_owner=owner, lease_expires_at=now + self.lease)
+            )
+            return bool(taken.rowcount == 1)  # type: ignore[attr-defined]
+
+    def claim_order(self, order_id: uuid.UUID, owner: str) -> bool:
+        """Lease one given order now, due or not (an operator's foreground `complete`)."""
+        now = self.clock()
+        free = or_(Order.lease_expires_at.is_(None), Order.lease_expires_at < now, Order.lease_owner == owner)
+        return self._take_lease(order_id, owner, free, now)
+
+    def request_completion(self, order_id: uuid.UUID) -> OrderStatus:
+        """The customer's 'complete my order': verify payment now if we can, then queue the rest.
+
+        Raises OrderNotFound, or PaymentNotSucceeded when Stripe says the payment is not good.
+        Whatever else goes wrong downstream, the order is queued and its status returned.
+        """
+        order = self.get(order_id)
+        status = order.order_status
+        if status is OrderStatus.REFUNDED:
+            raise PaymentNotSucceeded("the payment was refunded")
+        if status is OrderStatus.PENDING_PAYMENT:
+            status = self._verify_inline(order)
+        if status in NEXT_STEP:
+            self._enqueue(order_id, only_if_idle=True)
+        return status
+
+    def _verify_inline(self, order: Order) -> OrderStatus:
+        started = time.monotonic()
+        try:
+            done = self._verify_payment(order)
+        except StepError as error:
+            if error.error_class in (ErrorClass.PAYMENT_UNVERIFIED, ErrorClass.BAD_INPUT):
+                log.warning("Payment not succeeded for order %s: %s", order.id, error.message)
+                raise PaymentNotSucceeded(error.message) from error
+            log.warning("Payment check deferred for order %s: %s", order.id, error.message)
+            return OrderStatus.PENDING_PAYMENT  # unknown: the worker verifies with backoff
+        with self._transaction() as session:
+            moved = session.execute(
+                update(Order)
+                .where(Order.id == order.id, Order.status == OrderStatus.PENDING_PAYMENT.value)
+                .values(**done.values, status=done.status.value)
+            )
+            if moved.rowcount == 1:  # type: ignore[attr-defined]
+                self._add_event(session, order.id, Step.VERIFY_PAYMENT, Outcome.OK, started, done.message)
+        self.observe(StepResult(order.id, Step.VERIFY_PAYMENT, Outcome.OK, time.monotonic() - started, done.status))
+        return done.status
+
+    def requeue(self, order_id: uuid.UUID, reason: str) -> OrderStatus:
+        """Put an order back in the queue now; a `needs_attention` order resumes where it stopped."""
+        with self._transaction() as session:
+            order = session.get(Order, order_id, with_for_update=True)
+            if order is None:
+                raise OrderNotFound(str(order_id))
+            status = order.order_status
+            if status is OrderStatus.NEEDS_ATTENTION:
+                step = Step(order.last_error_step) if order.last_error_step else Step.VERIFY_PAYMENT
+                status = STATUS_BEFORE[step]
+                if step is Step.VERIFY_PAYMENT and order.paid_at is not None:
+                    status = OrderStatus.PAID
+            if status not in NEXT_STEP:
+                return status
+            order.status = status.value
+            order.attempts = 0
+            order.next_attempt_at = self.clock()
+            self._add_event(session, order_id, NEXT_STEP[status], Outcome.REQUEUED, None, reason)
+        log.info("Order %s re-queued at %s: %s", order_id, status.value, reason)
+        return status
+
+    def _enqueue(self, order_id: uuid.UUID, *, only_if_idle: bool) -> None:
+        condition = [Order.id == order_id, Order.status.in_(ACTIVE)]
+        if only_if_idle:  # do not cut a running backoff short because the customer clicked again
+            condition.append(Order.next_attempt_at.is_(None))
+        with self._transaction() as session:
+            session.execute(update(Order).where(*condition).values(next_attempt_at=self.clock()))
+
+    def get(self, order_id: uuid.UUID) -> Order:
+        with self.sessions() as session:
+            order = session.get(Order, order_id)
+            if order is None:
+                raise OrderNotFound(str(order_id))
+            return order
+
+    # -- running -------------------------------------------------------------------------------
+
+    def run(
+        self, order_id: uuid.UUID, owner: str, stopping: Callable[[], bool] = lambda: False
+    ) -> list[StepResult]:
+        """Run the order's remaining steps while we hold its lease; stop at the first failure.
+
+        When `stopping()` turns true (shutdown), the lease is handed back between two steps so
+        that another daemon can carry on at once instead of waiting for it to expire.
+        """
+        results: list[StepResult] = []
+        while True:
+            if stopping():
+                self.release(order_id, owner)
+                return results
+            result = self.run_step(order_id, owner)
+            if result is None:
+                return results
+            results.append(result)
+            if result.outcome is not Outcome.OK or result.status not in NEXT_STEP:
+                return results
+
+    def release(self, order_id: uuid.UUID, owner: str) -> None:
+        with self._transaction() as session:
+            session.execute(
+                update(Order)
+                .where(Order.id == order_id, Order.lease_owner == owner)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+
+    def run_step(self, order_id: uuid.UUID, owner: str) -> StepResult | None:
+        order = self.get(order_id)
+        if order.lease_owner != owner or order.order_status not in NEXT_STEP:
+            return None
+        step = NEXT_STEP[order.order_status]
+        if step is Step.VERIFY_PAYMENT and not self.payments.enabled:
+            pass  # verification disabled: nothing to wait for
+        elif (reason := self.gate(STEP_CHECKS[step])) is not None:
+            return self._wait(order, step, owner, reason)
+        started = time.monotonic()
+        try:
+            done = self._execute(step, order)
+        except StepError as error:
+            return self._fail(order, step, owner, started, error)
+        except SQLAlchemyError as error:
+            return self._fail(order, step, owner, started, StepError(ErrorClass.DATABASE, _one_line(error)))
+        except MemoryError:
+            return self._fail(order, step, owner, started, StepError(ErrorClass.RESOURCES, "out of memory"))
+        except Exception as error:  # a bug must not lose a paid order: record, back off, retry
+            log.exception("Unexpected error in step %s for order %s", step.value, order_id)
+            return self._fail(order, step, owner, started, StepError(ErrorClass.INTERNAL, _one_line(error)))
+        return self._succeed(order, step, owner, started, done)
+
+    def _execute(self, step: Step, order: Order) -> _Done:
+        return {
+            Step.VERIFY_PAYMENT: self._verify_payment,
+            Step.MIGRATE_FILES: self._migrate_files,
+            Step.RENDER: self._render,
+            Step.EMAIL: self._email,
+        }[step](order)
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _verify_payment(self, order: Order) -> _Done:
+        now = self.clock()
+        paid_at = order.paid_at or now
+        if not self.payments.enabled:
+            return _Done(OrderStatus.PAID, {"paid_at": paid_at}, "payment verification disabled")
+        payment = self.payments.verify(
+            order_id=str(order.id),
+            payment_intent_id=order.stripe_payment_intent_id or "",
+            amount_cents=order.amount_cents,
+            currency=order.currency,
+        )
+        log.info("Payment succeeded: %s for order %s", payment.payment_intent_id, order.id)
+        return _Done(
+            OrderStatus.PAID,
+            {"paid_at": paid_at, "payment_verified_at": now},
+            f"Payment succeeded: {payment.payment_intent_id} ({payment.amount_cents} {payment.currency})",
+        )
+
+    def _migrate_files(self, order: Order) -> _Done:
+        copied, skipped = [], []
+        for kind, temp_key in self._uploads(order):
+            target = permanent_key(order.id, kind, temp_key)
+            if self.store.exists(target):
+                skipped.append(kind)
+                continue
+            if kind == "waveform" and not self.store.exists(temp_key):
+                log.warning("Waveform %s missing for order %s: it will be regenerated", temp_key, order.id)
+                skipped.append("waveform (missing, regenerated at render)")
+                continue
+            self.store.copy(temp_key, target)
+            copied.append(kind)
+        log.info("File migration completed successfully for order %s", order.id)
+        detail = f"copied {', '.join(copied) or 'nothing'}"
+        if skipped:
+            detail += f"; already there or skipped: {', '.join(skipped)}"
+        return _Done(OrderStatus.FILES_MIGRATED, {}, detail)
+
+    def _uploads(self, order: Order) -> Iterator[tuple[str, str]]:
+        for kind in ("photo", "audio"):
+            key = getattr(order, f"{kind}_key")
+            if not key:
+                raise StepError(ErrorClass.BAD_INPUT, f"order has no {kind}_key")
+            yield kind, key
+        if order.waveform_key:
+            yield "waveform", order.waveform_key
+
+    def _render(self, order: Order) -> _Done:
+        assert order.photo_key and order.audio_key  # migrate_files guarantees both
+        photo = self.store.get(permanent_key(order.id, "photo", order.photo_key), MAX_PHOTO_BYTES)
+        audio_key = permanent_key(order.id, "audio", order.audio_key)
+        audio = self.store.get(audio_key, MAX_AUDIO_BYTES)
+        waveform = None
+        if order.waveform_key:
+            waveform_key = permanent_key(order.id, "waveform", order.waveform_key)
+            if self.store.exists(waveform_key):
+                waveform = self.store.get(waveform_key, MAX_WAVEFORM_BYTES)
+        inputs = PosterInputs(
+            template=order.template,
+            title=order.title,
+            subtitle=order.subtitle,
+            photo=photo,
+            waveform_image=waveform,
+            audio=audio,
+            audio_name=audio_key,
+        )
+        pdf = self.render(inputs)
+        key = final_pdf_key(order.id)
+        self.store.put(key, pdf, "application/pdf")
+        log.info("PDF generated: %s for order %s", key, order.id)
+        note = "" if waveform is not None else " (waveform drawn from the audio)"
+        return _Done(OrderStatus.PDF_RENDERED, {"final_pdf_key": key}, f"PDF generated: {key}{note}")
+
+    def _email(self, order: Order) -> _Done:
+        token = order.download_token or self._issue_download_token(order)
+        link = f"{self.public_base_url}/download/{token}"
+        email = download_email(to=order.email, title=order.title, link=link, order_id=str(order.id))
+        message_id = self.mailer.send(email)
+        # At-least-once: a crash between the provider's 202 and this commit resends the email.
+        now = self.clock()
+        log.info("Download email sent to %s for order %s", mask_email(order.email), order.id)
+        return _Done(
+            OrderStatus.COMPLETED,
+            {"email_message_id": message_id, "completed_at": now},
+            f"Download email sent to {mask_email(order.email)} (message {message_id})",
+        )
+
+    def _issue_download_token(self, order: Order) -> str:
+        # Committed before sending, so a resent email carries the same link as the first.
+        token = secrets.token_urlsafe(32)
+        with self._transaction() as session:
+            session.execute(
+                update(Order)
+                .where(Order.id == order.id, Order.download_token.is_(None))
+                .values(download_token=token)
+            )
+            stored = session.scalar(select(Order.download_token).where(Order.id == order.id))
+        return stored or token
+
+    # -- recording -----------------------------------------------------------------------------
+
+    def _succeed(
+        self, order: Order, step: Step, owner: str, started: float, done: _Done
+    ) -> StepResult | None:
+        now = self.clock()
+        values = dict(done.values)
+        values.update(
+            status=done.status.value,
+            attempts=0,
+            last_error_step=None,
+            last_error_class=None,
+            last_error=None,
+        )
+        if done.status in NEXT_STEP:
+            values.update(next_attempt_at=now, lease_expires_at=now + self.lease)
+        else:
+            values.update(next_attempt_at=None, lease_owner=None, lease_expires_at=None)
+        if not self._commit(order.id, owner, step, values, Outcome.OK, started, done.message):
+            return self._lost_lease(order.id, step)
+        latency = None
+        if done.status is OrderStatus.COMPLETED and order.paid_at is not None:
+            latency = (now - order.paid_at).total_seconds()
+        result = StepResult(order.id, step, Outcome.OK, time.monotonic() - started, done.status,
+                            message=done.message, completion_latency_seconds=latency)
+        self.observe(result)
+        return result
+
+    def _fail(
+        self, order: Order, step: Step, owner: str, started: float, error: StepError
+    ) -> StepResult | None:
+        attempts = order.attempts + 1
+        give_up = not error.error_class.retryable or attempts >= self.retry_policy.max_attempts
+        values: dict[str, object] = {
+            "attempts": attempts,
+            "last_error_step": step.value,
+            "last_error_class": error.error_class.value,
+            "last_error": error.message,
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
+        if give_up:
+            values.update(status=OrderStatus.NEEDS_ATTENTION.value, next_attempt_at=None)
+            outcome, status = Outcome.GAVE_UP, OrderStatus.NEEDS_ATTENTION
+            log.error("Order %s needs attention after %d attempt(s) at %s: %s: %s", order.id,
+                      attempts, step.value, error.error_class.value, error.message)
+        else:
+            delay = self.retry_policy.delay(attempts)
+            values["next_attempt_at"] = self.clock() + timedelta(seconds=delay)
+            outcome, status = Outcome.FAILED, order.order_status
+            log.warning("Step %s failed for order %s (attempt %d, retry in %.0fs): %s: %s", step.value,
+                        order.id, attempts, delay, error.error_class.value, error.message)
+        try:
+            committed = self._commit(order.id, owner, step, values, outcome, started, error.message,
+                                     error.error_class)
+        except SQLAlchemyError as db_error:
+            # The database itself is down: the lease expires and the step is retried then.
+            log.error("Could not record failure of %s for order %s: %s", step.value, order.id,
+                      _one_line(db_error))
+            committed = True
+        if not committed:
+            return self._lost_lease(order.id, step)
+        result = StepResult(order.id, step, outcome, time.monotonic() - started, status,
+                            error.error_class, error.message)
+        self.observe(result)
+        return result
+
+    def _wait(self, order: Order, step: Step, owner: str, reason: str) -> StepResult:
+        message = f"waiting: {reason}"
+        values = {
+            "next_attempt_at": self.clock() + self.gate_wait,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "last_error_step": step.value,
+            "last_error": message,
+        }
+        # One story line per distinct reason, not one per poll.
+        record = order.last_error != message
+        if record:
+            log.info("Order %s waits before %s: %s", order.id, step.value, reason)
+        self._commit(order.id, owner, step, values, Outcome.WAITING if record else None, None, message)
+        return StepResult(order.id, step, Outcome.WAITING, 0.0, order.order_status, message=message)
+
+    def _commit(
+        self,
+        order_id: uuid.UUID,
+        owner: str,
+        step: Step,
+        values: dict[str, object],
+        outcome: Outcome | None,
+        started: float | None,
+        message: str,
+        error_class: ErrorClass | None = None,
+    ) -> bool:
+        """Apply a step's result if we still hold the lease; False if someone else took over."""
+        with self._transaction() as session:
+            updated = session.execute(
+                update(Order).where(Order.id == order_id, Order.lease_owner == owner).values(**values)
+            )
+            if updated.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            if outcome is not None:
+                self._add_event(session, order_id, step, outcome, started, message, error_class, owner)
+        return True
+
+    def _add_event(
+        self,
+        session: Session,
+        order_id: uuid.UUID,
+        step: Step,
+        outcome: Outcome,
+        started: float | None,
+        message: str,
+        error_class: ErrorClass | None = None,
+        worker: str | None = None,
+    ) -> None:
+        session.add(
+            OrderEvent(
+                order_id=order_id,
+                at=self.clock(),
+                step=step.value,
+                outcome=outcome.value,
+                duration_seconds=0.0 if started is None else time.monotonic() - started,
+                error_class=error_class.value if error_class else None,
+                message=message[:2000],
+                worker=worker,
+            )
+        )
+
+    def _lost_lease(self, order_id: uuid.UUID, step: Step) -> None:
+        log.warning("Lost the lease on order %s during %s: another worker has it now", order_id, step.value)
+        return None
+
+    def _transaction(self) -> AbstractContextManager[Session]:
+        return transaction(self.sessions)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
+

@@ -1,0 +1,152 @@
+"""The HTTP app: the customer's completion endpoint, order views, downloads and liveness.
+
+`POST /api/orders/{id}/complete` never does the work itself: it verifies the payment when Stripe
+answers quickly, queues the order and answers 202 with its status, whatever happens downstream.
+"""
+
+
+import hmac
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from fulfilment.models import Order
+from fulfilment.pipeline import OrderNotFound, PaymentNotSucceeded, Pipeline
+from fulfilment.storage import LocalStore, ObjectStore
+from healer import __version__, orders
+from healer.config import Secret
+
+log = logging.getLogger(__name__)
+
+DOWNLOAD_URL_SECONDS = 300
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+@dataclass
+class AppContext:
+    sessions: sessionmaker[Session]
+    pipeline: Pipeline
+    store: ObjectStore
+    admin_token: Secret | None
+    # (alive, detail): the process answers, and the scheduler still runs its jobs.
+    liveness: Callable[[], tuple[bool, str]] = lambda: (True, "ok")
+
+
+class Caller:
+    """Who is asking: the order's customer (session token) or an operator (admin bearer)."""
+
+    def __init__(self, session_token: str | None, bearer: str | None, admin: Secret | None) -> None:
+        self.session_token = session_token
+        self.is_admin = bool(admin and bearer and hmac.compare_digest(bearer, admin.value))
+
+    def may_see(self, order: Order) -> bool:
+        if self.is_admin:
+            return True
+        return bool(
+            self.session_token
+            and order.session_token
+            and hmac.compare_digest(self.session_token, order.session_token)
+        )
+
+
+def create_app(ctx: AppContext) -> FastAPI:
+    app = FastAPI(title="healer", version=__version__)
+
+    def caller(
+        x_session_token: Annotated[str | None, Header()] = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Caller:
+        bearer = None
+        if authorization and authorization.lower().startswith("bearer "):
+            bearer = authorization[7:].strip()
+        return Caller(x_session_token, bearer, ctx.admin_token)
+
+    def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
+        if ctx.admin_token is None:
+            raise HTTPException(403, "admin endpoints are disabled: set HEALER_ADMIN_TOKEN")
+        if not who.is_admin:
+            raise HTTPException(403, "admin bearer token required")
+        return who
+
+    def load_order(order_id: uuid.UUID, who: Caller) -> Order:
+        try:
+            order = ctx.pipeline.get(order_id)
+        except OrderNotFound:
+            raise HTTPException(404, "unknown order") from None
+        if not who.may_see(order):
+            raise HTTPException(403, "wrong or missing X-Session-Token for this order")
+        return order
+
+    @app.exception_handler(SQLAlchemyError)
+    async def database_unavailable(_request: Request, error: SQLAlchemyError) -> JSONResponse:
+        log.error("Database unavailable while answering a request: %s", str(error).splitlines()[0])
+        return JSONResponse(
+            {"detail": "temporarily unavailable, try again shortly"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    @app.post("/api/orders/{order_id}/complete", status_code=202)
+    def complete(order_id: uuid.UUID, who: Annotated[Caller, Depends(caller)]) -> dict[str, Any]:
+        load_order(order_id, who)
+        try:
+            status = ctx.pipeline.request_completion(order_id)
+        except OrderNotFound:
+            raise HTTPException(404, "unknown order") from None
+        except PaymentNotSucceeded as error:
+            raise HTTPException(409, f"payment not succeeded: {error}") from None
+        return {"order_id": str(order_id), "status": status.value}
+
+    @app.get("/api/orders/{order_id}")
+    def show(order_id: uuid.UUID, who: Annotated[Caller, Depends(caller)]) -> dict[str, Any]:
+        load_order(order_id, who)
+        view = orders.story(ctx.sessions, order_id)
+        if view is None:
+            raise HTTPException(404, "unknown order")
+        return view.as_dict()
+
+    @app.post("/api/orders/{order_id}/retry", status_code=202)
+    def retry(order_id: uuid.UUID, _who: Annotated[Caller, Depends(admin)]) -> dict[str, Any]:
+        try:
+            status = ctx.pipeline.requeue(order_id, "retry requested through the API")
+        except OrderNotFound:
+            raise HTTPException(404, "unknown order") from None
+        return {"order_id": str(order_id), "status": status.value}
+
+    @app.get("/download/{token}", response_model=None)
+    def download(token: str) -> RedirectResponse | FileResponse:
+        if not _TOKEN.match(token):
+            raise HTTPException(404, "unknown download link")
+        order = orders.find_by_download_token(ctx.sessions, token)
+        if order is None or not order.final_pdf_key:
+            raise HTTPException(404, "unknown download link")
+        if isinstance(ctx.store, LocalStore):
+            return FileResponse(
+                ctx.store.path(order.final_pdf_key),
+                media_type="application/pdf",
+                filename=f"poster-{order.id}.pdf",
+            )
+        url = ctx.store.download_url(order.final_pdf_key, DOWNLOAD_URL_SECONDS)
+        if url is None:
+            raise HTTPException(503, "download temporarily unavailable")
+        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+
+    @app.get("/livez", response_class=PlainTextResponse)
+    def livez(verbose: str | None = None) -> PlainTextResponse:
+        alive, detail = ctx.liveness()
+        if verbose is not None:
+            body = f"[{'+' if alive else '-'}]scheduler {'ok' if alive else 'failed: ' + detail}\n"
+            body += f"livez check {'passed' if alive else 'failed'}\n"
+        else:
+            body = "ok" if alive else f"failed: {detail}"
+        return PlainTextResponse(body, status_code=200 if alive else 503)
+
+    return app

@@ -1,0 +1,287 @@
+"""Settings: read once from the environment into one frozen object, strictly.
+
+A bad value raises `SettingsError` whose message is one line naming the variable and what is wrong;
+`healer` prints it and stops. Secrets are kept in `Secret` wrappers so that no repr, log line or
+health output can show them by accident.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from fulfilment.secrets import mask_secret
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+IMAGE_ASSETS_DIR = Path("/app")
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Secret:
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"Secret({mask_secret(self.value)!r})"
+
+    __str__ = __repr__
+
+    @property
+    def masked(self) -> str:
+        return mask_secret(self.value)
+
+
+class RemediationMode(str, enum.Enum):
+    OFF = "off"
+    DRY_RUN = "dry-run"
+    ON = "on"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    assets_dir: Path
+    database_url: Secret | None
+    aws_access_key_id: Secret | None
+    aws_secret_access_key: Secret | None
+    s3_bucket: str | None
+    s3_region: str | None
+    s3_endpoint_url: str | None
+    sendgrid_api_key: Secret | None
+    sendgrid_api_base: str | None
+    from_email: str
+    session_expiration_seconds: int
+    stripe_secret_key: Secret | None
+    stripe_webhook_secret: Secret | None
+    stripe_api_base: str | None
+    http_host: str
+    http_port: int
+    public_base_url: str
+    admin_token: Secret | None
+    check_interval_seconds: float
+    worker_interval_seconds: float
+    reconcile_interval_seconds: float
+    order_sla_seconds: int
+    lease_seconds: int
+    workers: int
+    max_attempts: int
+    retry_base_seconds: float
+    retry_max_seconds: float
+    remediation: RemediationMode
+    autoheal_label: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        return _Reader(os.environ if env is None else env).settings()
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url.value
+        return f"sqlite:///{self.data_dir / 'healer.sqlite3'}"
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def local_store_dir(self) -> Path:
+        return self.data_dir / "store"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+    @property
+    def scratch_dir(self) -> Path:
+        return self.data_dir / "scratch"
+
+    def embedded_defaults(self) -> list[str]:
+        """One sentence per peer that runs on its embedded default, for the start-up banner."""
+        notes = []
+        if self.database_url is None:
+            notes.append(f"DATABASE_URL unset: using SQLite at {self.effective_database_url}")
+        if self.s3_bucket is None:
+            notes.append(f"S3_BUCKET unset: storing objects under {self.local_store_dir}")
+        if self.sendgrid_api_key is None:
+            notes.append(f"SENDGRID_API_KEY unset: writing emails as .eml files to {self.outbox_dir}")
+        if self.stripe_secret_key is None:
+            notes.append("STRIPE_SECRET_KEY unset: payment verification is DISABLED")
+        return notes
+
+    def describe(self) -> dict[str, str]:
+        """Every setting, secrets masked: safe for logs and `healer` output."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Secret):
+                value = value.masked
+            elif isinstance(value, enum.Enum):
+                value = value.value
+            out[f.name] = "" if value is None else str(value)
+        if self.database_url is not None:
+            out["database_url"] = mask_url_password(self.database_url.value)
+        return out
+
+
+def mask_url_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+_EMAIL = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+$")
+_DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class _Reader:
+    """Parses one variable at a time; every error names its variable."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def raw(self, name: str) -> str | None:
+        value = self.env.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def text(self, name: str, default: str) -> str:
+        return self.raw(name) or default
+
+    def secret(self, name: str) -> Secret | None:
+        value = self.raw(name)
+        return Secret(value) if value is not None else None
+
+    def number(self, name: str, default: float, *, minimum: float, integer: bool = False) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            parsed = int(value) if integer else float(value)
+        except ValueError:
+            kind = "a whole number" if integer else "a number"
+            raise SettingsError(f"{name}={value!r} is not {kind}") from None
+        if parsed < minimum:
+            raise SettingsError(f"{name}={value!r} must be at least {minimum:g}")
+        return parsed
+
+    def integer(self, name: str, default: int, *, minimum: int) -> int:
+        return int(self.number(name, default, minimum=minimum, integer=True))
+
+    def url(self, name: str, default: str | None = None) -> str | None:
+        value = self.raw(name)
+        if value is None:
+            return default
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise SettingsError(f"{name}={value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
+    def duration(self, name: str, default: int) -> int:
+        value = self.raw(name)
+        if value is None:
+            return default
+        match = _DURATION.match(value.lower())
+        if not match:
+            raise SettingsError(f"{name}={value!r} is not a duration (seconds, or e.g. 30m, 24h, 7d)")
+        return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+    def database_url(self) -> Secret | None:
+        value = self.raw("DATABASE_URL")
+        if value is None:
+            return None
+        scheme = urlsplit(value).scheme
+        if not scheme.startswith(("postgresql", "postgres", "sqlite")):
+            raise SettingsError(
+                f"DATABASE_URL has scheme {scheme or 'none'!r}: expected postgresql:// or sqlite://"
+            )
+        if scheme.startswith("postgres") and not scheme.startswith("postgresql"):
+            value = "postgresql" + value[len("postgres") :]  # Heroku-style alias
+        return Secret(value)
+
+    def settings(self) -> Settings:
+        data_dir = Path(self.text("HEALER_DATA_DIR", "./var")).resolve()
+        default_assets = IMAGE_ASSETS_DIR if (IMAGE_ASSETS_DIR / "templates").is_dir() else PACKAGE_ROOT
+        assets_dir = Path(self.text("HEALER_ASSETS_DIR", str(default_assets))).resolve()
+        host = self.text("HEALER_HTTP_HOST", "127.0.0.1")
+        port = self.integer("HEALER_HTTP_PORT", 8080, minimum=0)
+        if port > 65535:
+            raise SettingsError(f"HEALER_HTTP_PORT={port} is not a TCP port (0-65535)")
+        from_email = self.text("FROM_EMAIL", "posters@localhost.localdomain")
+        if not _EMAIL.match(from_email):
+            raise SettingsError(f"FROM_EMAIL={from_email!r} is not an email address")
+        access_key = self.secret("AWS_ACCESS_KEY_ID")
+        secret_key = self.secret("AWS_SECRET_ACCESS_KEY")
+        if (access_key is None) != (secret_key is None):
+            missing = "AWS_SECRET_ACCESS_KEY" if secret_key is None else "AWS_ACCESS_KEY_ID"
+            raise SettingsError(f"{missing} is unset while its partner is set: set both or neither")
+        bucket = self.raw("S3_BUCKET")
+        if bucket is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+            raise SettingsError(f"S3_BUCKET={bucket!r} is not a valid S3 bucket name")
+        sendgrid_key = self.secret("SENDGRID_API_KEY")
+        if sendgrid_key is not None and not sendgrid_key.value.startswith("SG."):
+            raise SettingsError(f"SENDGRID_API_KEY={sendgrid_key.masked} does not start with 'SG.'")
+        stripe_key = self.secret("STRIPE_SECRET_KEY")
+        if stripe_key is not None and not stripe_key.value.startswith(("sk_", "rk_")):
+            raise SettingsError(
+                f"STRIPE_SECRET_KEY={stripe_key.masked} is not a secret key (sk_... or rk_...)"
+            )
+        remediation = self.text("HEALER_REMEDIATION", "on").lower()
+        try:
+            mode = RemediationMode(remediation)
+        except ValueError:
+            raise SettingsError(
+                f"HEALER_REMEDIATION={remediation!r} must be one of off, dry-run, on"
+            ) from None
+        retry_base = self.number("HEALER_RETRY_BASE_SECONDS", 30, minimum=0)
+        retry_max = self.number("HEALER_RETRY_MAX_SECONDS", 1800, minimum=0)
+        if retry_max < retry_base:
+            raise SettingsError(
+                f"HEALER_RETRY_MAX_SECONDS={retry_max:g} is below HEALER_RETRY_BASE_SECONDS={retry_base:g}"
+            )
+        return Settings(
+            data_dir=data_dir,
+            assets_dir=assets_dir,
+            database_url=self.database_url(),
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            s3_bucket=bucket,
+            s3_region=self.raw("S3_REGION"),
+            s3_endpoint_url=self.url("S3_ENDPOINT_URL"),
+            sendgrid_api_key=sendgrid_key,
+            sendgrid_api_base=self.url("SENDGRID_API_BASE"),
+            from_email=from_email,
+            session_expiration_seconds=self.duration("SESSION_EXPIRATION", 86400),
+            stripe_secret_key=stripe_key,
+            stripe_webhook_secret=self.secret("STRIPE_WEBHOOK_SECRET"),
+            stripe_api_base=self.url("STRIPE_API_BASE"),
+            http_host=host,
+            http_port=port,
+            public_base_url=self.url("PUBLIC_BASE_URL") or f"http://{host}:{port}",
+            admin_token=self.secret("HEALER_ADMIN_TOKEN"),
+            check_interval_seconds=self.number("HEALER_CHECK_INTERVAL_SECONDS", 30, minimum=0.1),
+            worker_interval_seconds=self.number("HEALER_WORKER_INTERVAL_SECONDS", 2, minimum=0.05),
+            reconcile_interval_seconds=self.number(
+                "HEALER_RECONCILE_INTERVAL_SECONDS", 300, minimum=1
+            ),
+            order_sla_seconds=self.integer("HEALER_ORDER_SLA_SECONDS", 600, minimum=1),
+            lease_seconds=self.integer("HEALER_LEASE_SECONDS", 120, minimum=1),
+            workers=self.integer("HEALER_WORKERS", os.cpu_count() or 1, minimum=1),
+            max_attempts=self.integer("HEALER_MAX_ATTEMPTS", 10, minimum=1),
+            retry_base_seconds=retry_base,
+            retry_max_seconds=retry_max,
+            remediation=mode,
+            autoheal_label=self.text("HEALER_AUTOHEAL_LABEL", "healer.autoheal=true"),
+        )

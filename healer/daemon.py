@@ -1,0 +1,113 @@
+"""The daemon: builds the components from Settings, runs the scheduler and the HTTP app, and
+shuts down cleanly on SIGTERM (in-flight steps finish and commit; the rest wait for their lease)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+
+from fulfilment.pipeline import Pipeline
+from healer import db
+from healer.app import AppContext, create_app
+from healer.config import Settings
+from healer.scheduler import Scheduler
+from healer.services import Services
+from healer.worker import RenderPool, Worker
+
+log = logging.getLogger(__name__)
+
+
+class DatabaseNotMigrated(RuntimeError):
+    pass
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.services = Services.build(settings)
+        self.render_pool = RenderPool(settings.assets_dir, settings.workers)
+        self.pipeline: Pipeline = self.services.pipeline(self.render_pool)
+        self.worker = Worker(self.pipeline, concurrency=settings.workers)
+        self.scheduler = Scheduler()
+        self.scheduler.add("worker", self.worker.tick, settings.worker_interval_seconds)
+        self.app = create_app(
+            AppContext(
+                sessions=self.services.sessions,
+                pipeline=self.pipeline,
+                store=self.services.store,
+                admin_token=settings.admin_token,
+                liveness=self.scheduler.liveness,
+            )
+        )
+        self.server: uvicorn.Server | None = None
+
+    def prepare_database(self) -> None:
+        """The embedded SQLite database upgrades itself; a shared one must be upgraded on purpose."""
+        engine = self.services.engine
+        if self.settings.uses_embedded_database:
+            db.upgrade(engine)
+            return
+        current, head = db.current_revision(engine), db.head_revision()
+        if current != head:
+            raise DatabaseNotMigrated(
+                f"database schema is at {current or 'nothing'}, code expects {head}: run `healer db upgrade`"
+            )
+
+    def announce(self) -> None:
+        log.info("healer starting as worker %s with %d worker(s)", self.worker.owner, self.settings.workers)
+        for note in self.settings.embedded_defaults():
+            log.warning("Embedded default: %s", note)
+
+    def serve(self, on_started: Callable[[], None] | None = None) -> None:
+        """Run until SIGTERM/SIGINT (uvicorn handles both), then shut down in order."""
+        self.prepare_database()
+        self.announce()
+        config = uvicorn.Config(
+            self.app,
+            host=self.settings.http_host,
+            port=self.settings.http_port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+        self.server = uvicorn.Server(config)
+        # uvicorn re-raises the signal it caught once it has stopped; with our handler installed
+        # underneath, that lands here instead of killing the process before the shutdown below.
+        previous = _install_signal_handlers(self._on_signal)
+        self.scheduler.start()
+        if on_started is not None:
+            on_started()
+        try:
+            self.server.run()
+        finally:
+            self.shutdown()
+            _install_signal_handlers(previous)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        log.info("Received %s: stopping", signal.Signals(signum).name)
+        self.stop()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+
+    def shutdown(self) -> None:
+        log.info("healer shutting down: finishing in-flight steps (%d order(s))", self.worker.in_flight)
+        self.scheduler.shutdown()
+        self.worker.shutdown(wait=True)
+        self.render_pool.shutdown()
+        self.services.close()
+        log.info("healer stopped")
+
+
+def _install_signal_handlers(handler: Any) -> Any:
+    """Set `handler` for SIGTERM and SIGINT (a dict: one per signal); returns the previous ones."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    handlers = handler if isinstance(handler, dict) else dict.fromkeys((signal.SIGTERM, signal.SIGINT), handler)
+    return {sig: signal.signal(sig, h) for sig, h in handlers.items()}

@@ -1,0 +1,119 @@
+"""Read-side views of orders for the HTTP API and the CLI: lists, and an order with its story."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from fulfilment.models import Order, OrderEvent, OrderStatus, utcnow
+from fulfilment.pipeline import ACTIVE
+
+
+@dataclass(frozen=True)
+class EventView:
+    at: str
+    step: str
+    outcome: str
+    duration_seconds: float
+    error_class: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class OrderView:
+    id: str
+    status: str
+    template: str
+    title: str
+    created_at: str
+    paid_at: str | None
+    completed_at: str | None
+    attempts: int
+    next_attempt_at: str | None
+    leased_by: str | None
+    last_error_step: str | None
+    last_error_class: str | None
+    last_error: str | None
+    final_pdf_key: str | None
+    events: tuple[EventView, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value else None
+
+
+def order_view(order: Order, events: list[OrderEvent] | None = None) -> OrderView:
+    now = utcnow()
+    leased = order.lease_owner if order.lease_expires_at and order.lease_expires_at > now else None
+    return OrderView(
+        id=str(order.id),
+        status=order.status,
+        template=order.template,
+        title=order.title,
+        created_at=_iso(order.created_at) or "",
+        paid_at=_iso(order.paid_at),
+        completed_at=_iso(order.completed_at),
+        attempts=order.attempts,
+        next_attempt_at=_iso(order.next_attempt_at),
+        leased_by=leased,
+        last_error_step=order.last_error_step,
+        last_error_class=order.last_error_class,
+        last_error=order.last_error,
+        final_pdf_key=order.final_pdf_key,
+        events=tuple(
+            EventView(_iso(e.at) or "", e.step, e.outcome, round(e.duration_seconds, 3),
+                      e.error_class, e.message)
+            for e in events or ()
+        ),
+    )
+
+
+def story(sessions: sessionmaker[Session], order_id: uuid.UUID) -> OrderView | None:
+    with sessions() as session:
+        order = session.get(Order, order_id)
+        if order is None:
+            return None
+        events = session.scalars(
+            select(OrderEvent).where(OrderEvent.order_id == order_id).order_by(OrderEvent.id)
+        ).all()
+        return order_view(order, list(events))
+
+
+def list_orders(
+    sessions: sessionmaker[Session],
+    *,
+    status: OrderStatus | None = None,
+    stuck_after_seconds: int | None = None,
+    limit: int = 200,
+) -> list[OrderView]:
+    """Newest first. `stuck_after_seconds`: paid, not completed, paid longer ago than that."""
+    query = select(Order).order_by(Order.created_at.desc()).limit(limit)
+    if status is not None:
+        query = query.where(Order.status == status.value)
+    if stuck_after_seconds is not None:
+        cutoff = utcnow() - timedelta(seconds=stuck_after_seconds)
+        query = query.where(
+            or_(Order.status.in_(ACTIVE), Order.status == OrderStatus.NEEDS_ATTENTION.value),
+            Order.paid_at.is_not(None),
+            Order.paid_at < cutoff,
+        )
+    with sessions() as session:
+        return [order_view(o) for o in session.scalars(query).all()]
+
+
+def count_by_status(sessions: sessionmaker[Session]) -> dict[str, int]:
+    with sessions() as session:
+        rows = session.execute(select(Order.status, func.count()).group_by(Order.status)).all()
+    return {status: count for status, count in rows}
+
+
+def find_by_download_token(sessions: sessionmaker[Session], token: str) -> Order | None:
+    with sessions() as session:
+        return session.scalar(select(Order).where(Order.download_token == token))

@@ -1,0 +1,115 @@
+"""The completion worker: claims due orders and runs them, a few at a time.
+
+Orders run on a small thread pool (their steps mostly wait on S3, Stripe and SendGrid); renders,
+which are CPU-bound, go to a process pool of the same size so they run on every core.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from fulfilment.errors import ErrorClass, StepError
+from fulfilment.pipeline import Pipeline
+from fulfilment.render import PosterInputs, render_poster
+
+log = logging.getLogger(__name__)
+
+
+def worker_identity() -> str:
+    """Unique per process: leases name their owner, and a restarted daemon is a new owner."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class RenderPool:
+    """Renders final posters in worker processes, with a time limit per render."""
+
+    def __init__(self, assets_dir: Path, processes: int, timeout_seconds: float = 300.0) -> None:
+        self.assets_dir = assets_dir
+        self.processes = processes
+        self.timeout = timeout_seconds
+        self._pool = ProcessPoolExecutor(max_workers=processes)
+        self._lock = threading.Lock()
+
+    def __call__(self, inputs: PosterInputs) -> bytes:
+        future = self._submit(inputs)
+        try:
+            return future.result(timeout=self.timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise StepError(ErrorClass.RESOURCES, f"render took longer than {self.timeout:.0f}s") from None
+        except BrokenProcessPool:
+            # A render process died (killed for memory, most likely): start a fresh pool.
+            self._restart()
+            raise StepError(ErrorClass.RESOURCES, "render process died (out of memory?)") from None
+
+    def _submit(self, inputs: PosterInputs) -> Future[bytes]:
+        with self._lock:
+            return self._pool.submit(render_poster, self.assets_dir, inputs, preview=False)
+
+    def _restart(self) -> None:
+        with self._lock:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = ProcessPoolExecutor(max_workers=self.processes)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Worker:
+    def __init__(self, pipeline: Pipeline, *, concurrency: int, owner: str | None = None) -> None:
+        self.pipeline = pipeline
+        self.owner = owner or worker_identity()
+        self.concurrency = concurrency
+        self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="order")
+        self._in_flight: set[uuid.UUID] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    def tick(self) -> int:
+        """Claim as many due orders as there are free slots and start them; returns how many."""
+        if self._stopping.is_set():
+            return 0
+        with self._lock:
+            free = self.concurrency - len(self._in_flight)
+            busy = set(self._in_flight)
+        if free <= 0:
+            return 0
+        claimed = self.pipeline.claim(self.owner, free, exclude=busy)
+        for order_id in claimed:
+            with self._lock:
+                self._in_flight.add(order_id)
+            self._threads.submit(self._run, order_id)
+        return len(claimed)
+
+    def _run(self, order_id: uuid.UUID) -> None:
+        try:
+            self.pipeline.run(order_id, self.owner, stopping=self._stopping.is_set)
+        except SQLAlchemyError as error:
+            # The database went away between steps: our lease lets us (or another) resume later.
+            log.error("Database error while working order %s: %s", order_id, str(error).splitlines()[0])
+        except Exception:
+            log.exception("Worker crashed on order %s; its lease will expire and it will resume", order_id)
+        finally:
+            with self._lock:
+                self._in_flight.discard(order_id)
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._in_flight)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop claiming; let running steps finish (their results are committed) or leave them
+        to their lease."""
+        self._stopping.set()
+        self._threads.shutdown(wait=wait, cancel_futures=True)

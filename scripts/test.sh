@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what it needs, starts what is not running.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k pipeline -x).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+ensure_apt_packages poppler-utils
+ensure_python_env
+ensure_postgresql
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,114 @@
+"""PostgreSQL (the real server on 127.0.0.1:5432) and SQLite databases for tests.
+
+Each test session creates its own PostgreSQL database and drops it at the end; each test starts
+from empty tables. A missing server fails the run with the command that starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import NullPool
+from sqlalchemy.orm import Session, sessionmaker
+
+from fulfilment.models import Base
+from healer import db
+
+PG_ADMIN_URL = os.environ.get("HEALER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+START_HINT = (
+    "PostgreSQL is not answering on 127.0.0.1:5432. Start it with:\n"
+    "  pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n"
+    "(or run the README's test command, which starts it)."
+)
+
+
+def _admin_engine() -> Engine:
+    return create_engine(
+        db.with_driver(PG_ADMIN_URL),
+        isolation_level="AUTOCOMMIT",
+        poolclass=NullPool,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    admin = _admin_engine()
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as error:  # noqa: BLE001 - any failure means the peer is missing
+        pytest.fail(f"{START_HINT}\n({type(error).__name__}: {str(error).splitlines()[0]})")
+    name = f"healer_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    engine.dispose()
+    admin.dispose()
+    yield url
+    admin = _admin_engine()  # a fresh pool: tests may have restarted the server
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _empty_tables(engine: Engine) -> None:
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    engine = db.make_engine(pg_url, pool_size=8)
+    _empty_tables(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'healer.sqlite3'}")
+    db.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def any_engine(request: pytest.FixtureRequest) -> Engine:
+    """Both databases the daemon supports: the shop's PostgreSQL and the embedded SQLite."""
+    return request.getfixturevalue("pg_engine" if request.param == "postgresql" else "sqlite_engine")
+
+
+@pytest.fixture
+def sessions(pg_engine: Engine) -> sessionmaker[Session]:
+    return db.make_session_factory(pg_engine)
+
+
+def restart_postgresql() -> None:
+    """A real restart of the shared server: every open connection is cut."""
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with _admin_engine().connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return
+        except Exception:  # noqa: BLE001
+            time.sleep(0.2)
+    raise RuntimeError("PostgreSQL did not come back within 30 s of a restart")

@@ -1,0 +1,145 @@
+"""The HTTP app over ASGI, with the real pipeline behind it and real peers behind that."""
+
+from __future__ import annotations
+
+import urllib.request
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fulfilment.models import OrderStatus
+from healer.app import AppContext, create_app
+from healer.config import Secret
+from tests.fakes.shop_fixtures import Shop
+
+ADMIN = "admin-token-for-tests-0123456789"
+
+
+def client_for(shop: Shop, admin: str | None = ADMIN) -> TestClient:
+    pipeline = shop.pipeline()
+    ctx = AppContext(shop.sessions, pipeline, shop.store, Secret(admin) if admin else None)
+    return TestClient(create_app(ctx), follow_redirects=False)
+
+
+def token(order_id: uuid.UUID) -> dict[str, str]:
+    return {"X-Session-Token": f"sess-{order_id.hex}"}
+
+
+@pytest.fixture
+def client(shop: Shop) -> TestClient:
+    return client_for(shop)
+
+
+def test_complete_answers_202_and_queues_a_paid_order(shop: Shop, client: TestClient) -> None:
+    order_id = shop.paid_order(queued=False)
+
+    response = client.post(f"/api/orders/{order_id}/complete", headers=token(order_id))
+
+    assert response.status_code == 202
+    assert response.json() == {"order_id": str(order_id), "status": "paid"}
+    assert shop.order(order_id).next_attempt_at is not None
+
+
+def test_complete_answers_202_even_when_stripe_is_down(shop: Shop, client: TestClient) -> None:
+    order_id = shop.paid_order(queued=False)
+    shop.stripe.fail_next(500, count=5)
+
+    response = client.post(f"/api/orders/{order_id}/complete", headers=token(order_id))
+
+    assert response.status_code == 202 and response.json()["status"] == "pending_payment"
+
+
+@pytest.mark.parametrize(
+    ("path_id", "headers", "status"),
+    [
+        ("unknown", {}, 404),
+        ("known", {"X-Session-Token": "somebody-else"}, 403),
+        ("known", {}, 403),
+        ("not-a-uuid", {}, 422),
+    ],
+)
+def test_complete_refuses_bad_requests_and_changes_nothing(
+    shop: Shop, client: TestClient, path_id: str, headers: dict[str, str], status: int
+) -> None:
+    order_id = shop.paid_order(queued=False)
+    target = {"unknown": str(uuid.uuid4()), "known": str(order_id), "not-a-uuid": "not-a-uuid"}[path_id]
+
+    response = client.post(f"/api/orders/{target}/complete", headers=headers)
+
+    assert response.status_code == status
+    assert "detail" in response.json()
+    order = shop.order(order_id)
+    assert order.status == "pending_payment" and order.next_attempt_at is None
+
+
+def test_complete_answers_409_when_the_payment_did_not_succeed(shop: Shop, client: TestClient) -> None:
+    order_id = shop.paid_order(payment_status="requires_payment_method", queued=False)
+
+    response = client.post(f"/api/orders/{order_id}/complete", headers=token(order_id))
+
+    assert response.status_code == 409
+    assert "requires_payment_method" in response.json()["detail"]
+
+
+def test_admin_may_complete_and_read_any_order(shop: Shop, client: TestClient) -> None:
+    order_id = shop.paid_order(queued=False)
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+
+    assert client.post(f"/api/orders/{order_id}/complete", headers=admin).status_code == 202
+    body = client.get(f"/api/orders/{order_id}", headers=admin).json()
+    assert body["status"] == "paid"
+    assert [e["step"] for e in body["events"]] == ["verify_payment"]
+
+
+def test_order_story_needs_the_customers_token(shop: Shop, client: TestClient) -> None:
+    order_id = shop.paid_order()
+
+    assert client.get(f"/api/orders/{order_id}").status_code == 403
+    assert client.get(f"/api/orders/{order_id}", headers=token(order_id)).json()["id"] == str(order_id)
+
+
+def test_retry_is_refused_without_the_admin_token(shop: Shop) -> None:
+    order_id = shop.paid_order()
+
+    no_admin = client_for(shop, admin=None).post(f"/api/orders/{order_id}/retry")
+    wrong = client_for(shop).post(f"/api/orders/{order_id}/retry", headers={"Authorization": "Bearer nope"})
+
+    assert no_admin.status_code == 403 and "HEALER_ADMIN_TOKEN" in no_admin.json()["detail"]
+    assert wrong.status_code == 403
+
+
+def test_retry_requeues_an_order_that_needs_attention(shop: Shop, client: TestClient) -> None:
+    order_id = shop.paid_order(status="needs_attention", last_error_step="render", paid_at=None)
+
+    response = client.post(f"/api/orders/{order_id}/retry", headers={"Authorization": f"Bearer {ADMIN}"})
+
+    assert response.status_code == 202 and response.json()["status"] == "files_migrated"
+    assert shop.order(order_id).status == OrderStatus.FILES_MIGRATED.value
+
+
+def test_download_redirects_to_a_fresh_presigned_url(shop: Shop, client: TestClient) -> None:
+    order_id = shop.paid_order()
+    pipeline = shop.pipeline()
+    pipeline.claim_order(order_id, "w")
+    pipeline.run(order_id, "w")
+    link_token = shop.order(order_id).download_token
+
+    response = client.get(f"/download/{link_token}")
+
+    assert response.status_code == 307
+    with urllib.request.urlopen(response.headers["location"], timeout=10) as pdf:
+        assert pdf.read().startswith(b"%PDF")
+
+
+@pytest.mark.parametrize("bad", ["nope", "..%2F..%2Fetc%2Fpasswd", "A" * 43, "x" * 200])
+def test_download_with_an_unknown_token_is_404(client: TestClient, bad: str) -> None:
+    assert client.get(f"/download/{bad}").status_code == 404
+
+
+def test_livez_reports_the_scheduler(shop: Shop) -> None:
+    ctx = AppContext(shop.sessions, shop.pipeline(), shop.store, None, liveness=lambda: (False, "jobs late: worker"))
+    client = TestClient(create_app(ctx))
+
+    assert client.get("/livez").status_code == 503
+    assert "[-]scheduler failed: jobs late: worker" in client.get("/livez?verbose").text
