@@ -1,0 +1,163 @@
+"""What every health check shares: its configuration, its result, and the one boundary that turns
+a probe's exceptions into results.
+
+A check is a small frozen dataclass whose fields are its configuration. Its `probe()` returns a
+line of detail when all is well and raises `CheckFailed` (or `CheckWarning`, `CheckDisabled`)
+when not, each carrying a remedy: what an operator should do, in words tied to the runbook. Only
+`run_check` catches; a probe that raises anything else is reported as failing with its exception.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import ClassVar
+
+log = logging.getLogger(__name__)
+
+
+class Status(str, enum.Enum):
+    OK = "ok"
+    WARNING = "warning"
+    FAILING = "failing"
+    DISABLED = "disabled"  # not configured here (e.g. no Stripe key on the embedded default)
+    SKIPPED = "skipped"  # not run because a check it depends on is failing
+
+    @property
+    def severity(self) -> int:
+        """For exit codes and worst-of summaries: ok/disabled/skipped 0, warning 1, failing 2."""
+        return {Status.WARNING: 1, Status.FAILING: 2}.get(self, 0)
+
+
+class Runbook(str, enum.Enum):
+    """The shop's six known failure modes; every remedy belongs to one (or to none)."""
+
+    S3_PERMISSION = "1 S3 permission denied"
+    S3_FILES_MISSING = "2 S3 files missing"
+    PDF_GENERATION = "3 PDF generation failing"
+    EMAIL = "4 email sending failing"
+    DATABASE = "5 database error"
+    RESOURCES = "6 memory/resource issues"
+    NONE = "-"
+
+
+class _ProbeOutcome(Exception):
+    status: ClassVar[Status]
+
+    def __init__(self, detail: str, remedy: str = "", data: Mapping[str, float] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.remedy = remedy
+        self.data = dict(data or {})
+
+
+class CheckFailed(_ProbeOutcome):
+    status = Status.FAILING
+
+
+class CheckWarning(_ProbeOutcome):
+    status = Status.WARNING
+
+
+class CheckDisabled(_ProbeOutcome):
+    status = Status.DISABLED
+
+
+@dataclass(frozen=True)
+class Healthy:
+    """What a passing probe may return instead of a bare detail string: detail plus measurements."""
+
+    detail: str
+    data: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: Status
+    latency_seconds: float
+    detail: str
+    remedy: str = ""
+    runbook: Runbook = Runbook.NONE
+    checked_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    data: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (Status.OK, Status.DISABLED)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "status": self.status.value,
+            "latency_seconds": round(self.latency_seconds, 4),
+            "detail": self.detail,
+            "remedy": self.remedy,
+            "runbook": self.runbook.value,
+            "checked_at": self.checked_at.isoformat(timespec="seconds"),
+            "data": dict(self.data),
+        }
+
+
+@dataclass(frozen=True)
+class Check(abc.ABC):
+    """Base of every probe. Subclasses set `name` and `runbook` and implement `probe()`."""
+
+    name: ClassVar[str]
+    runbook: ClassVar[Runbook] = Runbook.NONE
+
+    interval_seconds: float = 30.0
+    timeout_seconds: float = 10.0
+    critical: bool = True  # critical checks gate readiness
+    failure_threshold: int = 2  # consecutive failures before the reported status flips
+    depends_on: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def probe(self) -> str | Healthy:
+        """Detail when healthy; raise CheckFailed / CheckWarning / CheckDisabled otherwise."""
+
+
+def run_check(check: Check) -> CheckResult:
+    """The boundary: run a probe once, in this thread, and turn what happens into a result."""
+    started = time.monotonic()
+    try:
+        outcome = check.probe()
+    except _ProbeOutcome as raised:
+        return CheckResult(check.name, raised.status, time.monotonic() - started, raised.detail,
+                           raised.remedy, check.runbook, data=raised.data)
+    except Exception as error:  # a probe's own bug or an unclassified fault: failing, said plainly
+        log.warning("Check %s raised %s", check.name, type(error).__name__, exc_info=True)
+        return CheckResult(check.name, Status.FAILING, time.monotonic() - started,
+                           f"{type(error).__name__}: {error}"[:500], "", check.runbook)
+    healthy = outcome if isinstance(outcome, Healthy) else Healthy(outcome)
+    return CheckResult(check.name, Status.OK, time.monotonic() - started, healthy.detail, "",
+                       check.runbook, data=healthy.data)
+
+
+def run_with_timeout(check: Check) -> CheckResult:
+    """Run a probe in its own daemon thread and stop waiting after its timeout.
+
+    A probe that hangs (a peer that accepts and never answers) keeps its thread, but nobody waits
+    on it: the result says it timed out, and the caller decides whether to start another.
+    """
+    box: list[CheckResult] = []
+    thread = threading.Thread(target=lambda: box.append(run_check(check)), name=f"check-{check.name}",
+                              daemon=True)
+    started = time.monotonic()
+    thread.start()
+    thread.join(check.timeout_seconds)
+    if box:
+        return box[0]
+    return CheckResult(
+        check.name,
+        Status.FAILING,
+        time.monotonic() - started,
+        f"no answer within {check.timeout_seconds:g}s (timed out)",
+        "the peer accepts connections but does not answer: check its load and the network path",
+        check.runbook,
+    )
