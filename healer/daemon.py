@@ -10,11 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+from fastapi import Response
 
 from fulfilment.pipeline import Pipeline
 from healer import db
 from healer.app import AppContext, create_app
 from healer.config import Settings
+from healer.metrics import Metrics
 from healer.scheduler import Scheduler
 from healer.services import Services
 from healer.worker import RenderPool, Worker
@@ -31,10 +33,14 @@ class Daemon:
         self.settings = settings
         self.services = Services.build(settings)
         self.render_pool = RenderPool(settings.assets_dir, settings.workers)
-        self.pipeline: Pipeline = self.services.pipeline(self.render_pool)
+        self.metrics = Metrics()
+        self.pipeline: Pipeline = self.services.pipeline(self.render_pool, observe=self.metrics.observe_step)
         self.worker = Worker(self.pipeline, concurrency=settings.workers)
         self.scheduler = Scheduler()
         self.scheduler.add("worker", self.worker.tick, settings.worker_interval_seconds)
+        self.metrics.watch_jobs(self.scheduler.jobs)
+        # Order counts are cached for a typical scrape interval: one query per scrape at most.
+        self.metrics.watch_orders(self.services.sessions, settings.order_sla_seconds, ttl_seconds=15)
         self.app = create_app(
             AppContext(
                 sessions=self.services.sessions,
@@ -44,7 +50,12 @@ class Daemon:
                 liveness=self.scheduler.liveness,
             )
         )
+        self.app.add_api_route("/metrics", self._metrics, methods=["GET"], include_in_schema=True)
         self.server: uvicorn.Server | None = None
+
+    def _metrics(self) -> Response:
+        body, content_type = self.metrics.exposition()
+        return Response(body, media_type=content_type)
 
     def prepare_database(self) -> None:
         """The embedded SQLite database upgrades itself; a shared one must be upgraded on purpose."""

@@ -137,8 +137,14 @@ def test_customer_completion_through_the_running_daemon(shop: Shop, daemon: Runn
                  f"PDF generated: pdfs/final_{order_id}.pdf",
                  "Download email sent to a…@example.com"):
         assert line in log
+    status, headers, body = daemon.request("GET", "/metrics")
+    exposition = body.decode()
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert 'healer_order_completions_total{outcome="completed"} 1.0' in exposition
+    assert 'healer_orders{status="completed"} 1.0' in exposition
     for name in ("AWS_SECRET_ACCESS_KEY", "SENDGRID_API_KEY", "STRIPE_SECRET_KEY", "HEALER_ADMIN_TOKEN"):
         assert daemon_env[name] not in log, name
+        assert daemon_env[name] not in exposition, name
 
 
 def test_sigterm_stops_the_daemon_cleanly(shop: Shop, daemon: RunningDaemon) -> None:

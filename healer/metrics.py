@@ -1,0 +1,248 @@
+"""Prometheus metrics, recorded here from what checks and steps return.
+
+Counters and histograms are fed by `observe_*` calls. Everything that describes current state
+(checks, jobs, orders in the database) is computed by collectors at scrape time; the database
+figures at most once per `orders_ttl_seconds`, with one aggregate query, however often or by how
+many scrapers the endpoint is read. The registry is injected, so each test gets a fresh one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import case, func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from checks.base import CheckResult, Status
+from fulfilment.errors import ErrorClass
+from fulfilment.models import Order, OrderStatus, Outcome, Step, utcnow
+from fulfilment.pipeline import ACTIVE, StepResult
+from healer import __version__
+from healer.scheduler import JobState
+
+log = logging.getLogger(__name__)
+
+# Steps take from milliseconds (a verified payment) to minutes (a render of a huge photo).
+STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Paid to emailed: seconds when all is well, up to hours when an order waits out an outage.
+LATENCY_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600, 86400)
+COMPLETION_OUTCOMES = ("completed", "needs_attention")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.step_duration = Histogram(
+            "healer_order_step_duration_seconds", "Duration of one order step attempt.",
+            ["step"], buckets=STEP_BUCKETS, registry=r)
+        self.step_failures = Counter(
+            "healer_order_step_failures_total", "Failed order step attempts, by error class.",
+            ["step", "error_class"], registry=r)
+        self.completions = Counter(
+            "healer_order_completions_total", "Orders that reached a final outcome.",
+            ["outcome"], registry=r)
+        self.completion_latency = Histogram(
+            "healer_order_completion_latency_seconds", "Time from payment to the download email.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.reconcile_runs = Counter(
+            "healer_reconcile_runs_total", "Stripe reconciliation runs, by result.", ["result"], registry=r)
+        self.reconcile_last_success = Gauge(
+            "healer_reconcile_last_success_timestamp_seconds",
+            "When a reconciliation run last succeeded.", registry=r)
+        self.orphan_payments = Gauge(
+            "healer_orphan_payments", "Succeeded payments with no matching order.", registry=r)
+        self.remediations = Counter(
+            "healer_remediations_total", "Self-healing actions taken, by action and result.",
+            ["action", "result"], registry=r)
+        self.webhook_events = Counter(
+            "healer_webhook_events_total", "Stripe webhook deliveries, by event type and result.",
+            ["type", "result"], registry=r)
+        Gauge("healer_build_info", "The running healer's version.", ["version"], registry=r).labels(
+            __version__).set(1)
+        self._zero_known_labels()
+
+    def _zero_known_labels(self) -> None:
+        """Known label sets exist from start-up, so rate() and absence alerts see them at 0."""
+        for step in Step:
+            self.step_duration.labels(step.value)
+            for error_class in ErrorClass:
+                self.step_failures.labels(step.value, error_class.value)
+        for outcome in COMPLETION_OUTCOMES:
+            self.completions.labels(outcome)
+        for result in ("success", "failure"):
+            self.reconcile_runs.labels(result)
+
+    # -- fed by the worker -----------------------------------------------------------------------
+
+    def observe_step(self, result: StepResult) -> None:
+        if result.outcome is Outcome.WAITING:
+            return  # a gated step did not run: no duration, no failure
+        self.step_duration.labels(result.step.value).observe(result.duration_seconds)
+        if result.error_class is not None:
+            self.step_failures.labels(result.step.value, result.error_class.value).inc()
+        if result.outcome is Outcome.GAVE_UP:
+            self.completions.labels("needs_attention").inc()
+        elif result.outcome is Outcome.OK and result.status is OrderStatus.COMPLETED:
+            self.completions.labels("completed").inc()
+            if result.completion_latency_seconds is not None:
+                self.completion_latency.observe(result.completion_latency_seconds)
+
+    # -- state read at scrape time ---------------------------------------------------------------
+
+    def watch_checks(self, results: Callable[[], Iterable[CheckResult]]) -> None:
+        self.registry.register(_ChecksCollector(results))
+
+    def watch_jobs(self, jobs: Callable[[], Sequence[JobState]]) -> None:
+        self.registry.register(_JobsCollector(jobs))
+
+    def watch_orders(
+        self, sessions: sessionmaker[Session], sla_seconds: int, ttl_seconds: float = 15.0
+    ) -> OrderFigures:
+        figures = OrderFigures(sessions, sla_seconds, ttl_seconds)
+        self.registry.register(_OrdersCollector(figures))
+        return figures
+
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text format for `GET /metrics`: body and content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _ChecksCollector(Collector):
+    def __init__(self, results: Callable[[], Iterable[CheckResult]]) -> None:
+        self.results = results
+        self.last_success: dict[str, float] = {}
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily("healer_check_up", "1 if the check passes (or is disabled), else 0.",
+                               labels=["check"])
+        duration = GaugeMetricFamily("healer_check_duration_seconds", "Duration of the last probe.",
+                                     labels=["check"])
+        success = GaugeMetricFamily("healer_check_last_success_timestamp_seconds",
+                                    "When the check last passed.", labels=["check"])
+        for result in self.results():
+            if result.status is Status.SKIPPED:
+                up.add_metric([result.name], 0)
+                continue
+            up.add_metric([result.name], 1 if result.ok else 0)
+            duration.add_metric([result.name], result.latency_seconds)
+            if result.ok:
+                self.last_success[result.name] = result.checked_at.timestamp()
+            if result.name in self.last_success:
+                success.add_metric([result.name], self.last_success[result.name])
+        return [up, duration, success]
+
+
+class _JobsCollector(Collector):
+    def __init__(self, jobs: Callable[[], Sequence[JobState]]) -> None:
+        self.jobs = jobs
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("healer_job_last_success_timestamp_seconds",
+                                   "When each scheduled job last succeeded.", labels=["job"])
+        for job in self.jobs():
+            if job.last_success is not None:
+                family.add_metric([job.name], job.last_success)
+        return [family]
+
+
+@dataclass(frozen=True)
+class OrderSnapshot:
+    by_status: dict[str, int]
+    stuck: int
+    oldest_stuck_age_seconds: float
+    taken_at: float
+
+
+class OrderFigures:
+    """Order counts from one aggregate query, cached for `ttl_seconds`."""
+
+    def __init__(self, sessions: sessionmaker[Session], sla_seconds: int, ttl_seconds: float) -> None:
+        self.sessions = sessions
+        self.sla = timedelta(seconds=sla_seconds)
+        self.ttl = ttl_seconds
+        self.queries = 0
+        self._snapshot: OrderSnapshot | None = None
+        self._lock = threading.Lock()
+
+    def snapshot(self) -> OrderSnapshot | None:
+        with self._lock:
+            if self._snapshot is None or time.monotonic() - self._snapshot.taken_at >= self.ttl:
+                try:
+                    self._snapshot = self._query()
+                except SQLAlchemyError as error:
+                    log.warning("Order metrics unavailable: %s", str(error).splitlines()[0])
+                    return None  # absent series, not stale ones: the database check says why
+            return self._snapshot
+
+    def _query(self) -> OrderSnapshot:
+        now = utcnow()
+        stuck = (Order.status.in_(ACTIVE)) & (Order.paid_at.is_not(None)) & (Order.paid_at < now - self.sla)
+        with self.sessions() as session:
+            rows = session.execute(
+                select(
+                    Order.status,
+                    func.count(),
+                    func.sum(case((stuck, 1), else_=0)),
+                    func.min(case((stuck, Order.paid_at), else_=None)),
+                ).group_by(Order.status)
+            ).all()
+        self.queries += 1
+        by_status = {status.value: 0 for status in OrderStatus}
+        stuck_count, oldest = 0, None
+        for status, count, stuck_in_status, oldest_paid in rows:
+            by_status[status] = count
+            stuck_count += int(stuck_in_status or 0)
+            if oldest_paid is not None:
+                oldest_paid = _aware(oldest_paid)
+                oldest = oldest_paid if oldest is None else min(oldest, oldest_paid)
+        age = (now - oldest).total_seconds() if oldest is not None else 0.0
+        return OrderSnapshot(by_status, stuck_count, age, time.monotonic())
+
+
+def _aware(value: datetime | str) -> datetime:
+    # SQLite's MIN() hands back a string or naive datetime, bypassing the column type.
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+class _OrdersCollector(Collector):
+    def __init__(self, figures: OrderFigures) -> None:
+        self.figures = figures
+
+    def collect(self) -> Iterable[Metric]:
+        snapshot = self.figures.snapshot()
+        if snapshot is None:
+            return []
+        orders = GaugeMetricFamily("healer_orders", "Orders by status.", labels=["status"])
+        for status, count in snapshot.by_status.items():
+            orders.add_metric([status], count)
+        stuck = GaugeMetricFamily("healer_orders_stuck",
+                                  "Paid orders not completed within HEALER_ORDER_SLA_SECONDS.",
+                                  value=snapshot.stuck)
+        oldest = GaugeMetricFamily("healer_oldest_stuck_order_age_seconds",
+                                   "Age since payment of the oldest stuck order (0 when none).",
+                                   value=snapshot.oldest_stuck_age_seconds)
+        return [orders, stuck, oldest]

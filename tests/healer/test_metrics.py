@@ -1,0 +1,87 @@
+"""Metrics follow Prometheus conventions and are fed by real step results and order rows."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from checks.base import CheckResult, Runbook, Status
+from fulfilment.errors import ErrorClass
+from fulfilment.models import Order, OrderStatus, Outcome, Step, transaction, utcnow
+from fulfilment.pipeline import StepResult
+from healer.metrics import Metrics
+from healer.scheduler import JobState
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(metrics.registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_known_label_sets_exist_at_zero_from_start_up() -> None:
+    found = samples(Metrics(CollectorRegistry()))
+
+    assert found[("healer_order_step_failures_total", (("error_class", "s3_auth"), ("step", "migrate_files")))] == 0
+    assert found[("healer_order_completions_total", (("outcome", "completed"),))] == 0
+    assert found[("healer_order_completions_total", (("outcome", "needs_attention"),))] == 0
+    assert found[("healer_order_step_duration_seconds_count", (("step", "render"),))] == 0
+    assert found[("healer_build_info", (("version", __import__("healer").__version__),))] == 1
+    assert any(name == "process_resident_memory_bytes" for name, _ in found)
+
+
+def test_step_results_feed_counters_and_histograms() -> None:
+    metrics = Metrics(CollectorRegistry())
+    order = uuid.uuid4()
+    metrics.observe_step(StepResult(order, Step.EMAIL, Outcome.FAILED, 0.2, OrderStatus.PDF_RENDERED,
+                                    ErrorClass.EMAIL_TRANSIENT, "503"))
+    metrics.observe_step(StepResult(order, Step.EMAIL, Outcome.OK, 0.1, OrderStatus.COMPLETED,
+                                    completion_latency_seconds=42.0))
+    metrics.observe_step(StepResult(order, Step.RENDER, Outcome.WAITING, 0.0, OrderStatus.FILES_MIGRATED))
+
+    found = samples(metrics)
+    assert found[("healer_order_step_failures_total", (("error_class", "email_transient"), ("step", "email")))] == 1
+    assert found[("healer_order_step_duration_seconds_count", (("step", "email"),))] == 2
+    assert found[("healer_order_step_duration_seconds_count", (("step", "render"),))] == 0
+    assert found[("healer_order_completions_total", (("outcome", "completed"),))] == 1
+    assert found[("healer_order_completion_latency_seconds_sum", ())] == 42.0
+
+
+def test_check_and_job_state_is_read_at_scrape_time() -> None:
+    metrics = Metrics(CollectorRegistry())
+    current = [CheckResult("s3", Status.OK, 0.05, "fine", runbook=Runbook.S3_PERMISSION)]
+    metrics.watch_checks(lambda: current)
+    metrics.watch_jobs(lambda: [JobState("worker", 2.0, 1700000000.0, None, 3, 0)])
+
+    assert samples(metrics)[("healer_check_up", (("check", "s3"),))] == 1
+    current[0] = CheckResult("s3", Status.FAILING, 0.05, "403", runbook=Runbook.S3_PERMISSION)
+    found = samples(metrics)
+    assert found[("healer_check_up", (("check", "s3"),))] == 0
+    assert found[("healer_check_last_success_timestamp_seconds", (("check", "s3"),))] > 0
+    assert found[("healer_job_last_success_timestamp_seconds", (("job", "worker"),))] == 1700000000.0
+
+
+def test_order_figures_come_from_one_cached_query(sessions) -> None:  # type: ignore[no-untyped-def]
+    now = utcnow()
+    with transaction(sessions) as session:
+        for status, paid_ago in [("completed", 5000), ("paid", 4000), ("pdf_rendered", 60),
+                                 ("needs_attention", 9000), ("pending_payment", None)]:
+            session.add(Order(email="a@example.com", amount_cents=100, currency="eur", template="a4-portrait",
+                              status=status, paid_at=None if paid_ago is None else now - timedelta(seconds=paid_ago)))
+    metrics = Metrics(CollectorRegistry())
+    figures = metrics.watch_orders(sessions, sla_seconds=600, ttl_seconds=60)
+
+    first, second = samples(metrics), samples(metrics)
+
+    orders_only = lambda found: {k: v for k, v in found.items() if "order" in k[0]}  # noqa: E731
+    assert orders_only(first) == orders_only(second) and figures.queries == 1
+    assert first[("healer_orders", (("status", "paid"),))] == 1
+    assert first[("healer_orders", (("status", "refunded"),))] == 0
+    assert first[("healer_orders_stuck", ())] == 1  # the paid one; needs_attention is counted apart
+    assert 3990 < first[("healer_oldest_stuck_order_age_seconds", ())] < 4100
