@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.shop_fixtures import FROM_EMAIL, Shop
+from tests.fakes.shop_fixtures import Shop
 
 HEALER = [sys.executable, "-m", "healer.cli"]
 ADMIN = "e2e-admin-token-0123456789abcdef"
@@ -85,29 +85,15 @@ def start_daemon(env: dict[str, str], log_path: Path, args: list[str] | None = N
 
 
 @pytest.fixture
-def daemon_env(shop: Shop, pg_url: str, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HEALER_", "AWS_", "S3_", "STRIPE_", "SENDGRID_"))}
-    env.update(
-        DATABASE_URL=pg_url,
-        HEALER_DATA_DIR=str(tmp_path / "data"),
-        HEALER_ASSETS_DIR=str(shop.assets_dir),
+def daemon_env(shop_env: dict[str, str]) -> dict[str, str]:
+    return dict(
+        shop_env,
         HEALER_HTTP_PORT=str(free_port()),
         HEALER_WORKER_INTERVAL_SECONDS="0.2",
         HEALER_WORKERS="2",
         HEALER_ADMIN_TOKEN=ADMIN,
-        AWS_ACCESS_KEY_ID="testing-access-key",
-        AWS_SECRET_ACCESS_KEY="testing-secret-key-never-logged",
-        S3_BUCKET=shop.s3.bucket,
-        S3_REGION="us-east-1",
-        S3_ENDPOINT_URL=shop.s3.endpoint_url,
-        SENDGRID_API_KEY=shop.sendgrid.api_key,
-        SENDGRID_API_BASE=shop.sendgrid.url,
-        FROM_EMAIL=FROM_EMAIL,
-        STRIPE_SECRET_KEY=shop.stripe.api_key,
-        STRIPE_API_BASE=shop.stripe.url,
         PUBLIC_BASE_URL="https://shop.example",
     )
-    return env
 
 
 @pytest.fixture

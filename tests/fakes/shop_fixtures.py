@@ -7,6 +7,7 @@ to temporary keys, creates a succeeded PaymentIntent, and inserts the order row.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -146,3 +147,27 @@ def shop(
     assets_dir: Path,
 ) -> Shop:
     return Shop(db.make_session_factory(pg_engine), s3_bucket, sendgrid_server, stripe_server, assets_dir)
+
+
+@pytest.fixture
+def shop_env(shop: Shop, pg_url: str, tmp_path: Path) -> dict[str, str]:
+    """The environment a healer process needs to work on `shop`'s peers (secrets included)."""
+    keep = {k: v for k, v in os.environ.items()
+            if not k.startswith(("HEALER_", "AWS_", "S3_", "STRIPE_", "SENDGRID_", "DATABASE_URL"))}
+    return dict(
+        keep,
+        DATABASE_URL=pg_url,
+        HEALER_DATA_DIR=str(tmp_path / "data"),
+        HEALER_ASSETS_DIR=str(shop.assets_dir),
+        AWS_ACCESS_KEY_ID="testing-access-key",
+        AWS_SECRET_ACCESS_KEY="testing-secret-key-never-logged",
+        S3_BUCKET=shop.s3.bucket,
+        S3_REGION="us-east-1",
+        S3_ENDPOINT_URL=shop.s3.endpoint_url,
+        SENDGRID_API_KEY=shop.sendgrid.api_key,
+        SENDGRID_API_BASE=shop.sendgrid.url,
+        FROM_EMAIL=FROM_EMAIL,
+        STRIPE_SECRET_KEY=shop.stripe.api_key,
+        STRIPE_API_BASE=shop.stripe.url,
+        PUBLIC_BASE_URL=PUBLIC_BASE_URL,
+    )
