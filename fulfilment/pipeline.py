@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -159,15 +159,10 @@ class Pipeline:
     def claim(self, owner: str, limit: int, exclude: Collection[uuid.UUID] = ()) -> list[uuid.UUID]:
         """Lease up to `limit` due orders to `owner`, oldest due first."""
         now = self.clock()
-        free = or_(
-            Order.lease_expires_at.is_(None),
-            Order.lease_expires_at < now,
-            Order.lease_owner == owner,  # our own, left by a step whose commit failed
-        )
         with self._transaction() as session:
             candidates = session.scalars(
                 select(Order.id)
-                .where(Order.status.in_(ACTIVE), Order.next_attempt_at <= now, free)
+                .where(Order.status.in_(ACTIVE), Order.next_attempt_at <= now, _lease_free(owner, now))
                 .order_by(Order.next_attempt_at)
                 .limit(limit + len(exclude))
             ).all()
@@ -175,24 +170,20 @@ class Pipeline:
         for order_id in candidates:
             if len(claimed) >= limit:
                 break
-            if order_id not in exclude and self._take_lease(order_id, owner, free, now):
+            if order_id not in exclude and self.claim_order(order_id, owner):
                 claimed.append(order_id)
         return claimed
 
-    def _take_lease(self, order_id: uuid.UUID, owner: str, free: object, now: datetime) -> bool:
+    def claim_order(self, order_id: uuid.UUID, owner: str) -> bool:
+        """Compare-and-set: take the lease only if nobody else holds a live one."""
+        now = self.clock()
         with self._transaction() as session:
             taken = session.execute(
                 update(Order)
-                .where(Order.id == order_id, Order.status.in_(ACTIVE), free)  # type: ignore[arg-type]
+                .where(Order.id == order_id, Order.status.in_(ACTIVE), _lease_free(owner, now))
                 .values(lease_owner=owner, lease_expires_at=now + self.lease)
             )
             return bool(taken.rowcount == 1)  # type: ignore[attr-defined]
-
-    def claim_order(self, order_id: uuid.UUID, owner: str) -> bool:
-        """Lease one given order now, due or not (an operator's foreground `complete`)."""
-        now = self.clock()
-        free = or_(Order.lease_expires_at.is_(None), Order.lease_expires_at < now, Order.lease_owner == owner)
-        return self._take_lease(order_id, owner, free, now)
 
     def request_completion(self, order_id: uuid.UUID) -> OrderStatus:
         """The customer's 'complete my order': verify payment now if we can, then queue the rest.
@@ -562,6 +553,14 @@ class Pipeline:
 
     def _transaction(self) -> AbstractContextManager[Session]:
         return transaction(self.sessions)
+
+
+def _lease_free(owner: str, now: datetime) -> ColumnElement[bool]:
+    return or_(
+        Order.lease_expires_at.is_(None),
+        Order.lease_expires_at < now,
+        Order.lease_owner == owner,  # our own, left behind by a step whose commit failed
+    )
 
 
 def _one_line(error: BaseException) -> str:
