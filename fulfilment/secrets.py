@@ -14,7 +14,7 @@ ELLIPSIS = "…"
 # A key-kind prefix is a few short, separator-terminated words: `sk_test_`, `rk_live_`, `whsec_`,
 # `SG.`. Longer words are key material, not a kind, so they are never shown.
 _PREFIX_WORD = re.compile(r"[A-Za-z0-9]{1,5}[_.\-]")
-_MAX_PREFIX_WORDS = 2
+_MODE_WORD = re.compile(r"(?:test|live)_")
 _PLAIN_PREFIX_CHARS = 4
 _SUFFIX_CHARS = 4
 # Below this length, prefix and suffix would reveal too large a share of the secret.
@@ -37,10 +37,10 @@ def mask_secret(value: str) -> str:
 
 
 def _prefix(value: str) -> str:
-    end = 0
-    for _ in range(_MAX_PREFIX_WORDS):
-        word = _PREFIX_WORD.match(value, end)
-        if word is None:
-            break
-        end = word.end()
-    return value[:end] if end else value[:_PLAIN_PREFIX_CHARS]
+    first = _PREFIX_WORD.match(value)
+    if first is None:
+        return value[:_PLAIN_PREFIX_CHARS]
+    # A second word is shown only when it names a mode (`sk_test_`): in keys like SendGrid's,
+    # whose body is URL-safe base64, a short word ending in `-` or `_` is key material.
+    mode = _MODE_WORD.match(value, first.end())
+    return value[: mode.end() if mode else first.end()]
