@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 
-from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,6 +45,8 @@ NEXT_STEP: dict[OrderStatus, Step] = {
 # Where an order stands again when a given step is retried after `needs_attention`.
 STATUS_BEFORE: dict[Step, OrderStatus] = {step: status for status, step in NEXT_STEP.items()}
 ACTIVE = tuple(s.value for s in NEXT_STEP)
+# The story's outcome for a refund made in Stripe: a fact about the payment, not a step attempt.
+REFUNDED_OUTCOME = OrderStatus.REFUNDED.value
 
 # The health checks each step depends on: while one is failing, the step waits (no attempt spent).
 STEP_CHECKS: dict[Step, tuple[str, ...]] = {
@@ -53,6 +55,8 @@ STEP_CHECKS: dict[Step, tuple[str, ...]] = {
     Step.RENDER: ("s3", "assets", "disk", "memory"),
     Step.EMAIL: ("sendgrid",),
 }
+
+WAITING_PREFIX = "waiting: "
 
 MAX_PHOTO_BYTES = 60 * 1024 * 1024
 MAX_AUDIO_BYTES = 250 * 1024 * 1024
@@ -242,6 +246,78 @@ class Pipeline:
             self._add_event(session, order_id, NEXT_STEP[status], Outcome.REQUEUED, None, reason)
         log.info("Order %s re-queued at %s: %s", order_id, status.value, reason)
         return status
+
+    # -- payment facts from Stripe (signed webhooks, reconciliation) ---------------------------
+    # These run in the caller's transaction, so the caller's own record of the fact (a stored
+    # webhook event id) commits or rolls back together with the order's change.
+
+    def mark_paid(
+        self, session: Session, order_id: uuid.UUID, *, payment_intent_id: str, paid_at: datetime,
+        message: str,
+    ) -> bool:
+        """Stripe says this payment succeeded with the order's amount and currency: the order is
+        paid (verified) and queued. Compare-and-set on an unpaid order, so a replay changes nothing."""
+        now = self.clock()
+        moved = session.execute(
+            update(Order)
+            .where(Order.id == order_id, _awaiting_payment(),
+                   or_(Order.stripe_payment_intent_id.is_(None),
+                       Order.stripe_payment_intent_id == payment_intent_id))
+            .values(status=OrderStatus.PAID.value, paid_at=paid_at, payment_verified_at=now,
+                    stripe_payment_intent_id=payment_intent_id, attempts=0, next_attempt_at=now,
+                    last_error_step=None, last_error_class=None, last_error=None)
+        )
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        self._add_event(session, order_id, Step.VERIFY_PAYMENT, Outcome.OK, None, message)
+        log.info("Order %s marked paid: %s", order_id, message)
+        return True
+
+    def mark_refunded(self, session: Session, order_id: uuid.UUID, message: str) -> OrderStatus | None:
+        """Stripe refunded the payment in full: nothing more is fulfilled. Returns the status the
+        order had, or None if there is no such order or it was refunded already (a replay)."""
+        order = session.get(Order, order_id, with_for_update=True)
+        if order is None or order.order_status is OrderStatus.REFUNDED:
+            return None
+        before = order.order_status
+        order.status = OrderStatus.REFUNDED.value
+        order.next_attempt_at = None
+        # Taking the lease away makes a worker that is mid-step lose its commit, instead of
+        # moving the order on from `refunded`.
+        order.lease_owner = None
+        order.lease_expires_at = None
+        self.note(session, order_id, Step.VERIFY_PAYMENT, REFUNDED_OUTCOME, message)
+        log.warning("Order %s refunded (was %s): %s", order_id, before.value, message)
+        return before
+
+    def note(
+        self, session: Session, order_id: uuid.UUID, step: Step, outcome: Outcome | str,
+        message: str, error_class: ErrorClass | None = None,
+    ) -> None:
+        """Add a line to the order's story without changing the order (e.g. a declined card)."""
+        session.add(OrderEvent(
+            order_id=order_id, at=self.clock(), step=step.value, duration_seconds=0.0,
+            outcome=outcome.value if isinstance(outcome, Outcome) else outcome,
+            error_class=error_class.value if error_class else None, message=message[:2000],
+        ))
+
+    def resume_waiting(self, check: str) -> int:
+        """A check turned green: orders waiting on it go now, not at their next poll."""
+        statuses = [status.value for status, step in NEXT_STEP.items() if check in STEP_CHECKS[step]]
+        with self._transaction() as session:
+            resumed = session.execute(
+                update(Order)
+                .where(
+                    Order.status.in_(statuses),
+                    Order.last_error.startswith(WAITING_PREFIX, autoescape=True),
+                    Order.next_attempt_at > self.clock(),
+                )
+                .values(next_attempt_at=self.clock())
+            )
+            count = int(resumed.rowcount or 0)  # type: ignore[attr-defined]
+        if count:
+            log.info("Check %s is green again: %d waiting order(s) resume now", check, count)
+        return count
 
     def _enqueue(self, order_id: uuid.UUID, *, only_if_idle: bool) -> None:
         condition = [Order.id == order_id, Order.status.in_(ACTIVE)]
@@ -486,7 +562,7 @@ class Pipeline:
         return result
 
     def _wait(self, order: Order, step: Step, owner: str, reason: str) -> StepResult:
-        message = f"waiting: {reason}"
+        message = f"{WAITING_PREFIX}{reason}"
         values = {
             "next_attempt_at": self.clock() + self.gate_wait,
             "lease_owner": None,
@@ -553,6 +629,15 @@ class Pipeline:
 
     def _transaction(self) -> AbstractContextManager[Session]:
         return transaction(self.sessions)
+
+
+def _awaiting_payment() -> ColumnElement[bool]:
+    # `needs_attention` without `paid_at` gave up at verification (a declined card, say); Stripe
+    # saying the payment succeeded after all puts it back on track.
+    return or_(
+        Order.status == OrderStatus.PENDING_PAYMENT.value,
+        and_(Order.status == OrderStatus.NEEDS_ATTENTION.value, Order.paid_at.is_(None)),
+    )
 
 
 def _lease_free(owner: str, now: datetime) -> ColumnElement[bool]:

@@ -234,7 +234,11 @@ def test_gated_step_waits_without_spending_attempts(shop: Shop) -> None:
     assert len(waiting) == 1 and "access denied" in waiting[0].message
 
     failing.clear()
-    assert complete(pipeline, order_id) is OrderStatus.COMPLETED
+    assert pipeline.resume_waiting("sendgrid") == 0  # not what it waits for
+    assert pipeline.resume_waiting("s3") == 1
+    assert pipeline.claim(OWNER, 10) == [order_id]  # due at once, not after the gate's wait
+    pipeline.run(order_id, OWNER)
+    assert shop.order(order_id).status == OrderStatus.COMPLETED.value
 
 
 def test_corrupt_photo_needs_attention_with_reason(shop: Shop) -> None:
