@@ -1,7 +1,8 @@
-"""The HTTP app: the customer's completion endpoint, order views, downloads and liveness.
+"""The HTTP app: the customer's completion endpoint, order views, downloads, liveness and health.
 
 `POST /api/orders/{id}/complete` never does the work itself: it verifies the payment when Stripe
 answers quickly, queues the order and answers 202 with its status, whatever happens downstream.
+`/readyz` and `/health` answer from the health monitor's cache, so they never wait on a probe.
 """
 
 
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,6 +24,7 @@ from fulfilment.pipeline import OrderNotFound, PaymentNotSucceeded, Pipeline
 from fulfilment.storage import LocalStore, ObjectStore
 from healer import __version__, orders
 from healer.config import Secret
+from healer.health import HealthMonitor, Readiness
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ class AppContext:
     admin_token: Secret | None
     # (alive, detail): the process answers, and the scheduler still runs its jobs.
     liveness: Callable[[], tuple[bool, str]] = lambda: (True, "ok")
+    # The checks behind /readyz and /health; None: no checks configured (always ready).
+    health: HealthMonitor | None = None
 
 
 class Caller:
@@ -149,4 +153,55 @@ def create_app(ctx: AppContext) -> FastAPI:
             body = "ok" if alive else f"failed: {detail}"
         return PlainTextResponse(body, status_code=200 if alive else 503)
 
+    @app.get("/readyz", response_class=PlainTextResponse)
+    def readyz(
+        verbose: str | None = None, exclude: Annotated[list[str] | None, Query()] = None
+    ) -> PlainTextResponse:
+        readiness = ctx.health.ready(exclude or ()) if ctx.health else Readiness(True, ())
+        return PlainTextResponse(
+            readyz_body(readiness, verbose=verbose is not None),
+            status_code=200 if readiness.ready else 503,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @app.get("/health")
+    def health() -> JSONResponse:
+        if ctx.health is None:
+            return JSONResponse({"status": "ok", "checks": {}}, headers={"Cache-Control": "no-store"})
+        body = {
+            "status": ctx.health.overall().value,
+            "checks": {report.name: report.as_dict() for report in ctx.health.reports()},
+        }
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    @app.get("/health/{check}")
+    def health_of(check: str) -> JSONResponse:
+        if ctx.health is None or check not in ctx.health.names:
+            known = ", ".join(ctx.health.names) if ctx.health else "none"
+            raise HTTPException(404, f"unknown check {check!r}; checks here: {known}")
+        return JSONResponse(ctx.health.report(check).as_dict(), headers={"Cache-Control": "no-store"})
+
     return app
+
+
+def readyz_body(readiness: Readiness, *, verbose: bool) -> str:
+    """Kubernetes' format: `[+]name ok` / `[-]name failed: reason` lines, then the verdict.
+
+    A passing probe that did not ask for detail gets a bare "ok"; a failing one always gets the
+    lines, so whoever reads a 503 sees why.
+    """
+    if readiness.ready and not verbose:
+        return "ok"
+    lines = []
+    for line in readiness.lines:
+        if line.excluded:
+            lines.append(f"[+]{line.name} excluded: ok")
+        elif line.ok:
+            lines.append(f"[+]{line.name} ok")
+        else:
+            lines.append(f"[-]{line.name} failed: {line.reason}")
+    if readiness.unknown_excludes and verbose:
+        names = ", ".join(f'"{name}"' for name in readiness.unknown_excludes)
+        lines.append(f"warn: some health checks cannot be excluded: no matches for {names}")
+    lines.append(f"readyz check {'passed' if readiness.ready else 'failed'}")
+    return "\n".join(lines) + "\n"

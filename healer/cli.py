@@ -1,4 +1,4 @@
-"""`healer`, the command line: the daemon, the demo, and the operator's order tools."""
+"""`healer`, the command line: the daemon, the demo, the health checks and the operator's order tools."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import json
 import logging
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from checks.base import CheckResult, Status
+from checks.registry import UnknownCheck, resolve
 from fulfilment.errors import StepError
 from fulfilment.models import OrderStatus, Outcome
 from fulfilment.pipeline import OrderNotFound
@@ -65,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--exit-when-done", action="store_true",
                       help="stop once every sample order has finished (for scripts and tests)")
     demo.set_defaults(handler=cmd_demo)
+
+    check = sub.add_parser("check", help="run every health check (or the named ones) once; exit 0 ok, 1 warning, 2 failing")
+    check.add_argument("names", nargs="*", metavar="NAME", help="checks to run (default: all)")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(handler=cmd_check)
 
     dbp = sub.add_parser("db", help="database schema").add_subparsers(required=True, metavar="ACTION")
     dbp.add_parser("upgrade", help="migrate the schema to the latest revision").set_defaults(handler=cmd_db_upgrade)
@@ -137,6 +145,69 @@ def cmd_db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
     out.print(f"database schema: {before or 'empty'} -> {after}")
     engine.dispose()
     return EXIT_OK
+
+
+_STATUS_STYLES = {
+    Status.OK: "green",
+    Status.WARNING: "yellow",
+    Status.FAILING: "bold red",
+    Status.DISABLED: "dim",
+    Status.SKIPPED: "dim",
+}
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    from healer.health import build_monitor
+    from healer.services import Services
+
+    services = Services.build(settings)
+    try:
+        if settings.uses_embedded_database:
+            _upgrade_embedded(services)
+        monitor = build_monitor(settings, services)
+        try:
+            names = resolve(args.names, monitor.names)
+        except UnknownCheck as error:
+            err.print(f"healer check: {error}", markup=False, highlight=False)
+            return EXIT_USAGE
+        results = monitor.run_all(names)
+    finally:
+        services.close()
+    if args.json:
+        worst = _worst(results.values())
+        print(json.dumps({"status": worst.value, "checks": {n: r.as_dict() for n, r in results.items()}}, indent=2))
+    else:
+        print_check_results(results)
+    # Exit codes are the severities: 0 ok (or disabled/skipped), 1 warning, 2 failing.
+    return _worst(results.values()).severity
+
+
+def _upgrade_embedded(services) -> None:  # type: ignore[no-untyped-def]
+    # As the daemon does at start-up; if it cannot, the database check says why.
+    try:
+        db.upgrade(services.engine)
+    except Exception as error:  # noqa: BLE001 - reported by the check, not here
+        log.debug("Could not upgrade the embedded database: %s", error)
+
+
+def _worst(results: Iterable[CheckResult]) -> Status:
+    severity = max((r.status.severity for r in results), default=0)
+    return {0: Status.OK, 1: Status.WARNING, 2: Status.FAILING}[severity]
+
+
+def print_check_results(results: dict[str, CheckResult]) -> None:
+    table = Table("check", "status", "latency", "detail", "remedy", show_lines=True)
+    for name, result in results.items():
+        table.add_row(
+            name,
+            Text(result.status.value, style=_STATUS_STYLES[result.status]),
+            f"{result.latency_seconds * 1000:.0f} ms",
+            Text(result.detail),
+            Text(result.remedy),
+        )
+    out.print(table)
+    worst = _worst(results.values())
+    out.print(Text(f"{len(results)} check(s); worst: {worst.value}", style=_STATUS_STYLES[worst]))
 
 
 def _services(settings: Settings):  # type: ignore[no-untyped-def]

@@ -1,0 +1,447 @@
+"""The health monitor: runs the checks, keeps their latest results, and answers from that cache.
+
+Each check runs on its own schedule, in its own thread, under its own timeout (`run_with_timeout`);
+a probe that hangs is abandoned, and while it still hangs the check reports it as hanging instead
+of starting another, so a dead peer never piles up threads. Readers (`/readyz`, `/health`, the
+pipeline's gate) only ever read the cache: they never wait on a probe.
+
+Two rules shape what is *reported*, while the raw result of every probe is kept beside it:
+- a failure threshold: a check that was ok (or warning) keeps that status until it has failed
+  `failure_threshold` times in a row, so one blip does not flip readiness or gate orders;
+- dependencies: a check whose `depends_on` names a failing check reports `skipped: database
+  failing` instead of raising a second alarm for the same cause.
+
+`build_monitor` is the one place that turns Settings and Services into the configured checks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
+from functools import partial
+from typing import Protocol
+from urllib.parse import unquote, urlsplit
+
+from checks.base import Check, CheckResult, Healthy, Status, run_with_timeout
+from checks.database import DatabaseCheck
+from checks.registry import display_order
+from checks.s3 import LocalStoreCheck, S3Check
+from checks.sendgrid import SendGridCheck
+from checks.stripe import StripeCheck
+from fulfilment.secrets import mask_secret
+from fulfilment.storage import make_s3_client
+from healer import db
+from healer.config import Secret, Settings
+from healer.services import Services
+
+log = logging.getLogger(__name__)
+
+# Called after every recorded result with the reported result and the one it replaces (None the
+# first time); compare their statuses to see a transition (e.g. failing -> ok: resume gated work).
+Listener = Callable[[CheckResult, CheckResult | None], None]
+
+_SUCCESS = (Status.OK, Status.WARNING)  # the peer answered; what "last success" counts
+_HELD = (Status.OK, Status.WARNING)  # statuses a failure below the threshold does not flip
+_MIN_REDACTED_LENGTH = 6  # shorter values would mangle ordinary words; checks never print them
+_HANG_REMEDY = "the peer accepts connections but does not answer: check its load and the network path"
+
+
+class JobScheduler(Protocol):
+    """What `schedule` needs of healer.scheduler.Scheduler."""
+
+    def add(self, name: str, func: Callable[[], object], interval_seconds: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Everything known about one check: its configuration, reported and raw results."""
+
+    check: Check
+    result: CheckResult | None  # as reported (threshold, dependencies); None: not run yet
+    raw: CheckResult | None  # what the last probe itself said
+    consecutive_failures: int = 0
+    last_success: datetime | None = None
+
+    @property
+    def name(self) -> str:
+        return self.check.name
+
+    def as_dict(self) -> dict[str, object]:
+        if self.result is None:
+            body: dict[str, object] = {
+                "status": "pending", "latency_seconds": None, "detail": "not run yet", "remedy": "",
+                "runbook": self.check.runbook.value, "checked_at": None, "data": {},
+            }
+        else:
+            body = self.result.as_dict()
+        return {
+            "name": self.name,
+            **body,
+            "last_success": self.last_success.isoformat(timespec="seconds") if self.last_success else None,
+            "critical": self.check.critical,
+            "interval_seconds": self.check.interval_seconds,
+            "timeout_seconds": self.check.timeout_seconds,
+            "failure_threshold": self.check.failure_threshold,
+            "consecutive_failures": self.consecutive_failures,
+            "probe_status": self.raw.status.value if self.raw else None,
+        }
+
+
+@dataclass(frozen=True)
+class ReadinessLine:
+    name: str
+    ok: bool
+    reason: str  # "ok", "warning", "excluded", or why it is not ready
+    excluded: bool = False
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    lines: tuple[ReadinessLine, ...]
+    unknown_excludes: tuple[str, ...] = ()  # `?exclude=` names that match no critical check
+
+
+@dataclass(frozen=True)
+class _Entry:
+    reported: CheckResult
+    raw: CheckResult
+    failures: int
+    last_success: datetime | None
+
+
+@dataclass(frozen=True)
+class _Probe:
+    done: threading.Event
+    started: float  # time.monotonic()
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Watched(Check):
+    """`inner`, telling `done` when its probe returns.
+
+    run_with_timeout stops waiting for a hung probe but cannot say when it finally ends; this can,
+    so the monitor knows whether the previous probe of a check is still running.
+    """
+
+    inner: Check
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        # run_check labels the result with the name and runbook of the check it runs.
+        object.__setattr__(self, "name", self.inner.name)
+        object.__setattr__(self, "runbook", self.inner.runbook)
+
+    def probe(self) -> str | Healthy:
+        try:
+            return self.inner.probe()
+        finally:
+            self.done.set()
+
+
+class HealthMonitor:
+    def __init__(self, checks: Sequence[Check], *, redact: Iterable[str] = ()) -> None:
+        names = [check.name for check in checks]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"more than one check named {', '.join(duplicates)}")
+        by_name = {check.name: check for check in checks}
+        self._checks = {name: by_name[name] for name in display_order(names)}
+        # Longest first, so a secret that contains another is masked whole.
+        self._redact = sorted({s for s in redact if len(s) >= _MIN_REDACTED_LENGTH}, key=len, reverse=True)
+        self._lock = threading.Lock()  # guards _entries and _listeners; never held during a probe
+        self._entries: dict[str, _Entry] = {}
+        self._listeners: list[Listener] = []
+        # One caller at a time per check (a scheduled run and `run_all` may meet); the last probe
+        # started per check, which may outlive its caller when it hangs.
+        self._callers = {name: threading.Lock() for name in self._checks}
+        self._probes: dict[str, _Probe] = {}
+
+    # -- configuration -----------------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        """Every check's name, in display order."""
+        return list(self._checks)
+
+    def check(self, name: str) -> Check:
+        return self._checks[name]
+
+    def add_listener(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def schedule(self, scheduler: JobScheduler) -> None:
+        """One job per check, `check:<name>`, at the check's own interval (first run at once)."""
+        for name, check in self._checks.items():
+            scheduler.add(f"check:{name}", partial(self.run, name), check.interval_seconds)
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def run(self, name: str) -> CheckResult:
+        """Probe one check now (unless skipped or still hanging); returns the reported result."""
+        check = self._checks[name]
+        with self._callers[name]:
+            raw = self._skipped(check) or self._probe(check)
+            return self._record(check, raw)
+
+    def run_all(self, names: Iterable[str] | None = None) -> dict[str, CheckResult]:
+        """Run the named checks (default: all) once, in parallel; reported results in display order."""
+        selected = display_order(self._checks if names is None else names)
+        unknown = [name for name in selected if name not in self._checks]
+        if unknown:  # before anything runs
+            raise KeyError(f"no such check: {', '.join(unknown)}")
+        # Checks that others depend on run first, so dependents see this run's answer.
+        first = [n for n in selected if any(n in self._checks[m].depends_on for m in selected)]
+        rest = [n for n in selected if n not in first]
+        results: dict[str, CheckResult] = {}
+        with ThreadPoolExecutor(max_workers=max(1, len(selected)), thread_name_prefix="health") as pool:
+            for batch in (first, rest):
+                results.update(zip(batch, pool.map(self.run, batch), strict=True))
+        return {name: results[name] for name in selected}
+
+    def _skipped(self, check: Check) -> CheckResult | None:
+        with self._lock:
+            failing = [d for d in check.depends_on
+                       if (e := self._entries.get(d)) is not None and e.reported.status is Status.FAILING]
+        if not failing:
+            return None
+        return CheckResult(check.name, Status.SKIPPED, 0.0, f"skipped: {', '.join(failing)} failing",
+                           f"fix {', '.join(failing)} first", check.runbook)
+
+    def _probe(self, check: Check) -> CheckResult:
+        previous = self._probes.get(check.name)
+        if previous is not None and not previous.done.is_set():
+            age = time.monotonic() - previous.started
+            return CheckResult(
+                check.name, Status.FAILING, age,
+                f"still hanging: the probe started {age:.0f}s ago has not returned "
+                f"(timeout {check.timeout_seconds:g}s); not started again",
+                _HANG_REMEDY, check.runbook,
+            )
+        watched = _Watched(inner=check, timeout_seconds=check.timeout_seconds)
+        self._probes[check.name] = _Probe(watched.done, time.monotonic())
+        return run_with_timeout(watched)
+
+    def _record(self, check: Check, raw: CheckResult) -> CheckResult:
+        raw = self._scrubbed(raw)
+        with self._lock:
+            entry = self._entries.get(check.name)
+            previous = entry.reported if entry else None
+            failures = _failures(raw, entry)
+            reported = _held(check, raw, previous, failures)
+            last_success = raw.checked_at if raw.status in _SUCCESS else (entry.last_success if entry else None)
+            self._entries[check.name] = _Entry(reported, raw, failures, last_success)
+            listeners = list(self._listeners)
+        _log_transition(reported, previous)
+        for listener in listeners:
+            try:
+                listener(reported, previous)
+            except Exception:  # one broken listener must not stop the others or the check
+                log.exception("Health listener %r failed on check %s", listener, check.name)
+        return reported
+
+    def _scrubbed(self, result: CheckResult) -> CheckResult:
+        """Belt and braces: the checks never print a secret, and this makes sure of it."""
+        detail, remedy = result.detail, result.remedy
+        for secret in self._redact:
+            detail = detail.replace(secret, mask_secret(secret))
+            remedy = remedy.replace(secret, mask_secret(secret))
+        if (detail, remedy) == (result.detail, result.remedy):
+            return result
+        return replace(result, detail=detail, remedy=remedy)
+
+    # -- reading the cache (never waits on a probe) ----------------------------------------------
+
+    def results(self) -> dict[str, CheckResult]:
+        """The reported result of every check that has run, in display order."""
+        with self._lock:
+            return {name: self._entries[name].reported for name in self._checks if name in self._entries}
+
+    def reports(self) -> list[CheckReport]:
+        return [self.report(name) for name in self._checks]
+
+    def report(self, name: str) -> CheckReport:
+        check = self._checks[name]
+        with self._lock:
+            entry = self._entries.get(name)
+        if entry is None:
+            return CheckReport(check, None, None)
+        return CheckReport(check, entry.reported, entry.raw, entry.failures, entry.last_success)
+
+    def overall(self) -> Status:
+        """Failing when not ready; warning when anything else fails or warns; else ok."""
+        if not self.ready().ready:
+            return Status.FAILING
+        statuses = {result.status for result in self.results().values()}
+        return Status.WARNING if statuses & {Status.FAILING, Status.WARNING} else Status.OK
+
+    def ready(self, exclude: Iterable[str] = ()) -> Readiness:
+        """Whether every critical check (bar `exclude`) has run and is not failing."""
+        excluded = set(exclude)
+        with self._lock:
+            entries = dict(self._entries)
+        lines = tuple(_readiness_line(name, entries.get(name), name in excluded)
+                      for name, check in self._checks.items() if check.critical)
+        unknown = tuple(sorted(excluded - {line.name for line in lines}))
+        return Readiness(all(line.ok for line in lines), lines, unknown)
+
+    def gate(self, checks: tuple[str, ...]) -> str | None:
+        """fulfilment.pipeline.Gate: why a step must wait ("s3 failing: access denied"), or None.
+
+        Only a *reported* failure gates: a check that is unknown, not run yet, skipped or within
+        its failure threshold lets the step go ahead (and the step's own error says the rest).
+        """
+        results = self.results()
+        reasons = [f"{name} failing: {results[name].detail}" for name in checks
+                   if name in results and results[name].status is Status.FAILING]
+        if not reasons:
+            return None
+        reason = "; ".join(reasons)
+        return reason if len(reason) <= 300 else reason[:297] + "..."
+
+
+def _log_transition(reported: CheckResult, previous: CheckResult | None) -> None:
+    # A status change is news; so is a first answer that is not good. Steady state is not.
+    changed = previous.status is not reported.status if previous else reported.status.severity > 0
+    if changed:
+        level = logging.WARNING if reported.status is Status.FAILING else logging.INFO
+        log.log(level, "Check %s is %s: %s", reported.name, reported.status.value, reported.detail)
+
+
+def _failures(raw: CheckResult, entry: _Entry | None) -> int:
+    previous = entry.failures if entry else 0
+    if raw.status is Status.FAILING:
+        return previous + 1
+    return previous if raw.status is Status.SKIPPED else 0
+
+
+def _held(check: Check, raw: CheckResult, previous: CheckResult | None, failures: int) -> CheckResult:
+    """The result to report: a failure below the threshold keeps a known-good status.
+
+    With nothing known before (first run, or after disabled/skipped) a failure is reported at once:
+    the threshold guards a good status against blips, it does not delay the first answer.
+    """
+    if raw.status is not Status.FAILING or failures >= check.failure_threshold:
+        return raw
+    if previous is None or previous.status not in _HELD:
+        return raw
+    return replace(
+        raw,
+        status=previous.status,
+        detail=f"probe failed ({failures} of {check.failure_threshold} before failing): {raw.detail}",
+    )
+
+
+def _readiness_line(name: str, entry: _Entry | None, excluded: bool) -> ReadinessLine:
+    if excluded:
+        return ReadinessLine(name, True, "excluded", excluded=True)
+    if entry is None:
+        return ReadinessLine(name, False, "not checked yet")
+    status = entry.reported.status
+    if status is Status.FAILING:
+        return ReadinessLine(name, False, entry.reported.detail)
+    return ReadinessLine(name, True, "ok" if status is Status.OK else status.value)
+
+
+# -- the configured checks ---------------------------------------------------------------------------
+
+
+def build_monitor(settings: Settings, services: Services, extra_checks: Sequence[Check] = ()) -> HealthMonitor:
+    """The four peer checks from Settings and Services, plus `extra_checks`, in one monitor.
+
+    Intervals derive from HEALER_CHECK_INTERVAL_SECONDS (default 30 s), so a test or a demo that
+    shortens it speeds up every check alike; at the default they are 15 s, 30 s and 60 s.
+    """
+    interval = settings.check_interval_seconds
+    checks: list[Check] = [
+        _database_check(services, interval),
+        _s3_check(settings, interval),
+        _sendgrid_check(settings, interval),
+        _stripe_check(settings, interval),
+        *extra_checks,
+    ]
+    return HealthMonitor(checks, redact=secret_values(settings))
+
+
+def _database_check(services: Services, interval: float) -> DatabaseCheck:
+    # Twice as often as the rest: it is one pooled `SELECT 1`, every step needs the database, and
+    # checks that depend on it are skipped while it fails, so it should be the first to know. Its
+    # timeout outlasts the driver's 5 s connect timeout, so a dead server is named by the driver.
+    return DatabaseCheck(
+        engine=services.engine,
+        head_revision=db.head_revision(),
+        interval_seconds=interval / 2,
+        timeout_seconds=8.0,
+        critical=True,
+    )
+
+
+def _s3_check(settings: Settings, interval: float) -> Check:
+    if settings.s3_bucket is None:
+        return LocalStoreCheck(root=settings.local_store_dir, interval_seconds=interval, timeout_seconds=5.0)
+    # Its own client: short timeouts and a single attempt, so a probe reports what S3 did and
+    # finishes (read timeout 5 s) before the check's own timeout cuts it off.
+    client = make_s3_client(
+        access_key_id=settings.aws_access_key_id.value if settings.aws_access_key_id else None,
+        secret_access_key=settings.aws_secret_access_key.value if settings.aws_secret_access_key else None,
+        region=settings.s3_region,
+        endpoint_url=settings.s3_endpoint_url,
+        connect_timeout=3,
+        read_timeout=5,
+        max_attempts=1,
+    )
+    # A cheap listing every interval; the six-request write/copy/delete round trip every 20
+    # intervals (10 minutes at the default), which keeps the check's S3 bill negligible.
+    return S3Check(
+        client=client,
+        bucket=settings.s3_bucket,
+        round_trip_every_seconds=interval * 20,
+        interval_seconds=interval,
+        timeout_seconds=10.0,
+        critical=True,
+    )
+
+
+# SendGrid and Stripe are probed every other interval (60 s at the default): each probe is an
+# authenticated call to a third-party API whose rate limits the shop's own traffic shares, and what
+# it checks (is the key valid) changes rarely. They are not critical: every replica shares the same
+# account, so failing readiness on them would take the whole shop's API out of rotation, while the
+# pipeline already holds the steps that need them (gated) and answers customers 202.
+def _sendgrid_check(settings: Settings, interval: float) -> SendGridCheck:
+    return SendGridCheck(
+        api_key=settings.sendgrid_api_key.value if settings.sendgrid_api_key else None,
+        from_email=settings.from_email,
+        api_base=settings.sendgrid_api_base,
+        outbox_dir=settings.outbox_dir,
+        interval_seconds=interval * 2,
+        timeout_seconds=10.0,
+        critical=False,
+    )
+
+
+def _stripe_check(settings: Settings, interval: float) -> StripeCheck:
+    return StripeCheck(
+        api_key=settings.stripe_secret_key.value if settings.stripe_secret_key else None,
+        webhook_secret=settings.stripe_webhook_secret.value if settings.stripe_webhook_secret else None,
+        api_base=settings.stripe_api_base,
+        interval_seconds=interval * 2,
+        timeout_seconds=10.0,
+        critical=False,
+    )
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Every configured secret value (and the database password alone), for redaction."""
+    values = [getattr(settings, f.name).value for f in fields(settings)
+              if isinstance(getattr(settings, f.name), Secret)]
+    if settings.database_url is not None:
+        password = urlsplit(settings.database_url.value).password
+        if password:
+            values += [password, unquote(password)]
+    return values
