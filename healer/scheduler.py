@@ -14,9 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 log = logging.getLogger(__name__)
+
+PROBES = "probes"
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,10 @@ class JobState:
 
 class Scheduler:
     def __init__(self) -> None:
+        # Probes block a thread for up to their timeout; on their own pool, a wide outage that
+        # hangs every probe cannot delay the worker or reconciliation.
         self._scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(8), PROBES: ThreadPoolExecutor(16)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
             timezone="UTC",
         )
@@ -49,7 +55,9 @@ class Scheduler:
         with self._lock:
             self._jobs[name] = JobState(name, interval_seconds, None, None, 0, 0)
         kwargs = {"next_run_time": datetime.now(timezone.utc)} if run_now else {}
-        self._scheduler.add_job(func, "interval", seconds=interval_seconds, id=name, name=name, **kwargs)
+        executor = PROBES if name.startswith("check:") else "default"
+        self._scheduler.add_job(func, "interval", seconds=interval_seconds, id=name, name=name,
+                                executor=executor, **kwargs)
 
     def _on_event(self, event: JobExecutionEvent) -> None:
         with self._lock:
