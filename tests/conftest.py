@@ -5,6 +5,7 @@ import logging
 import pytest
 
 from tests.fakes.db_fixtures import *  # noqa: F401,F403
+from tests.fakes.docker_fixtures import *  # noqa: F401,F403
 from tests.fakes.render_fixtures import *  # noqa: F401,F403
 from tests.fakes.s3_fixtures import *  # noqa: F401,F403
 from tests.fakes.sendgrid_fixtures import *  # noqa: F401,F403

@@ -1,0 +1,157 @@
+"""The scheduler check watching healer's real scheduler: a job that stops succeeding (failing or
+hung) is named with its last error, and the check turns green when the job succeeds again."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from checks.base import CheckResult, Status, run_check
+from checks.scheduler import SchedulerCheck
+from healer.scheduler import JobState, Scheduler
+
+INTERVAL = 0.2  # seconds: dead after 5 intervals without a success, late after 2
+
+
+class Switch:
+    """A job whose behaviour the test flips: succeed, raise, or block until released."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self) -> None:
+        self.release.wait()
+        if self.error is not None:
+            raise RuntimeError(self.error)
+
+
+@pytest.fixture
+def scheduler() -> Iterator[Scheduler]:
+    scheduler = Scheduler()
+    yield scheduler
+    scheduler.shutdown()
+
+
+def _check(scheduler: Scheduler) -> SchedulerCheck:
+    return SchedulerCheck(jobs=scheduler.jobs, started_at=lambda: scheduler.started_at, min_interval_seconds=0.05)
+
+
+def _wait_for(check: SchedulerCheck, status: Status, timeout: float = 10.0) -> CheckResult:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = run_check(check)
+        if result.status is status:
+            return result
+        assert time.monotonic() < deadline, f"still {result.status.value}: {result.detail}"
+        time.sleep(0.05)
+
+
+def _wait_for_successes(scheduler: Scheduler, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while any(job.last_success is None for job in scheduler.jobs()):
+        assert time.monotonic() < deadline, f"jobs never ran: {scheduler.jobs()}"
+        time.sleep(0.02)
+
+
+def test_a_job_that_starts_failing_is_named_with_its_error_and_clears_when_it_succeeds(
+    scheduler: Scheduler,
+) -> None:
+    job = Switch()
+    scheduler.add("reconcile", job, INTERVAL)
+    scheduler.add("cleanup", Switch(), INTERVAL)
+    scheduler.start()
+    check = _check(scheduler)
+    _wait_for_successes(scheduler)
+    ok = _wait_for(check, Status.OK)
+    assert ok.detail == "2 jobs succeeding: cleanup, reconcile"
+
+    job.error = "stripe unreachable: connection refused"
+    failing = _wait_for(check, Status.FAILING)
+
+    assert failing.detail.startswith("job reconcile: no success for ")
+    assert failing.detail.endswith("last error: RuntimeError: stripe unreachable: connection refused")
+    assert "cleanup" not in failing.detail
+    assert "reconcile" in failing.remedy
+    assert failing.data["jobs_dead"] == 1 and failing.data["reconcile.seconds_since_success"] > 5 * INTERVAL
+
+    job.error = None
+    assert _wait_for(check, Status.OK).data["jobs_dead"] == 0
+
+
+def test_a_hung_job_is_named_as_hung(scheduler: Scheduler) -> None:
+    job = Switch()
+    scheduler.add("worker", job, INTERVAL)
+    scheduler.start()
+    check = _check(scheduler)
+    _wait_for_successes(scheduler)
+
+    job.release.clear()  # the next run blocks, as on a call that never returns
+    try:
+        failing = _wait_for(check, Status.FAILING)
+        assert failing.detail.endswith("no error recorded (hung or not run)")
+        assert "hung call" in failing.remedy
+    finally:
+        job.release.set()
+    _wait_for(check, Status.OK)
+
+
+def test_a_job_that_never_succeeded_counts_from_the_schedulers_start(scheduler: Scheduler) -> None:
+    job = Switch()
+    job.error = "database is starting up"
+    scheduler.add("metrics", job, INTERVAL)
+    scheduler.start()
+
+    failing = _wait_for(_check(scheduler), Status.FAILING)
+
+    assert failing.detail.startswith("job metrics: never succeeded in ")
+    assert failing.detail.endswith("last error: RuntimeError: database is starting up")
+
+
+def test_a_scheduler_not_started_is_disabled(scheduler: Scheduler) -> None:
+    scheduler.add("reconcile", Switch(), INTERVAL, run_now=False)
+
+    result = run_check(_check(scheduler))
+
+    assert result.status is Status.DISABLED
+    assert result.detail == "scheduler not started: no periodic jobs to watch"
+
+
+def _states(*jobs: JobState) -> Callable[[], list[JobState]]:
+    return lambda: list(jobs)
+
+
+def test_a_job_late_by_two_intervals_warns_and_by_five_fails() -> None:
+    now = 10_000.0
+    check = SchedulerCheck(
+        jobs=_states(
+            JobState("reconcile", 300, last_success=now - 700, last_error="stripe: 503", runs=9, failures=2),
+            JobState("worker", 2, last_success=now - 1, last_error=None, runs=500, failures=0),
+        ),
+        started_at=now - 86400,
+        clock=lambda: now,
+    )
+
+    late = run_check(check)
+    assert late.status is Status.WARNING
+    assert late.detail == "job reconcile: no success for 700s, last error: stripe: 503"
+    assert late.data["jobs_late"] == 1
+
+    dead = run_check(SchedulerCheck(jobs=check.jobs, started_at=now - 86400, clock=lambda: now + 900))
+    assert dead.status is Status.FAILING  # 1600 s > 5 x 300 s
+
+
+def test_a_fast_job_gets_the_minimum_interval_as_grace() -> None:
+    now = 10_000.0
+    # A 2 s worker silent for 20 s: ten of its intervals, but within 5 x the 6 s minimum.
+    job = JobState("worker", 2, last_success=now - 20, last_error=None, runs=50, failures=0)
+
+    result = run_check(SchedulerCheck(jobs=_states(job), started_at=now - 600, clock=lambda: now))
+
+    assert result.status is Status.WARNING  # past 2 x 6 s
+    assert run_check(SchedulerCheck(jobs=_states(job), started_at=now - 600, clock=lambda: now + 11)).status \
+        is Status.FAILING  # 31 s > 30 s
