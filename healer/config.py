@@ -77,6 +77,8 @@ class Settings:
     retry_max_seconds: float
     remediation: RemediationMode
     autoheal_label: str
+    docker_host: str | None
+    compose_project: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -198,6 +200,12 @@ class _Reader:
             raise SettingsError(f"{name}={value!r} is not a duration (seconds, or e.g. 30m, 24h, 7d)")
         return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
+    def docker_host(self) -> str | None:
+        value = self.raw("DOCKER_HOST")
+        if value is not None and urlsplit(value).scheme not in ("unix", "tcp", "http", "https", "ssh"):
+            raise SettingsError(f"DOCKER_HOST={value!r} is not a unix://, tcp:// or ssh:// address")
+        return value
+
     def database_url(self) -> Secret | None:
         value = self.raw("DATABASE_URL")
         if value is None:
@@ -284,4 +292,6 @@ class _Reader:
             retry_max_seconds=retry_max,
             remediation=mode,
             autoheal_label=self.text("HEALER_AUTOHEAL_LABEL", "healer.autoheal=true"),
+            docker_host=self.docker_host(),
+            compose_project=self.text("HEALER_COMPOSE_PROJECT", "healer"),
         )

@@ -10,12 +10,16 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+from sqlalchemy.exc import SQLAlchemyError
 from fastapi import Response
 
+from checks.base import CheckResult, Status
+from checks.scheduler import SchedulerCheck
 from fulfilment.pipeline import Pipeline
 from healer import db
 from healer.app import AppContext, create_app
 from healer.config import Settings
+from healer.health import build_monitor
 from healer.metrics import Metrics
 from healer.scheduler import Scheduler
 from healer.services import Services
@@ -34,10 +38,19 @@ class Daemon:
         self.services = Services.build(settings)
         self.render_pool = RenderPool(settings.assets_dir, settings.workers)
         self.metrics = Metrics()
-        self.pipeline: Pipeline = self.services.pipeline(self.render_pool, observe=self.metrics.observe_step)
-        self.worker = Worker(self.pipeline, concurrency=settings.workers)
         self.scheduler = Scheduler()
+        self.health = build_monitor(settings, self.services, extra_checks=[
+            SchedulerCheck(jobs=self.scheduler.jobs, started_at=lambda: self.scheduler.started_at,
+                           interval_seconds=settings.check_interval_seconds, timeout_seconds=2.0),
+        ])
+        self.pipeline: Pipeline = self.services.pipeline(
+            self.render_pool, gate=self.health.gate, observe=self.metrics.observe_step
+        )
+        self.worker = Worker(self.pipeline, concurrency=settings.workers)
+        self.health.add_listener(self._on_check_result)
+        self.health.schedule(self.scheduler)
         self.scheduler.add("worker", self.worker.tick, settings.worker_interval_seconds)
+        self.metrics.watch_checks(self.health.reports)
         self.metrics.watch_jobs(self.scheduler.jobs)
         # Order counts are cached for a typical scrape interval: one query per scrape at most.
         self.metrics.watch_orders(self.services.sessions, settings.order_sla_seconds, ttl_seconds=15)
@@ -48,10 +61,20 @@ class Daemon:
                 store=self.services.store,
                 admin_token=settings.admin_token,
                 liveness=self.scheduler.liveness,
+                health=self.health,
             )
         )
         self.app.add_api_route("/metrics", self._metrics, methods=["GET"], include_in_schema=True)
         self.server: uvicorn.Server | None = None
+
+    def _on_check_result(self, new: CheckResult, previous: CheckResult | None) -> None:
+        """A dependency is green again: orders waiting on it go now, not at their next poll."""
+        if previous is None or previous.status is not Status.FAILING or new.status is Status.FAILING:
+            return
+        try:
+            self.pipeline.resume_waiting(new.name)
+        except SQLAlchemyError as error:
+            log.warning("Could not resume orders waiting on %s: %s", new.name, str(error).splitlines()[0])
 
     def _metrics(self) -> Response:
         body, content_type = self.metrics.exposition()

@@ -27,8 +27,13 @@ from functools import partial
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
+from checks.assets import AssetsCheck
 from checks.base import Check, CheckResult, Healthy, Status, run_with_timeout
 from checks.database import DatabaseCheck
+from checks.disk import DiskCheck
+from checks.docker import DockerCheck, compose_project_label
+from checks.memory import MemoryCheck
+from checks.orders import OrdersCheck
 from checks.registry import display_order
 from checks.s3 import LocalStoreCheck, S3Check
 from checks.sendgrid import SendGridCheck
@@ -364,9 +369,39 @@ def build_monitor(settings: Settings, services: Services, extra_checks: Sequence
         _s3_check(settings, interval),
         _sendgrid_check(settings, interval),
         _stripe_check(settings, interval),
+        *_resource_checks(settings, services, interval),
         *extra_checks,
     ]
     return HealthMonitor(checks, redact=secret_values(settings))
+
+
+def _resource_checks(settings: Settings, services: Services, interval: float) -> list[Check]:
+    # None of these gates readiness: taking the daemon out of a load balancer would not free a
+    # disk or restart a container, and the completion API answers 202 whatever they say; they gate
+    # the steps that need them instead, and alert.
+    return [
+        DiskCheck(
+            paths=(("data", settings.data_dir), ("scratch", settings.scratch_dir), ("assets", settings.assets_dir)),
+            interval_seconds=interval,
+            timeout_seconds=5.0,
+            critical=False,
+        ),
+        MemoryCheck(interval_seconds=interval, timeout_seconds=5.0, critical=False),
+        # A canary render of every template, cached until an asset file changes.
+        AssetsCheck(assets_dir=settings.assets_dir, interval_seconds=interval),
+        DockerCheck(
+            base_url=settings.docker_host,
+            label=compose_project_label(settings.compose_project),
+            interval_seconds=interval,
+            timeout_seconds=10.0,
+        ),
+        OrdersCheck(
+            sessions=services.sessions,
+            sla_seconds=settings.order_sla_seconds,
+            session_expiration_seconds=settings.session_expiration_seconds,
+            interval_seconds=interval,
+        ),
+    ]
 
 
 def _database_check(services: Services, interval: float) -> DatabaseCheck:

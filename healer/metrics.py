@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from datetime import datetime, timedelta, timezone
 
 from prometheus_client import (
@@ -110,8 +111,8 @@ class Metrics:
 
     # -- state read at scrape time ---------------------------------------------------------------
 
-    def watch_checks(self, results: Callable[[], Iterable[CheckResult]]) -> None:
-        self.registry.register(_ChecksCollector(results))
+    def watch_checks(self, states: Callable[[], Iterable[CheckState]]) -> None:
+        self.registry.register(_ChecksCollector(states))
 
     def watch_jobs(self, jobs: Callable[[], Sequence[JobState]]) -> None:
         self.registry.register(_JobsCollector(jobs))
@@ -129,10 +130,20 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+class CheckState(Protocol):
+    """What the metrics need of a check: its latest reported result and its last success."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def result(self) -> CheckResult | None: ...
+    @property
+    def last_success(self) -> datetime | None: ...
+
+
 class _ChecksCollector(Collector):
-    def __init__(self, results: Callable[[], Iterable[CheckResult]]) -> None:
-        self.results = results
-        self.last_success: dict[str, float] = {}
+    def __init__(self, states: Callable[[], Iterable[CheckState]]) -> None:
+        self.states = states
 
     def collect(self) -> Iterable[Metric]:
         up = GaugeMetricFamily("healer_check_up", "1 if the check passes (or is disabled), else 0.",
@@ -141,16 +152,14 @@ class _ChecksCollector(Collector):
                                      labels=["check"])
         success = GaugeMetricFamily("healer_check_last_success_timestamp_seconds",
                                     "When the check last passed.", labels=["check"])
-        for result in self.results():
-            if result.status is Status.SKIPPED:
-                up.add_metric([result.name], 0)
-                continue
-            up.add_metric([result.name], 1 if result.ok else 0)
-            duration.add_metric([result.name], result.latency_seconds)
-            if result.ok:
-                self.last_success[result.name] = result.checked_at.timestamp()
-            if result.name in self.last_success:
-                success.add_metric([result.name], self.last_success[result.name])
+        for state in self.states():
+            if state.last_success is not None:
+                success.add_metric([state.name], state.last_success.timestamp())
+            if state.result is None:
+                continue  # not probed yet: no sample rather than a false 0
+            up.add_metric([state.name], 1 if state.result.ok else 0)
+            if state.result.status is not Status.SKIPPED:
+                duration.add_metric([state.name], state.result.latency_seconds)
         return [up, duration, success]
 
 

@@ -44,7 +44,7 @@ def test_embedded_defaults_are_all_ok_or_disabled(tmp_path: Path) -> None:
     for name, status in (("database", "ok"), ("s3", "ok"), ("sendgrid", "disabled"), ("stripe", "disabled")):
         assert any(f"│ {name} " in line and f"│ {status} " in line for line in lines), (name, done.stdout)
     assert "local store (S3_BUCKET unset)" in done.stdout
-    assert "4 check(s); worst: ok" in done.stdout
+    assert "9 check(s); worst: ok" in done.stdout
 
 
 def test_json_output_has_every_named_check_in_display_order(tmp_path: Path) -> None:
@@ -104,7 +104,7 @@ def test_every_check_on_real_peers_ok_then_failing_and_never_a_secret(
     failing = healer_check(tmp_path, "--json", **env)
 
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
-    assert "4 check(s); worst: ok" in healthy.stdout
+    assert "9 check(s); worst: ok" in healthy.stdout
     assert failing.returncode == 2
     sendgrid = json.loads(failing.stdout)["checks"]["sendgrid"]
     assert sendgrid["status"] == "failing" and sendgrid["detail"].startswith("invalid key: SG.…")

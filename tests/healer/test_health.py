@@ -338,20 +338,22 @@ def test_build_monitor_on_embedded_defaults(tmp_path: Path) -> None:
     settings = embedded_settings(tmp_path)
     services = Services.build(settings)
     db.upgrade(services.engine)
-    extra = stand_in("orders", depends_on=("database",))
+    extra = stand_in("scheduler")
     try:
         monitor = build_monitor(settings, services, [extra])
         results = monitor.run_all()
     finally:
         services.close()
 
-    assert monitor.names == ["database", "s3", "sendgrid", "stripe", "orders"]
+    assert sorted(monitor.names) == sorted(["database", "s3", "sendgrid", "stripe", "disk", "memory", "assets",
+                                            "docker", "orders", "scheduler"])
     assert {n: r.status for n, r in results.items()} == {
         "database": Status.OK, "s3": Status.OK, "sendgrid": Status.DISABLED, "stripe": Status.DISABLED,
-        "orders": Status.OK}
+        "disk": Status.OK, "memory": Status.OK, "assets": Status.OK, "docker": Status.DISABLED,
+        "orders": Status.OK, "scheduler": Status.OK}
     assert results["s3"].detail.startswith("local store (S3_BUCKET unset)")
     assert str(settings.outbox_dir) in results["sendgrid"].detail
-    assert monitor.check("orders") is extra
+    assert monitor.check("scheduler") is extra
 
 
 def test_build_monitor_intervals_follow_the_check_interval(tmp_path: Path) -> None:
@@ -364,7 +366,8 @@ def test_build_monitor_intervals_follow_the_check_interval(tmp_path: Path) -> No
         services.close()
 
     intervals = {name: monitor.check(name).interval_seconds for name in monitor.names}
-    assert intervals == {"database": 15, "s3": 30, "sendgrid": 60, "stripe": 60}
+    assert intervals == {"database": 15, "s3": 30, "sendgrid": 60, "stripe": 60, "disk": 30, "memory": 30,
+                         "assets": 30, "docker": 30, "orders": 30}
     s3 = monitor.check("s3")
     assert isinstance(s3, S3Check) and s3.round_trip_every_seconds == 600
     assert {n for n in monitor.names if monitor.check(n).critical} == {"database", "s3"}
@@ -420,7 +423,8 @@ def test_build_monitor_on_real_peers_is_ok_and_never_shows_a_secret(
     finally:
         services.close()
 
-    assert {n: r.status for n, r in healthy.items()} == dict.fromkeys(healthy, Status.OK), healthy
+    expected = dict.fromkeys(healthy, Status.OK) | {"docker": Status.DISABLED}  # no DOCKER_HOST here
+    assert {n: r.status for n, r in healthy.items()} == expected, healthy
     assert broken["sendgrid"].status is broken["stripe"].status is Status.FAILING
     output = json.dumps([r.as_dict() for r in monitor.reports()]) + repr(monitor.reports()) + caplog.text
     leaked = [secret for secret in setup.secrets if secret in output]

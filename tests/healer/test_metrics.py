@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -53,17 +54,27 @@ def test_step_results_feed_counters_and_histograms() -> None:
     assert found[("healer_order_completion_latency_seconds_sum", ())] == 42.0
 
 
+@dataclass
+class State:
+    name: str
+    result: CheckResult | None
+    last_success: datetime | None
+
+
 def test_check_and_job_state_is_read_at_scrape_time() -> None:
     metrics = Metrics(CollectorRegistry())
-    current = [CheckResult("s3", Status.OK, 0.05, "fine", runbook=Runbook.S3_PERMISSION)]
+    passed = utcnow()
+    current = [State("s3", CheckResult("s3", Status.OK, 0.05, "fine", runbook=Runbook.S3_PERMISSION), passed),
+               State("docker", None, None)]
     metrics.watch_checks(lambda: current)
     metrics.watch_jobs(lambda: [JobState("worker", 2.0, 1700000000.0, None, 3, 0)])
 
     assert samples(metrics)[("healer_check_up", (("check", "s3"),))] == 1
-    current[0] = CheckResult("s3", Status.FAILING, 0.05, "403", runbook=Runbook.S3_PERMISSION)
+    current[0].result = CheckResult("s3", Status.FAILING, 0.05, "403", runbook=Runbook.S3_PERMISSION)
     found = samples(metrics)
     assert found[("healer_check_up", (("check", "s3"),))] == 0
-    assert found[("healer_check_last_success_timestamp_seconds", (("check", "s3"),))] > 0
+    assert ("healer_check_up", (("check", "docker"),)) not in found  # not probed yet
+    assert found[("healer_check_last_success_timestamp_seconds", (("check", "s3"),))] == passed.timestamp()
     assert found[("healer_job_last_success_timestamp_seconds", (("job", "worker"),))] == 1700000000.0
 
 
