@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-ensure_apt_packages poppler-utils
+ensure_apt_packages poppler-utils docker.io busybox-static prometheus prometheus-alertmanager docker-compose
 ensure_python_env
 ensure_postgresql
 exec .venv/bin/python -m pytest "$@"
