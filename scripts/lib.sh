@@ -3,15 +3,20 @@
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 
+# pip, without the warnings this machine's pip.conf adds for local mirror folders it lacks.
+quiet_pip() {
+    .venv/bin/pip --quiet "$@" 2> >(grep -v "^WARNING: Location 'file://" >&2)
+}
+
 # A virtualenv in .venv with the pinned dependencies and healer itself (editable).
 ensure_python_env() {
     local stamp=.venv/.installed-$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-16)
     if [ -f "$stamp" ]; then return; fi
     log "installing Python packages from requirements.lock into .venv"
     python3 -m venv .venv
-    .venv/bin/pip install --quiet --upgrade pip
-    .venv/bin/pip install --quiet -r requirements.lock
-    .venv/bin/pip install --quiet --no-deps --no-build-isolation -e .
+    quiet_pip install --upgrade pip
+    quiet_pip install -r requirements.lock
+    quiet_pip install --no-deps -e .
     rm -f .venv/.installed-* && touch "$stamp"
 }
 
