@@ -97,6 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--all", action="store_true", help="every order in needs_attention")
     retry.set_defaults(handler=cmd_orders_retry)
 
+    rec = sub.add_parser("reconcile", help="match Stripe payments with orders and repair what is out of step")
+    rec.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
+    rec.set_defaults(handler=cmd_reconcile)
+
     render = sub.add_parser("render", help="render one poster from files (for checking a template)")
     render.add_argument("--template", required=True)
     render.add_argument("--photo", required=True, type=Path)
@@ -314,6 +318,16 @@ def cmd_orders_retry(settings: Settings, args: argparse.Namespace) -> int:
         out.print(f"{order_id}: queued at {status.value}")
     out.print(f"{len(targets)} order(s) re-queued")
     return EXIT_OK
+
+
+def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from healer.reconcile import run_reconcile_command
+
+    services = _services(settings)
+    try:
+        return run_reconcile_command(settings, services, args.dry_run, out)
+    finally:
+        services.close()
 
 
 def cmd_render(settings: Settings, args: argparse.Namespace) -> int:

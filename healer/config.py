@@ -79,6 +79,8 @@ class Settings:
     autoheal_label: str
     docker_host: str | None
     compose_project: str
+    delay_email_after_seconds: int | None
+    refund_on_failure: bool
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -161,6 +163,16 @@ class _Reader:
 
     def text(self, name: str, default: str) -> str:
         return self.raw(name) or default
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name}={value!r} must be on or off")
 
     def secret(self, name: str) -> Secret | None:
         value = self.raw(name)
@@ -294,4 +306,6 @@ class _Reader:
             autoheal_label=self.text("HEALER_AUTOHEAL_LABEL", "healer.autoheal=true"),
             docker_host=self.docker_host(),
             compose_project=self.text("HEALER_COMPOSE_PROJECT", "healer"),
+            delay_email_after_seconds=self.integer("HEALER_DELAY_EMAIL_AFTER_SECONDS", 0, minimum=0) or None,
+            refund_on_failure=self.flag("HEALER_REFUND_ON_FAILURE", False),
         )

@@ -15,14 +15,18 @@ from fastapi import Response
 
 from checks.base import CheckResult, Status
 from checks.scheduler import SchedulerCheck
+from fulfilment.payments import StripePayments
 from fulfilment.pipeline import Pipeline
 from healer import db
 from healer.app import AppContext, create_app
 from healer.config import Settings
 from healer.health import build_monitor
 from healer.metrics import Metrics
+from healer.reconcile import reconcile_job
 from healer.scheduler import Scheduler
 from healer.services import Services
+from healer.stuck import StuckOrders, StuckPolicy
+from healer.webhooks import webhook_router
 from healer.worker import RenderPool, Worker
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,7 @@ class Daemon:
         self.health.add_listener(self._on_check_result)
         self.health.schedule(self.scheduler)
         self.scheduler.add("worker", self.worker.tick, settings.worker_interval_seconds)
+        self._schedule_reconciliation()
         self.metrics.watch_checks(self.health.reports)
         self.metrics.watch_jobs(self.scheduler.jobs)
         # Order counts are cached for a typical scrape interval: one query per scrape at most.
@@ -64,8 +69,30 @@ class Daemon:
                 health=self.health,
             )
         )
+        self.app.include_router(webhook_router(self.services.sessions, self.pipeline,
+                                               settings.stripe_webhook_secret, self.metrics))
         self.app.add_api_route("/metrics", self._metrics, methods=["GET"], include_in_schema=True)
         self.server: uvicorn.Server | None = None
+
+    def _schedule_reconciliation(self) -> None:
+        """Stripe reconciliation (one daemon at a time, by lock) and the stuck-order sweep."""
+        settings, payments = self.settings, self.services.payments
+        job = reconcile_job(self.services, self.pipeline, self.metrics, self.worker.owner)
+        if job is not None:
+            self.scheduler.add("reconcile", job, settings.reconcile_interval_seconds)
+        stuck = StuckOrders(
+            self.services.sessions,
+            self.pipeline,
+            StuckPolicy(
+                sla_seconds=settings.order_sla_seconds,
+                delay_email_after_seconds=settings.delay_email_after_seconds,
+                refund_on_failure=settings.refund_on_failure,
+            ),
+            mailer=self.services.mailer,
+            stripe_client=payments.client if isinstance(payments, StripePayments) else None,
+            metrics=self.metrics,
+        )
+        self.scheduler.add("stuck", stuck, min(60.0, settings.order_sla_seconds / 2))
 
     def _on_check_result(self, new: CheckResult, previous: CheckResult | None) -> None:
         """A dependency is green again: orders waiting on it go now, not at their next poll."""

@@ -1,0 +1,707 @@
+"""Reconciliation with Stripe, the source of truth for payments.
+
+Stripe to database: PaymentIntents are listed newest first with the list API (a `created` filter,
+`starting_after` pages of 100; not search, which is eventually consistent), and the succeeded ones
+are matched to orders by `metadata.order_id` (or the order's payment id) with one query per page:
+- an order still awaiting payment is marked paid and queued (its webhook was lost);
+- a paid order past its SLA that nobody works on is re-queued;
+- a payment that no order claims is an orphan: stored once, logged once, counted.
+The first run looks back three days, the time Stripe keeps retrying a webhook; later runs resume
+from the newest `created` seen, less an overlap for payments that were still being confirmed.
+
+Database to Stripe: `pending_payment` orders whose payment was not in the listing (created before
+the window) are retrieved one by one, each when it turns 5, 10, 20, 40... minutes old, so a payment
+that succeeds late is still found, while an abandoned checkout costs about ten requests in all.
+
+Stripe rate limits (429), 5xx and network errors are retried with exponential backoff, honouring
+Retry-After. One daemon reconciles at a time: a PostgreSQL advisory lock, or a lease row on SQLite.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+
+import stripe
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import Engine, func, or_, select, text, update
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from fulfilment.models import Order, OrderStatus, transaction, utcnow
+from fulfilment.payments import StripePayments
+from fulfilment.pipeline import ACTIVE, Pipeline
+from healer.config import Settings
+from healer.metrics import Metrics
+from healer.models import OrphanPayment, ReconcileRun, ReconcileState, RunResult, insert_once
+from healer.services import Services
+from healer.stuck import requeue_stuck
+from healer.webhooks import order_columns, parse_order_id, payment_mismatch
+
+if TYPE_CHECKING:
+    from stripe.params import PaymentIntentListParams
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LOOKBACK_SECONDS = 3 * 86_400  # Stripe retries a webhook delivery for up to three days
+# PaymentIntents created shortly before the last run may have succeeded since (3-D Secure, a slow
+# bank); slower ones are found by the database-to-Stripe check of pending orders.
+OVERLAP_SECONDS = 600
+PENDING_CHECK_AFTER_SECONDS = 300  # a checkout younger than this is still in the customer's hands
+PAGE_SIZE = 100  # the list API's maximum
+STATE = "stripe"
+LOCK_KEY = 0x6865616C  # pg advisory lock key every healer agrees on: "heal" in ASCII
+LEASE_SECONDS = 1800  # SQLite only: longer than any run, so a crashed holder frees it in time
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+@dataclass(frozen=True)
+class ReconcileConfig:
+    sla_seconds: int  # HEALER_ORDER_SLA_SECONDS
+    lookback_seconds: int = LOOKBACK_SECONDS
+    overlap_seconds: int = OVERLAP_SECONDS
+    pending_check_after_seconds: int = PENDING_CHECK_AFTER_SECONDS
+    max_pending_checks: int = 1000  # retrieves per run at most, whatever the backlog
+    page_size: int = PAGE_SIZE
+    max_retries: int = 6
+    backoff_base_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class Payment:
+    """The facts of a PaymentIntent that reconciliation uses."""
+
+    id: str
+    status: str
+    amount: int
+    currency: str
+    created: datetime
+    metadata_order_id: str | None
+
+    @classmethod
+    def from_stripe(cls, intent: dict[str, Any]) -> Payment:
+        named = (intent.get("metadata") or {}).get("order_id")
+        return cls(intent["id"], intent["status"], int(intent["amount"]), str(intent["currency"]),
+                   datetime.fromtimestamp(int(intent["created"]), timezone.utc),
+                   str(named)[:255] if named else None)
+
+    def as_intent(self) -> dict[str, Any]:
+        return {"id": self.id, "amount": self.amount, "currency": self.currency}
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.amount} {self.currency})"
+
+
+class FindingKind(str, enum.Enum):
+    MISSED_WEBHOOK = "missed_webhook"  # the payment succeeded, the order still waited for it
+    STUCK = "stuck"  # paid, past the SLA, nobody working on it
+    ORPHAN = "orphan"  # a succeeded payment that no order claims
+    MISMATCH = "mismatch"  # names an awaiting order, but not with its amount or currency
+
+    @property
+    def repairs(self) -> bool:
+        return self in (FindingKind.MISSED_WEBHOOK, FindingKind.STUCK)
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: FindingKind
+    payment: Payment
+    order_id: uuid.UUID | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    window_start: datetime
+    payments_read: int
+    stripe_requests: int
+    findings: tuple[Finding, ...]
+    dry_run: bool
+    seconds: float
+
+    def count(self, kind: FindingKind) -> int:
+        return sum(1 for f in self.findings if f.kind is kind)
+
+    @property
+    def orders_repaired(self) -> int:
+        return sum(1 for f in self.findings if f.kind.repairs)
+
+    @property
+    def orphans_found(self) -> int:
+        return self.count(FindingKind.ORPHAN)
+
+
+@dataclass
+class _Tally:
+    """What one run has read and found so far (mutable, private to the run)."""
+
+    payments_read: int = 0
+    stripe_requests: int = 0
+    newest_created: int | None = None
+    seen: set[str] = field(default_factory=set)
+    findings: list[Finding] = field(default_factory=list)
+
+
+# Called after each page with the payments read so far and the share of the window covered (0..1).
+ProgressFn = Callable[[int, float], None]
+
+
+class Reconciler:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        client: stripe.StripeClient,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        config: ReconcileConfig,
+        *,
+        worker: str | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.sessions = sessions
+        self.client = client
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.config = config
+        self.worker = worker
+        self.clock = clock
+        self.sleep = sleep
+
+    def run(self, *, dry_run: bool = False, progress: ProgressFn | None = None) -> ReconcileReport:
+        """One pass; `dry_run` reads everything and writes nothing (no repairs, cursor or record)."""
+        started, began = self.clock(), time.monotonic()
+        cursor, last_run_at = self._load_state()
+        window_start = self._window_start(started, cursor)
+        run_id = None if dry_run else self._start_run(started, window_start)
+        tally = _Tally()
+        try:
+            for intents in self._pages(window_start, tally):
+                self._reconcile_page(intents, started, tally, dry_run)
+                if progress is not None:
+                    progress(tally.payments_read, _covered(intents, window_start, started))
+            self._check_pending(started, last_run_at, tally, dry_run)
+        except Exception as error:
+            self._record_failure(run_id, tally, error)
+            raise
+        report = ReconcileReport(window_start, tally.payments_read, tally.stripe_requests,
+                                 tuple(tally.findings), dry_run, time.monotonic() - began)
+        if not dry_run:
+            self._record_success(run_id, started, cursor, tally, report)
+        return report
+
+    # -- window and cursor ------------------------------------------------------------------------
+
+    def _load_state(self) -> tuple[int | None, datetime | None]:
+        with self.sessions() as session:
+            row = session.execute(
+                select(ReconcileState.cursor_created, ReconcileState.last_run_at)
+                .where(ReconcileState.name == STATE)
+            ).first()
+        return (row.cursor_created, row.last_run_at) if row else (None, None)
+
+    def _window_start(self, now: datetime, cursor: int | None) -> datetime:
+        if cursor is None:
+            return now - timedelta(seconds=self.config.lookback_seconds)
+        return datetime.fromtimestamp(cursor - self.config.overlap_seconds, timezone.utc)
+
+    # -- Stripe to database -----------------------------------------------------------------------
+
+    def _pages(self, window_start: datetime, tally: _Tally) -> Iterator[list[dict[str, Any]]]:
+        params: PaymentIntentListParams = {"created": {"gte": int(window_start.timestamp())},
+                                           "limit": self.config.page_size}
+        while True:
+            page = self._call(tally, lambda: self.client.v1.payment_intents.list(params=params))
+            intents = [intent.to_dict() for intent in page.data]
+            yield intents
+            if not page.has_more or not intents:
+                return
+            params["starting_after"] = intents[-1]["id"]
+
+    def _reconcile_page(self, intents: list[dict[str, Any]], now: datetime, tally: _Tally,
+                        dry_run: bool) -> None:
+        tally.payments_read += len(intents)
+        for intent in intents:
+            tally.seen.add(intent["id"])
+            tally.newest_created = max(tally.newest_created or 0, int(intent["created"]))
+        succeeded = [Payment.from_stripe(i) for i in intents if i["status"] == "succeeded"]
+        if not succeeded:
+            return
+        orders = self._orders_for(succeeded)  # the page's one query
+        findings = [f for p in succeeded if (f := self._classify(p, orders, now)) is not None]
+        tally.findings.extend(self._preview(findings) if dry_run else self._apply(findings))
+
+    def _orders_for(self, payments: list[Payment]) -> list[Row[Any]]:
+        order_ids = {oid for p in payments if (oid := parse_order_id(p.metadata_order_id))}
+        with self.sessions() as session:
+            return list(session.execute(
+                select(*order_columns()).where(or_(
+                    Order.id.in_(order_ids),
+                    Order.stripe_payment_intent_id.in_([p.id for p in payments]),
+                ))
+            ).all())
+
+    def _classify(self, payment: Payment, orders: list[Row[Any]], now: datetime) -> Finding | None:
+        order = claiming_order(payment, orders)
+        if order is None:
+            return Finding(FindingKind.ORPHAN, payment, None,
+                           f"no order claims it (metadata.order_id {payment.metadata_order_id!r})")
+        if awaiting_payment(order):
+            problem = payment_mismatch(order, payment.as_intent())
+            if problem is not None:
+                return Finding(FindingKind.MISMATCH, payment, order.id, problem)
+            return Finding(FindingKind.MISSED_WEBHOOK, payment, order.id,
+                           f"payment succeeded, order was still {order.status}")
+        if self._stuck(order, now):
+            waited = now - order.paid_at
+            return Finding(FindingKind.STUCK, payment, order.id,
+                           f"paid {waited.total_seconds() / 60:.0f} min ago, still {order.status}")
+        return None
+
+    def _stuck(self, order: Row[Any], now: datetime) -> bool:
+        # The same test as healer.stuck's query, on the row the page's query already fetched.
+        return bool(
+            order.status in ACTIVE and order.paid_at is not None
+            and order.paid_at < now - timedelta(seconds=self.config.sla_seconds)
+            and (order.lease_expires_at is None or order.lease_expires_at < now)
+            and (order.next_attempt_at is None or order.next_attempt_at > now)
+        )
+
+    def _apply(self, findings: list[Finding]) -> list[Finding]:
+        """Make the repairs; returns those that changed something (a webhook may have beaten us)."""
+        done: list[Finding] = []
+        with transaction(self.sessions) as session:
+            for f in findings:
+                if f.kind is FindingKind.MISSED_WEBHOOK and self._mark_paid(session, f):
+                    done.append(f)
+                elif f.kind is FindingKind.ORPHAN and self._store_orphan(session, f):
+                    done.append(f)
+                elif f.kind is FindingKind.MISMATCH:
+                    log.warning("Payment %s names order %s but does not pay for it: %s",
+                                f.payment.id, f.order_id, f.detail)
+                    done.append(f)
+        stuck = {f.order_id: f for f in findings if f.kind is FindingKind.STUCK and f.order_id}
+        if stuck:
+            requeued = requeue_stuck(self.sessions, sla_seconds=self.config.sla_seconds,
+                                     order_ids=list(stuck), limit=len(stuck), clock=self.clock)
+            done.extend(stuck[s.order_id] for s in requeued)
+        return done
+
+    def _mark_paid(self, session: Session, finding: Finding) -> bool:
+        assert finding.order_id is not None
+        # paid_at is when the PaymentIntent was created: the customer has been waiting at least
+        # that long, and an early paid_at errs on the side of alerting about a slow order.
+        paid = self.pipeline.mark_paid(
+            session, finding.order_id, payment_intent_id=finding.payment.id,
+            paid_at=finding.payment.created,
+            message=f"Payment succeeded: {finding.payment}, found by reconciliation "
+                    "(the webhook never arrived)",
+        )
+        if paid:
+            log.warning("Missed webhook: payment %s for order %s succeeded; order marked paid and "
+                        "queued", finding.payment.id, finding.order_id)
+        return paid
+
+    def _store_orphan(self, session: Session, finding: Finding) -> bool:
+        p, now = finding.payment, self.clock()
+        new = insert_once(session, OrphanPayment, payment_intent_id=p.id, amount_cents=p.amount,
+                          currency=p.currency[:3], created=p.created,
+                          metadata_order_id=p.metadata_order_id, first_seen_at=now, reported_at=now)
+        if new:
+            log.error("Orphan payment %s: %s %s taken on %s, and no order claims it "
+                      "(metadata.order_id %r): refund it or find its order", p.id, p.amount,
+                      p.currency, p.created.isoformat(timespec="seconds"), p.metadata_order_id)
+        return new
+
+    def _preview(self, findings: list[Finding]) -> list[Finding]:
+        """What `_apply` would do, without writing: known orphans are left out, as they would be."""
+        orphans = [f.payment.id for f in findings if f.kind is FindingKind.ORPHAN]
+        known: set[str] = set()
+        if orphans:
+            with self.sessions() as session:
+                known = set(session.scalars(select(OrphanPayment.payment_intent_id)
+                                            .where(OrphanPayment.payment_intent_id.in_(orphans))))
+        return [f for f in findings if f.payment.id not in known]
+
+    # -- database to Stripe -----------------------------------------------------------------------
+
+    def _check_pending(self, now: datetime, last_run_at: datetime | None, tally: _Tally,
+                       dry_run: bool) -> None:
+        due = self._pending_due(now, last_run_at, tally.seen)
+        for order in due[: self.config.max_pending_checks]:
+            intent = self._retrieve(tally, order.stripe_payment_intent_id)
+            if intent is None or intent["status"] != "succeeded":
+                continue
+            payment = Payment.from_stripe(intent)
+            finding = self._classify(payment, [order], now)
+            if finding is None or finding.kind is not FindingKind.MISSED_WEBHOOK:
+                continue  # not this order's payment after all: the worker's verify step says so
+            tally.findings.extend(self._preview([finding]) if dry_run else self._apply([finding]))
+
+    def _pending_due(self, now: datetime, last_run_at: datetime | None, seen: set[str]) -> list[Row[Any]]:
+        c = self.config
+        with self.sessions() as session:
+            rows = session.execute(
+                select(*order_columns(), Order.created_at)
+                .where(Order.status == OrderStatus.PENDING_PAYMENT.value,
+                       Order.stripe_payment_intent_id.is_not(None),
+                       Order.next_attempt_at.is_(None),  # queued ones are verified by the worker
+                       Order.created_at >= now - timedelta(seconds=c.lookback_seconds),
+                       Order.created_at <= now - timedelta(seconds=c.pending_check_after_seconds))
+                .order_by(Order.created_at.desc())
+            ).all()
+        since_last = (now - last_run_at).total_seconds() if last_run_at else None
+        return [cast(Row[Any], r) for r in rows if r.stripe_payment_intent_id not in seen
+                and crossed_checkpoint((now - r.created_at).total_seconds(), since_last,
+                                       c.pending_check_after_seconds)]
+
+    def _retrieve(self, tally: _Tally, payment_intent_id: str) -> dict[str, Any] | None:
+        try:
+            intent = self._call(tally, lambda: self.client.v1.payment_intents.retrieve(payment_intent_id))
+        except stripe.InvalidRequestError as error:
+            # Unknown or malformed id: the worker's verify step records that on the order.
+            log.info("Payment %s not checked: %s", payment_intent_id, error.user_message)
+            return None
+        return intent.to_dict()
+
+    # -- Stripe calls -----------------------------------------------------------------------------
+
+    def _call(self, tally: _Tally, request: Callable[[], T]) -> T:
+        """`request()`, retried with exponential backoff and jitter on 429, 5xx and network errors."""
+        attempt = 0
+        while True:
+            attempt += 1
+            tally.stripe_requests += 1
+            try:
+                return request()
+            except stripe.StripeError as error:
+                if not _retryable(error) or attempt > self.config.max_retries:
+                    raise
+                delay = self._backoff(attempt, error)
+                log.warning("Stripe answered %s during reconciliation (attempt %d): retrying in %.1fs",
+                            error.http_status or type(error).__name__, attempt, delay)
+                self.sleep(delay)
+
+    def _backoff(self, attempt: int, error: stripe.StripeError) -> float:
+        c = self.config
+        ceiling = min(c.backoff_max_seconds, c.backoff_base_seconds * 2 ** (attempt - 1))
+        return max(_retry_after(error), ceiling / 2 + random.random() * ceiling / 2)
+
+    # -- records and metrics ----------------------------------------------------------------------
+
+    def _start_run(self, started: datetime, window_start: datetime) -> int:
+        with transaction(self.sessions) as session:
+            run = ReconcileRun(started_at=started, window_start=window_start,
+                               result=RunResult.RUNNING.value, worker=self.worker)
+            session.add(run)
+            session.flush()
+            return run.id
+
+    def _record_failure(self, run_id: int | None, tally: _Tally, error: Exception) -> None:
+        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        log.error("Reconciliation failed after %d payment(s) and %d Stripe request(s): %s",
+                  tally.payments_read, tally.stripe_requests, reason,
+                  exc_info=not isinstance(error, (stripe.StripeError, SQLAlchemyError)))  # a bug
+        if run_id is None:
+            return
+        self.metrics.reconcile_runs.labels(RunResult.FAILURE.value).inc()
+        try:
+            self._finish_run(run_id, tally, RunResult.FAILURE, reason[:2000])
+        except Exception as db_error:  # the database may be what failed: the log line stands
+            log.error("Could not record the failed reconciliation run: %s", type(db_error).__name__)
+
+    def _record_success(self, run_id: int | None, started: datetime, cursor: int | None,
+                        tally: _Tally, report: ReconcileReport) -> None:
+        assert run_id is not None
+        newest = max(filter(None, (cursor, tally.newest_created)), default=None)
+        with transaction(self.sessions) as session:
+            insert_once(session, ReconcileState, name=STATE)
+            session.execute(update(ReconcileState).where(ReconcileState.name == STATE)
+                            .values(cursor_created=newest, last_run_at=started))
+        self._finish_run(run_id, tally, RunResult.SUCCESS, None, report)
+        self.metrics.reconcile_runs.labels(RunResult.SUCCESS.value).inc()
+        self.metrics.reconcile_last_success.set(time.time())
+        self.metrics.orphan_payments.set(self.orphan_count())
+        log.info("Reconciliation done: %d payment(s) read since %s with %d Stripe request(s); "
+                 "%d order(s) repaired, %d new orphan payment(s), in %.1fs", report.payments_read,
+                 report.window_start.isoformat(timespec="seconds"), report.stripe_requests,
+                 report.orders_repaired, report.orphans_found, report.seconds)
+
+    def _finish_run(self, run_id: int, tally: _Tally, result: RunResult, error: str | None,
+                    report: ReconcileReport | None = None) -> None:
+        with transaction(self.sessions) as session:
+            session.execute(update(ReconcileRun).where(ReconcileRun.id == run_id).values(
+                finished_at=self.clock(), payments_read=tally.payments_read,
+                stripe_requests=tally.stripe_requests, result=result.value, error=error,
+                orders_repaired=report.orders_repaired if report else 0,
+                orphans_found=report.orphans_found if report else 0,
+            ))
+
+    def orphan_count(self) -> int:
+        with self.sessions() as session:
+            return int(session.scalar(select(func.count()).select_from(OrphanPayment)) or 0)
+
+
+# -- matching rules -----------------------------------------------------------------------------------
+
+
+def claiming_order(payment: Payment, orders: list[Row[Any]]) -> Row[Any] | None:
+    """The order this payment is for: the one holding its id, or the one its metadata names if
+    that order has no payment id yet. Another order's payment (a second charge for an order that
+    was paid already) is claimed by nobody: an orphan, whose money must go back."""
+    named = parse_order_id(payment.metadata_order_id)
+    for order in orders:
+        if order.stripe_payment_intent_id == payment.id:
+            return order
+    for order in orders:
+        if order.id == named and order.stripe_payment_intent_id is None:
+            return order
+    for order in orders:
+        if order.id == named and awaiting_payment(order):
+            return order  # its own payment id differs: reported as a mismatch, not an orphan
+    return None
+
+
+def awaiting_payment(order: Row[Any]) -> bool:
+    # As the pipeline's mark_paid sees it: unpaid, or gave up at verification.
+    return bool(order.status == OrderStatus.PENDING_PAYMENT.value or (
+        order.status == OrderStatus.NEEDS_ATTENTION.value and order.paid_at is None))
+
+
+def crossed_checkpoint(age: float, since_last_run: float | None, first: float) -> bool:
+    """Whether an order of `age` seconds passed one of the ages first, 2*first, 4*first... since
+    the last run (`since_last_run` seconds ago; None: no run yet, so any checkpoint counts)."""
+    before = 0.0 if since_last_run is None else age - since_last_run
+    checkpoint = first
+    while checkpoint <= age:
+        if checkpoint > before:
+            return True
+        checkpoint *= 2
+    return False
+
+
+def _covered(intents: list[dict[str, Any]], window_start: datetime, now: datetime) -> float:
+    """How far back (newest first) the listing has got, as a share of the window."""
+    if not intents:
+        return 1.0
+    span = (now - window_start).total_seconds() or 1.0
+    return min(1.0, max(0.0, (now.timestamp() - int(intents[-1]["created"])) / span))
+
+
+def _retryable(error: stripe.StripeError) -> bool:
+    if isinstance(error, (stripe.RateLimitError, stripe.APIConnectionError)):
+        return True
+    return isinstance(error, stripe.APIError) or (error.http_status or 0) >= 500
+
+
+def _retry_after(error: stripe.StripeError) -> float:
+    headers = error.headers or {}
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    try:
+        return min(float(value), 60.0) if value is not None else 0.0
+    except ValueError:
+        return 0.0
+
+
+# -- one reconciler at a time -------------------------------------------------------------------------
+
+
+class RunLock(Protocol):
+    def acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class AdvisoryLock:
+    """A PostgreSQL session-level advisory lock, held on its own connection for the run. If the
+    process dies, the server drops the connection and the lock with it: no stale lock to expire."""
+
+    def __init__(self, engine: Engine, key: int = LOCK_KEY) -> None:
+        self.engine = engine
+        self.key = key
+        self._connection: Connection | None = None
+
+    def acquire(self) -> bool:
+        connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            taken = bool(connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key}))
+        except Exception:
+            connection.close()
+            raise
+        if not taken:
+            connection.close()
+            return False
+        self._connection = connection
+        return True
+
+    def release(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
+        except Exception:
+            connection.invalidate()  # closing the session frees the lock all the same
+        finally:
+            connection.close()
+
+
+class LeaseLock:
+    """For SQLite: a lease on the reconcile state row (owner + expiry, compare-and-set)."""
+
+    def __init__(self, sessions: sessionmaker[Session], owner: str,
+                 lease_seconds: int = LEASE_SECONDS, clock: Callable[[], datetime] = utcnow) -> None:
+        self.sessions = sessions
+        self.owner = owner
+        self.lease = timedelta(seconds=lease_seconds)
+        self.clock = clock
+
+    def acquire(self) -> bool:
+        now = self.clock()
+        with transaction(self.sessions) as session:
+            insert_once(session, ReconcileState, name=STATE)
+            taken = session.execute(
+                update(ReconcileState)
+                .where(ReconcileState.name == STATE, or_(
+                    ReconcileState.lease_expires_at.is_(None),
+                    ReconcileState.lease_expires_at < now,
+                    ReconcileState.lease_owner == self.owner))
+                .values(lease_owner=self.owner, lease_expires_at=now + self.lease)
+            )
+            return bool(taken.rowcount == 1)  # type: ignore[attr-defined]
+
+    def release(self) -> None:
+        with transaction(self.sessions) as session:
+            session.execute(update(ReconcileState)
+                            .where(ReconcileState.name == STATE, ReconcileState.lease_owner == self.owner)
+                            .values(lease_owner=None, lease_expires_at=None))
+
+
+def run_lock(engine: Engine, sessions: sessionmaker[Session], owner: str) -> RunLock:
+    if engine.dialect.name == "postgresql":
+        return AdvisoryLock(engine)
+    return LeaseLock(sessions, owner)
+
+
+class ReconcileJob:
+    """The scheduled job: reconcile if no other daemon is; a failed run is logged, recorded and
+    counted, not raised, so a Stripe outage does not read as a wedged scheduler."""
+
+    def __init__(self, reconciler: Reconciler, lock: RunLock) -> None:
+        self.reconciler = reconciler
+        self.lock = lock
+
+    def __call__(self) -> ReconcileReport | None:
+        if not self.lock.acquire():
+            log.debug("Reconciliation skipped: another daemon is reconciling")
+            return None
+        try:
+            return self.reconciler.run()
+        except Exception:  # recorded by the reconciler; the next run starts from the same cursor
+            return None
+        finally:
+            self.lock.release()
+
+
+# -- wiring -------------------------------------------------------------------------------------------
+
+
+def build_reconciler(settings: Settings, services: Services, pipeline: Pipeline, metrics: Metrics,
+                     worker: str | None = None) -> Reconciler | None:
+    """None when payments are not verified (no STRIPE_SECRET_KEY): nothing to reconcile against."""
+    if not isinstance(services.payments, StripePayments):
+        return None
+    config = ReconcileConfig(sla_seconds=settings.order_sla_seconds)
+    return Reconciler(services.sessions, services.payments.client, pipeline, metrics, config,
+                      worker=worker)
+
+
+def reconcile_job(services: Services, pipeline: Pipeline, metrics: Metrics, owner: str) -> ReconcileJob | None:
+    """The daemon's `reconcile` job (None without Stripe): one daemon at a time runs it."""
+    reconciler = build_reconciler(services.settings, services, pipeline, metrics, worker=owner)
+    if reconciler is None:
+        return None
+    return ReconcileJob(reconciler, run_lock(services.engine, services.sessions, owner))
+
+
+_VERBS = {
+    FindingKind.MISSED_WEBHOOK: ("marked paid and queued", "would mark paid and queue"),
+    FindingKind.STUCK: ("re-queued", "would re-queue"),
+    FindingKind.ORPHAN: ("orphan payment recorded", "would record orphan payment"),
+    FindingKind.MISMATCH: ("not applied: mismatch", "would not apply: mismatch"),
+}
+
+
+def run_reconcile_command(settings: Settings, services: Services, dry_run: bool, console: Console) -> int:
+    """`healer reconcile [--dry-run]`: one run in the foreground, with a progress bar."""
+    from healer.worker import worker_identity
+
+    pipeline = services.pipeline(lambda _inputs: b"")  # reconciliation never renders
+    owner = worker_identity()
+    reconciler = build_reconciler(settings, services, pipeline, Metrics(), worker=f"cli {owner}")
+    if reconciler is None:
+        console.print("healer: STRIPE_SECRET_KEY is not set: there is nothing to reconcile against",
+                      markup=False)
+        return EXIT_FAILED
+    lock = None if dry_run else run_lock(services.engine, services.sessions, owner)
+    if lock is not None and not lock.acquire():
+        console.print("healer: another healer is reconciling right now; try again in a minute",
+                      markup=False)
+        return EXIT_FAILED
+    try:
+        report = _run_with_progress(reconciler, dry_run, console)
+    except Exception as error:
+        console.print(f"healer: reconciliation failed: {type(error).__name__}: {error}", markup=False)
+        return EXIT_FAILED
+    finally:
+        if lock is not None:
+            lock.release()
+    print_report(report, console)
+    return EXIT_OK
+
+
+def _run_with_progress(reconciler: Reconciler, dry_run: bool, console: Console) -> ReconcileReport:
+    columns = (TextColumn("reading Stripe payments"), BarColumn(),
+               TextColumn("{task.fields[read]} payment(s)"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True,
+                  disable=not console.is_terminal) as bar:
+        task = bar.add_task("reconcile", total=1.0, read=0)
+
+        def advance(read: int, covered: float) -> None:
+            bar.update(task, completed=covered, read=read)
+
+        return reconciler.run(dry_run=dry_run, progress=advance)
+
+
+def print_report(report: ReconcileReport, console: Console) -> None:
+    if report.dry_run:
+        console.print("DRY RUN: nothing was changed", style="bold")
+    if report.findings:
+        table = Table("order", "payment", "action", "detail")
+        for f in report.findings:
+            verb = _VERBS[f.kind][1 if report.dry_run else 0]
+            table.add_row(str(f.order_id or "-"), str(f.payment), verb, f.detail)
+        console.print(table)
+    repaired = "order(s) to repair" if report.dry_run else "order(s) repaired"
+    console.print(
+        f"{report.payments_read} payment(s) read since "
+        f"{report.window_start.isoformat(timespec='seconds')} with {report.stripe_requests} Stripe "
+        f"request(s) in {report.seconds:.1f}s: {report.orders_repaired} {repaired}, "
+        f"{report.orphans_found} new orphan payment(s), {report.count(FindingKind.MISMATCH)} mismatch(es)",
+        markup=False, highlight=False,
+    )

@@ -1,0 +1,287 @@
+"""`POST /stripe/webhook`: Stripe's signed event deliveries, each applied once.
+
+The signature is checked on the raw body with STRIPE_WEBHOOK_SECRET before anything is parsed; a
+delivery that fails it changes nothing. Each event id is stored in the same transaction as its
+effect, so a redelivery (Stripe retries for three days, and may deliver twice) is acknowledged and
+ignored, and two copies arriving at once cannot both apply.
+
+A `payment_intent.succeeded` event counts as verification: it is signed by Stripe and carries the
+PaymentIntent itself, checked here against the order's amount, currency and payment id exactly as
+the verify step would check a retrieved one. Asking Stripe again would only add a request (and an
+outage dependency) to a path that must answer fast; the worker goes on from `paid`.
+
+Nothing slow happens in the request: no Stripe calls, no rendering, one short transaction.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import stripe
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import or_, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from fulfilment.errors import ErrorClass
+from fulfilment.models import Order, OrderStatus, Outcome, Step, transaction
+from fulfilment.pipeline import REFUNDED_OUTCOME, Pipeline
+from healer.config import Secret
+from healer.metrics import Metrics
+from healer.models import WebhookEvent, insert_once
+
+log = logging.getLogger(__name__)
+
+# Stripe's largest events (a charge with its refunds) are a few tens of kilobytes.
+MAX_BODY_BYTES = 256 * 1024
+TOLERANCE_SECONDS = stripe.Webhook.DEFAULT_TOLERANCE
+
+SUCCEEDED = "payment_intent.succeeded"
+PAYMENT_FAILED = "payment_intent.payment_failed"
+REFUNDED = "charge.refunded"
+HANDLED_TYPES = (SUCCEEDED, PAYMENT_FAILED, REFUNDED)
+
+
+class WebhookResult(str, enum.Enum):
+    APPLIED = "applied"  # the order changed
+    RECORDED = "recorded"  # a line in the order's story, nothing else
+    UNCHANGED = "unchanged"  # already so: a late or out-of-order delivery
+    REFUND_AFTER_COMPLETION = "refund_after_completion"  # the customer has poster and money
+    MISMATCH = "mismatch"  # amount, currency or payment differ from the order's: not applied
+    UNKNOWN_ORDER = "unknown_order"  # reconciliation reports the payment if it stays so
+    IGNORED = "ignored"  # a type healer does not act on
+    DUPLICATE = "duplicate"  # this event id was handled before
+    BAD_SIGNATURE = "bad_signature"
+    MALFORMED = "malformed"
+    TOO_LARGE = "too_large"
+    NOT_CONFIGURED = "not_configured"
+    ERROR = "error"  # the database failed: Stripe retries the delivery
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A verified event: its id, type, when Stripe created it, and its `data.object`."""
+
+    event_id: str
+    type: str
+    created: datetime
+    obj: dict[str, Any]
+
+
+class Refused(Exception):
+    """A delivery answered with an error before anything was touched."""
+
+    def __init__(self, status: int, result: WebhookResult, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.result = result
+        self.detail = detail
+
+
+def webhook_router(
+    sessions: sessionmaker[Session],
+    pipeline: Pipeline,
+    webhook_secret: Secret | None,
+    metrics: Metrics,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> APIRouter:
+    router = APIRouter()
+    handler = WebhookHandler(sessions, pipeline)
+
+    def count(event_type: str, result: WebhookResult) -> None:
+        label = event_type if event_type in HANDLED_TYPES or event_type == "unknown" else "other"
+        metrics.webhook_events.labels(label, result.value).inc()
+
+    @router.post("/stripe/webhook", summary="Stripe event deliveries (signed)")
+    async def stripe_webhook(request: Request) -> JSONResponse:
+        try:
+            if webhook_secret is None:
+                raise Refused(503, WebhookResult.NOT_CONFIGURED,
+                              "STRIPE_WEBHOOK_SECRET is not set: deliveries cannot be verified")
+            body = await _read_body(request, max_body_bytes)
+            delivery = verify(body, request.headers.get("stripe-signature"), webhook_secret.value)
+        except Refused as refused:
+            log.warning("Stripe webhook refused (%s): %s", refused.result.value, refused.detail)
+            count("unknown", refused.result)
+            return JSONResponse({"detail": refused.detail}, status_code=refused.status)
+        try:
+            result = await run_in_threadpool(handler.handle, delivery)
+        except (KeyError, TypeError, ValueError) as error:  # rolled back: nothing was stored
+            log.warning("Stripe event %s (%s) lacks what healer reads: %r", delivery.event_id,
+                        delivery.type, error)
+            count(delivery.type, WebhookResult.MALFORMED)
+            return JSONResponse({"detail": f"event object not understood: {error!r}"}, status_code=400)
+        except SQLAlchemyError as error:
+            log.error("Stripe event %s not stored, database unavailable: %s", delivery.event_id,
+                      str(error).splitlines()[0])
+            count(delivery.type, WebhookResult.ERROR)
+            return JSONResponse({"detail": "temporarily unavailable"}, status_code=503,
+                                headers={"Retry-After": "5"})
+        count(delivery.type, result)
+        return JSONResponse({"received": True, "result": result.value})
+
+    return router
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise Refused(413, WebhookResult.TOO_LARGE, f"body over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():  # a lying or absent Content-Length is still bounded
+        size += len(chunk)
+        if size > limit:
+            raise Refused(413, WebhookResult.TOO_LARGE, f"body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def verify(body: bytes, signature: str | None, secret: str) -> Delivery:
+    """The event in `body` if Stripe signed it with `secret` recently; raises `Refused`."""
+    try:
+        stripe.WebhookSignature.verify_header(body.decode("utf-8", "replace"), signature, secret,
+                                              TOLERANCE_SECONDS)
+    except stripe.SignatureVerificationError as error:
+        raise Refused(400, WebhookResult.BAD_SIGNATURE, f"signature not verified: {error}") from None
+    try:
+        event = json.loads(body)
+        return Delivery(
+            event_id=str(event["id"])[:255],
+            type=str(event["type"])[:64],
+            created=datetime.fromtimestamp(int(event["created"]), timezone.utc),
+            obj=dict(event["data"]["object"]),
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        raise Refused(400, WebhookResult.MALFORMED, f"not a Stripe event: {error}") from None
+
+
+class WebhookHandler:
+    """Applies one verified delivery in one transaction, its event id stored alongside."""
+
+    def __init__(self, sessions: sessionmaker[Session], pipeline: Pipeline) -> None:
+        self.sessions = sessions
+        self.pipeline = pipeline
+
+    def handle(self, delivery: Delivery) -> WebhookResult:
+        with transaction(self.sessions) as session:
+            if not insert_once(session, WebhookEvent, id=delivery.event_id, type=delivery.type,
+                               received_at=self.pipeline.clock(), result="processing"):
+                log.info("Stripe event %s (%s) already handled: ignored", delivery.event_id,
+                         delivery.type)
+                return WebhookResult.DUPLICATE
+            result, order_id = self._apply(session, delivery)
+            session.execute(
+                update(WebhookEvent)
+                .where(WebhookEvent.id == delivery.event_id)
+                .values(result=result.value, order_id=order_id)
+            )
+        return result
+
+    def _apply(self, session: Session, delivery: Delivery) -> tuple[WebhookResult, uuid.UUID | None]:
+        if delivery.type not in HANDLED_TYPES:
+            return WebhookResult.IGNORED, None
+        obj = delivery.obj
+        payment_intent_id = obj["id"] if delivery.type != REFUNDED else obj.get("payment_intent")
+        order = _find_order(session, _metadata_order_id(obj), payment_intent_id)
+        if order is None:
+            log.warning("Stripe event %s (%s) names no known order (metadata.order_id %r, %s)",
+                        delivery.event_id, delivery.type, _metadata_order_id(obj), payment_intent_id)
+            return WebhookResult.UNKNOWN_ORDER, None
+        apply = {SUCCEEDED: self._succeeded, PAYMENT_FAILED: self._failed, REFUNDED: self._refunded}
+        return apply[delivery.type](session, delivery, order), order.id
+
+    def _succeeded(self, session: Session, delivery: Delivery, order: Row[Any]) -> WebhookResult:
+        intent = delivery.obj
+        problem = payment_mismatch(order, intent)
+        if problem is not None:
+            log.warning("Payment %s for order %s not applied: %s", intent["id"], order.id, problem)
+            self.pipeline.note(session, order.id, Step.VERIFY_PAYMENT, Outcome.FAILED,
+                               f"Stripe event {delivery.event_id} not applied: {problem}",
+                               ErrorClass.PAYMENT_UNVERIFIED)
+            return WebhookResult.MISMATCH
+        message = (f"Payment succeeded: {intent['id']} ({intent['amount']} {intent['currency']}), "
+                   f"Stripe event {delivery.event_id}")
+        paid = self.pipeline.mark_paid(session, order.id, payment_intent_id=intent["id"],
+                                       paid_at=delivery.created, message=message)
+        return WebhookResult.APPLIED if paid else WebhookResult.UNCHANGED
+
+    def _failed(self, session: Session, delivery: Delivery, order: Row[Any]) -> WebhookResult:
+        error = delivery.obj.get("last_payment_error") or {}
+        reason = ": ".join(str(p) for p in (error.get("code"), error.get("message")) if p)
+        log.info("Payment attempt %s failed for order %s: %s", delivery.obj["id"], order.id,
+                 reason or "no reason given")
+        self.pipeline.note(session, order.id, Step.VERIFY_PAYMENT, Outcome.FAILED,
+                           f"Payment attempt failed: {reason or 'no reason given'} "
+                           f"({delivery.obj['id']}, Stripe event {delivery.event_id})",
+                           ErrorClass.PAYMENT_UNVERIFIED)
+        return WebhookResult.RECORDED
+
+    def _refunded(self, session: Session, delivery: Delivery, order: Row[Any]) -> WebhookResult:
+        charge = delivery.obj
+        amounts = f"{charge['amount_refunded']} of {charge['amount']} {charge['currency']}"
+        where = f"charge {charge['id']}, Stripe event {delivery.event_id}"
+        if not charge.get("refunded"):
+            # A partial refund (a goodwill gesture, say) leaves the order to go on.
+            self.pipeline.note(session, order.id, Step.VERIFY_PAYMENT, REFUNDED_OUTCOME,
+                               f"Partial refund in Stripe: {amounts} ({where})")
+            return WebhookResult.RECORDED
+        before = self.pipeline.mark_refunded(session, order.id, f"Refunded in Stripe: {amounts} ({where})")
+        if before is None:
+            return WebhookResult.UNCHANGED
+        if before is OrderStatus.COMPLETED:
+            log.warning("Refund of completed order %s: the customer has the poster and the money "
+                        "back (%s)", order.id, where)
+            return WebhookResult.REFUND_AFTER_COMPLETION
+        return WebhookResult.APPLIED
+
+
+def payment_mismatch(order: Row[Any], intent: dict[str, Any]) -> str | None:
+    """Why a succeeded PaymentIntent does not pay for `order`, or None if it does."""
+    if order.stripe_payment_intent_id not in (None, intent["id"]):
+        return f"order pays with {order.stripe_payment_intent_id}, not {intent['id']}"
+    if str(intent["currency"]).lower() != order.currency.lower():
+        return f"currency {intent['currency']} != order currency {order.currency.lower()}"
+    if intent["amount"] != order.amount_cents:
+        return f"amount {intent['amount']} != order amount {order.amount_cents}"
+    return None
+
+
+def order_columns() -> tuple[Any, ...]:
+    """What matching a payment to an order needs, without loading whole rows."""
+    return (Order.id, Order.status, Order.amount_cents, Order.currency,
+            Order.stripe_payment_intent_id, Order.paid_at, Order.next_attempt_at,
+            Order.lease_expires_at)
+
+
+def _find_order(session: Session, order_id: uuid.UUID | None, payment_intent_id: str | None) -> Row[Any] | None:
+    conditions = []
+    if order_id is not None:
+        conditions.append(Order.id == order_id)
+    if payment_intent_id:
+        conditions.append(Order.stripe_payment_intent_id == payment_intent_id)
+    if not conditions:
+        return None
+    rows = session.execute(select(*order_columns()).where(or_(*conditions)).limit(2)).all()
+    # metadata.order_id names the order; the payment id is the fallback when metadata is missing.
+    return next((r for r in rows if r.id == order_id), rows[0] if rows else None)
+
+
+def _metadata_order_id(obj: dict[str, Any]) -> uuid.UUID | None:
+    return parse_order_id((obj.get("metadata") or {}).get("order_id"))
+
+
+def parse_order_id(value: object) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value)) if value else None
+    except ValueError:
+        return None
