@@ -1,0 +1,303 @@
+"""What the dashboard, alert-rule and compose tests share (and tests/e2e/test_prometheus.py):
+where the files are, the external tools (found, or the test fails saying how to install them),
+the queries in the Grafana dashboards, and a small PromQL reader that lists the series selectors
+and metric names an expression reads.
+
+The reader is not a PromQL parser: it tokenises strings, label matchers, ranges and identifiers,
+and knows which identifiers are functions, aggregations and keywords. That is enough for what the
+tests ask (which metrics does this expression read, with which matchers), and `promtool` checks
+the syntax for real.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import yaml
+from sqlalchemy import Engine
+
+from checks.base import Check
+from healer import db
+from healer.health import HealthMonitor
+from healer.metrics import Metrics
+from healer.scheduler import JobState
+
+REPO = Path(__file__).resolve().parents[2]
+DASHBOARDS = REPO / "dashboards"
+GRAFANA_DASHBOARDS_DIR = DASHBOARDS / "grafana" / "dashboards"
+PROVISIONING = DASHBOARDS / "grafana" / "provisioning"
+PROMETHEUS_DIR = DASHBOARDS / "prometheus"
+ALERTS = PROMETHEUS_DIR / "alerts.yml"
+ALERTS_TEST = PROMETHEUS_DIR / "alerts_test.yml"
+PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
+ALERTMANAGER_CONFIG = DASHBOARDS / "alertmanager" / "alertmanager.yml"
+OPERATIONS_DOC = REPO / "docs" / "operations.md"
+DESIGN = REPO.parent / "shared" / "DESIGN.md"
+
+DATASOURCE_UID = "healer-prometheus"
+RUNBOOK_BASE = "https://github.com/shop/healer/blob/main/docs/operations.md#"
+
+# Series Prometheus makes itself for every target; dashboards may read them beside the daemon's.
+PROMETHEUS_SYNTHETIC = frozenset({"up"})
+
+# What Grafana puts in place of its variables, for running a panel's query outside Grafana.
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__interval": "15s",
+    "$__range": "1h",
+    "$instance": ".*",
+}
+
+_INSTALL = {
+    "promtool": "apt-get install prometheus",
+    "prometheus": "apt-get install prometheus",
+    "amtool": "apt-get install prometheus-alertmanager",
+    "docker-compose": "apt-get install docker-compose",
+}
+
+
+def require_tool(name: str) -> str:
+    """The tool's path; the test fails (not skips) with how to install it when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"`{name}` is not on PATH: install it with `{_INSTALL.get(name, name)}` "
+                    f"(bash scripts/test.sh installs everything the tests need)", pytrace=False)
+    assert path is not None  # pytest.fail raised; this tells the type checker
+    return path
+
+
+def run_tool(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False)
+
+
+# -- dashboards --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PanelQuery:
+    dashboard: str
+    panel: str
+    ref_id: str
+    expr: str
+
+    def __str__(self) -> str:
+        return f"{self.dashboard} / {self.panel} / {self.ref_id}: {self.expr}"
+
+
+def dashboard_files() -> list[Path]:
+    return sorted(GRAFANA_DASHBOARDS_DIR.glob("*.json"))
+
+
+def load_dashboard(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel, rows' nested panels included."""
+    for panel in dashboard.get("panels", []):
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def dashboard_queries() -> list[PanelQuery]:
+    """Every panel target's expression and every query variable's series, in every dashboard."""
+    queries = []
+    for path in dashboard_files():
+        board = load_dashboard(path)
+        for panel in panels(board):
+            for target in panel.get("targets", []):
+                queries.append(PanelQuery(board["uid"], panel["title"], target["refId"], target["expr"]))
+        for variable in board.get("templating", {}).get("list", []):
+            if variable.get("type") == "query":
+                query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
+                queries.append(PanelQuery(board["uid"], f"variable ${variable['name']}", "query",
+                                          label_values_series(query)))
+    return queries
+
+
+def label_values_series(query: str) -> str:
+    """`label_values(selector, label)` -> `selector`: the series the variable is read from."""
+    match = re.fullmatch(r"\s*label_values\((.*),\s*\w+\s*\)\s*", query, re.DOTALL)
+    assert match, f"variable query {query!r} is not label_values(selector, label)"
+    return match.group(1)
+
+
+def substitute_variables(expr: str) -> str:
+    for name in sorted(GRAFANA_VARIABLES, key=len, reverse=True):
+        expr = expr.replace(name, GRAFANA_VARIABLES[name])
+    assert "$" not in expr, f"unknown Grafana variable in {expr!r}"
+    return expr
+
+
+# -- alert rules -------------------------------------------------------------------------------
+
+def alert_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def design_metric_names() -> set[str]:
+    """The metric names DESIGN.md's Metrics paragraph makes public."""
+    if not DESIGN.is_file():
+        pytest.fail(f"{DESIGN} not found: the tests read the design's metric names from it "
+                    f"(shared/ must sit beside the repository)", pytrace=False)
+    text = DESIGN.read_text()
+    paragraph = text[text.index("Metrics (prefix"):]
+    paragraph = paragraph[: paragraph.index("\n\n")]
+    return set(re.findall(r"`(healer_[a-z_]+)", paragraph))
+
+
+# -- what the daemon exports ---------------------------------------------------------------------
+
+HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
+
+
+@dataclass(frozen=True)
+class _PassingCheck(Check):
+    name: ClassVar[str] = "database"
+
+    def probe(self) -> str:
+        return "ok"
+
+
+@pytest.fixture
+def exported(sqlite_engine: Engine) -> set[str]:
+    """Every sample name the daemon's Metrics can expose, each collector fed the way the daemon
+    feeds it (checks through a HealthMonitor that has run once)."""
+    metrics = Metrics()
+    monitor = HealthMonitor([_PassingCheck()])
+    monitor.run(_PassingCheck.name)
+    metrics.watch_checks(monitor.reports)
+    metrics.watch_jobs(lambda: [JobState("worker", 2.0, time.time(), None, 1, 0)])
+    metrics.watch_orders(db.make_session_factory(sqlite_engine), sla_seconds=600)
+    names: set[str] = set()
+    for family in metrics.registry.collect():
+        if family.type == "histogram":
+            names.update(family.name + suffix for suffix in HISTOGRAM_SUFFIXES)
+        elif family.type == "counter":
+            names.add(family.name + "_total")
+        else:
+            names.add(family.name)
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+def design_family(name: str, design: set[str]) -> str | None:
+    candidates = [name] + [name[: -len(s)] for s in HISTOGRAM_SUFFIXES if name.endswith(s)]
+    return next((c for c in candidates if c in design), None)
+
+
+def unexported_metrics(queries: list[PanelQuery], exported: set[str]) -> list[str]:
+    design = design_metric_names()
+    problems = []
+    for query in queries:
+        for name in sorted(metric_names(query.expr)):
+            if name in PROMETHEUS_SYNTHETIC:
+                continue
+            if name.startswith("healer_") and design_family(name, design) is None:
+                problems.append(f"{name} is not a metric of DESIGN.md ({query})")
+            elif not name.startswith(("healer_", "process_")):
+                problems.append(f"{name} is neither healer_* nor the client's process_* ({query})")
+            if name not in exported:
+                problems.append(f"{name} is not exported by healer.metrics.Metrics ({query})")
+    return problems
+
+
+# -- reading PromQL ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Selector:
+    metric: str
+    matchers: str = ""  # "{...}" as written, or ""
+
+    def __str__(self) -> str:
+        return self.metric + self.matchers
+
+
+_KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "atan2", "inf", "nan"})
+_LABEL_LISTS = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right"})
+_TOKEN = re.compile(
+    r"""(?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)"""
+    r"""|(?P<range>\[[^\]]*\])"""
+    r"""|(?P<number>\d[\w.]*(?:[eE][+-]?\d+)?)"""
+    r"""|(?P<variable>\$\{[^}]*\}|\$\w+)"""
+    r"""|(?P<ident>[A-Za-z_:][\w:]*)"""
+    r"""|(?P<space>\s+)"""
+    r"""|(?P<other>.)""",
+    re.DOTALL,
+)
+
+
+def _tokens(expr: str) -> list[tuple[str, str]]:
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(expr):
+        if expr[pos] == "{":
+            end = _closing_brace(expr, pos)
+            tokens.append(("braces", expr[pos:end + 1]))
+            pos = end + 1
+            continue
+        match = _TOKEN.match(expr, pos)
+        assert match is not None
+        kind = match.lastgroup or "other"
+        if kind != "space":
+            tokens.append((kind, match.group()))
+        pos = match.end()
+    return tokens
+
+
+def _closing_brace(expr: str, start: int) -> int:
+    quote = None
+    i = start + 1
+    while i < len(expr):
+        char = expr[i]
+        if quote:
+            if char == "\\":
+                i += 1
+            elif char == quote:
+                quote = None
+        elif char in "\"'`":
+            quote = char
+        elif char == "}":
+            return i
+        i += 1
+    raise ValueError(f"unbalanced braces in {expr!r}")
+
+
+def selectors(expr: str) -> list[Selector]:
+    """The series selectors an expression reads, in order (duplicates kept)."""
+    tokens = _tokens(expr)
+    found: list[Selector] = []
+    i = 0
+    while i < len(tokens):
+        kind, text = tokens[i]
+        following = tokens[i + 1] if i + 1 < len(tokens) else ("", "")
+        if kind == "ident" and text.lower() in _LABEL_LISTS:
+            if following == ("other", "("):  # a label list: skip past its ")"
+                while i < len(tokens) and tokens[i] != ("other", ")"):
+                    i += 1
+            i += 1
+            continue
+        if kind == "ident":
+            is_call = following == ("other", "(")
+            is_aggregation = following[0] == "ident" and following[1].lower() in ("by", "without")
+            if not (is_call or is_aggregation or text.lower() in _KEYWORDS):
+                matchers = following[1] if following[0] == "braces" else ""
+                found.append(Selector(text, matchers))
+        elif kind == "braces" and (i == 0 or tokens[i - 1][0] != "ident"):
+            name = re.search(r"""__name__\s*=\s*["']([^"']+)["']""", text)
+            found.append(Selector(name.group(1) if name else "", text))
+        i += 1
+    return found
+
+
+def metric_names(expr: str) -> set[str]:
+    return {selector.metric for selector in selectors(expr)}

@@ -1,0 +1,189 @@
+"""The compose stack and the image: `docker compose config` accepts the stack, every service it
+runs is health-checked, the configuration it mounts exists and is valid for its tool, and the
+Dockerfile builds the daemon the way docs/operations.md describes.
+
+No engine is needed: `config` only reads and normalises the file, and the Dockerfile is read, not
+built (building needs the base image from a registry this machine cannot reach).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shutil
+import subprocess
+import tomllib
+from functools import cache
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.dashboards import ALERTMANAGER_CONFIG, PROMETHEUS_CONFIG, REPO, require_tool, run_tool
+
+ONE_SHOT = {"minio-init"}  # runs once and exits: nothing to health-check
+AUTOHEAL = {"minio", "prometheus", "alertmanager", "grafana"}  # safe for healer to restart
+
+
+def compose_command() -> list[str]:
+    """`docker compose` (the v2 plugin) when the docker CLI has it, else `docker-compose` (v1)."""
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0:
+        return [docker, "compose"]
+    return [require_tool("docker-compose")]
+
+
+@cache
+def compose_config() -> dict[str, Any]:
+    result = run_tool(compose_command() + ["--file", str(REPO / "docker-compose.yml"), "config"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    return dict(yaml.safe_load(result.stdout))
+
+
+def services() -> dict[str, Any]:
+    return dict(compose_config()["services"])
+
+
+def dockerfile() -> str:
+    return (REPO / "Dockerfile").read_text()
+
+
+def instructions(name: str) -> list[str]:
+    """The arguments of every `NAME` instruction of the Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", dockerfile())
+    return [m.group(1).strip() for m in re.finditer(rf"^{name}\s+(.*)$", text, re.MULTILINE)]
+
+
+def test_compose_accepts_the_stack() -> None:
+    assert compose_config()["services"]
+
+
+def test_the_stack_has_the_shops_production_shape() -> None:
+    found = services()
+
+    assert {"postgres", "minio", "minio-init", "healer", "prometheus", "alertmanager", "grafana"} <= set(found)
+    assert found["postgres"]["image"].startswith("postgres:")
+    assert found["healer"]["build"]["context"] == str(REPO)
+    assert found["healer"]["build"]["dockerfile"] == "Dockerfile"
+
+
+def test_every_long_running_service_is_health_checked() -> None:
+    unchecked = [name for name, service in services().items()
+                 if name not in ONE_SHOT and not service.get("healthcheck", {}).get("test")]
+
+    assert unchecked == []
+    assert services()["minio-init"]["restart"] == "no"
+
+
+def test_only_services_safe_to_restart_carry_the_autoheal_label() -> None:
+    labelled = {name for name, service in services().items()
+                if service.get("labels", {}).get("healer.autoheal") == "true"}
+
+    assert labelled == AUTOHEAL
+
+
+def test_the_daemon_listens_on_all_interfaces_and_waits_for_its_peers() -> None:
+    healer = services()["healer"]
+    env = healer["environment"]
+
+    assert env["HEALER_HTTP_HOST"] == "0.0.0.0"
+    assert env["DATABASE_URL"].startswith("postgresql://") and "@postgres:5432/" in env["DATABASE_URL"]
+    assert env["S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert env["HEALER_AUTOHEAL_LABEL"] == "healer.autoheal=true"
+    assert healer["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert healer["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    assert "/livez" in " ".join(healer["healthcheck"]["test"])
+
+
+def test_the_monitoring_services_mount_this_repositorys_configuration() -> None:
+    mounts = {name: [_mount(v) for v in s.get("volumes", [])] for name, s in services().items()}
+    binds = [m.split(":")[0] for ms in mounts.values() for m in ms if m.startswith("/")]
+
+    assert f"{REPO}/dashboards/prometheus:/etc/prometheus:ro" in mounts["prometheus"]
+    assert f"{REPO}/dashboards/alertmanager:/etc/alertmanager:ro" in mounts["alertmanager"]
+    assert f"{REPO}/dashboards/grafana/provisioning:/etc/grafana/provisioning:ro" in mounts["grafana"]
+    missing = [b for b in binds if b.startswith(str(REPO)) and not (REPO / b[len(str(REPO)) + 1:]).exists()]
+    assert missing == []
+
+
+def _mount(volume: str | dict[str, Any]) -> str:
+    """`source:target[:ro]`, from compose v1's short form or v2's long form."""
+    if isinstance(volume, str):
+        return volume
+    return f"{volume['source']}:{volume['target']}" + (":ro" if volume.get("read_only") else "")
+
+
+def test_prometheus_config_is_valid_and_loads_the_rules() -> None:
+    result = run_tool([require_tool("promtool"), "check", "config", str(PROMETHEUS_CONFIG)])
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+    assert config["scrape_configs"][0]["job_name"] == "healer"
+
+
+def test_alertmanager_config_is_valid() -> None:
+    result = run_tool([require_tool("amtool"), "check-config", str(ALERTMANAGER_CONFIG)])
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_image_is_python_3_11_slim_running_as_a_non_root_user() -> None:
+    assert instructions("FROM") == ["python:3.11-slim"]
+    users = instructions("USER")
+    assert users and users[-1] not in ("root", "0")
+
+
+def test_the_image_installs_the_locked_versions_and_copies_the_assets_to_app() -> None:
+    runs = " ".join(instructions("RUN"))
+    copies = instructions("COPY")
+
+    assert "-c requirements.lock" in runs
+    assert any("requirements.lock" in c for c in copies)
+    assert "/app" in instructions("WORKDIR")
+    for assets in ("fonts", "templates", "backgrounds"):
+        assert f"{assets} ./{assets}" in copies, assets
+
+
+def test_the_image_migrates_then_runs_the_daemon_with_a_livez_healthcheck() -> None:
+    env = " ".join(instructions("ENV"))
+
+    assert "HEALER_HTTP_HOST=0.0.0.0" in env
+    assert "HEALER_ASSETS_DIR=/app" in env
+    assert "/livez" in instructions("HEALTHCHECK")[0]
+    assert re.search(r"healer db upgrade && exec healer run", instructions("CMD")[0])
+
+
+def test_every_runtime_dependency_is_pinned_in_the_lock() -> None:
+    """The image installs pyproject's dependencies constrained by the lock: each must be pinned."""
+    def normal(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    pinned = {normal(line.split("==")[0]) for line in (REPO / "requirements.lock").read_text().splitlines()
+              if "==" in line and not line.startswith("#")}
+    names = {normal(re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]) for d in dependencies}
+
+    assert names - pinned == set()
+
+
+def test_everything_the_dockerfile_copies_is_in_the_build_context() -> None:
+    ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    sources = [src for copy in instructions("COPY") for src in copy.split()[:-1] if not src.startswith("--")]
+
+    for source in sources:
+        assert (REPO / source).exists(), source
+        assert not any(fnmatch.fnmatch(source, pattern) for pattern in ignored), f"{source} is in .dockerignore"
+    for package in ("healer", "checks", "fulfilment", "fonts", "templates", "backgrounds"):
+        assert package in sources
+
+
+@pytest.mark.parametrize("name", sorted(AUTOHEAL | {"healer", "postgres"}))
+def test_healthchecks_use_a_command_the_image_has(name: str) -> None:
+    """Slim images have no curl: healer probes with Python, the Prometheus family with busybox wget."""
+    test = services()[name]["healthcheck"]["test"]
+    command = test[1] if test[0] in ("CMD", "CMD-SHELL") else test[0]
+
+    expected = {"healer": "python", "postgres": "pg_isready", "minio": "mc"}.get(name, "wget")
+    assert command.split()[0] == expected
