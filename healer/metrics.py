@@ -146,7 +146,7 @@ class _ChecksCollector(Collector):
         self.states = states
 
     def collect(self) -> Iterable[Metric]:
-        up = GaugeMetricFamily("healer_check_up", "1 if the check passes (or is disabled), else 0.",
+        up = GaugeMetricFamily("healer_check_up", "0 if the check is failing (or skipped), else 1.",
                                labels=["check"])
         duration = GaugeMetricFamily("healer_check_duration_seconds", "Duration of the last probe.",
                                      labels=["check"])
@@ -157,7 +157,8 @@ class _ChecksCollector(Collector):
                 success.add_metric([state.name], state.last_success.timestamp())
             if state.result is None:
                 continue  # not probed yet: no sample rather than a false 0
-            up.add_metric([state.name], 1 if state.result.ok else 0)
+            # A warning is degraded, not down: only a failing check pages through this gauge.
+            up.add_metric([state.name], 0 if state.result.status in (Status.FAILING, Status.SKIPPED) else 1)
             if state.result.status is not Status.SKIPPED:
                 duration.add_metric([state.name], state.result.latency_seconds)
         return [up, duration, success]
