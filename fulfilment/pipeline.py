@@ -513,7 +513,8 @@ class Pipeline:
         else:
             values.update(next_attempt_at=None, lease_owner=None, lease_expires_at=None)
         if not self._commit(order.id, owner, step, values, Outcome.OK, started, done.message):
-            return self._lost_lease(order.id, step)
+            self._lost_lease(order.id, step)
+            return None
         latency = None
         if done.status is OrderStatus.COMPLETED and order.paid_at is not None:
             latency = (now - order.paid_at).total_seconds()
@@ -555,7 +556,8 @@ class Pipeline:
                       _one_line(db_error))
             committed = True
         if not committed:
-            return self._lost_lease(order.id, step)
+            self._lost_lease(order.id, step)
+            return None
         result = StepResult(order.id, step, outcome, time.monotonic() - started, status,
                             error.error_class, error.message)
         self.observe(result)
@@ -563,7 +565,7 @@ class Pipeline:
 
     def _wait(self, order: Order, step: Step, owner: str, reason: str) -> StepResult:
         message = f"{WAITING_PREFIX}{reason}"
-        values = {
+        values: dict[str, object] = {
             "next_attempt_at": self.clock() + self.gate_wait,
             "lease_owner": None,
             "lease_expires_at": None,
@@ -625,7 +627,6 @@ class Pipeline:
 
     def _lost_lease(self, order_id: uuid.UUID, step: Step) -> None:
         log.warning("Lost the lease on order %s during %s: another worker has it now", order_id, step.value)
-        return None
 
     def _transaction(self) -> AbstractContextManager[Session]:
         return transaction(self.sessions)
