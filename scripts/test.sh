@@ -8,4 +8,5 @@ cd "$(dirname "$0")/.."
 ensure_apt_packages poppler-utils docker.io busybox-static prometheus prometheus-alertmanager docker-compose
 ensure_python_env
 ensure_postgresql
+if [ $# -eq 0 ]; then .venv/bin/mypy healer checks fulfilment; fi  # the whole run also type-checks
 exec .venv/bin/python -m pytest "$@"
