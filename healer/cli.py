@@ -21,6 +21,7 @@ from fulfilment.models import OrderStatus, Outcome
 from fulfilment.pipeline import OrderNotFound
 from fulfilment.render import PosterInputs, render_poster
 from healer import __version__, db, orders
+from healer.audit import Action
 from healer.config import Settings, SettingsError
 from healer.orders import OrderView
 
@@ -100,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("reconcile", help="match Stripe payments with orders and repair what is out of step")
     rec.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
     rec.set_defaults(handler=cmd_reconcile)
+
+    rem = sub.add_parser("remediations", help="self-healing actions taken (or, in dry-run, not), newest first")
+    rem.add_argument("--action", choices=[a.value for a in Action])
+    rem.add_argument("--limit", type=int, default=50)
+    rem.add_argument("--json", action="store_true")
+    rem.set_defaults(handler=cmd_remediations)
 
     render = sub.add_parser("render", help="render one poster from files (for checking a template)")
     render.add_argument("--template", required=True)
@@ -328,6 +335,12 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
         return run_reconcile_command(settings, services, args.dry_run, out)
     finally:
         services.close()
+
+
+def cmd_remediations(settings: Settings, args: argparse.Namespace) -> int:
+    from healer.remediate import remediations_command
+
+    return remediations_command(settings, args, out)
 
 
 def cmd_render(settings: Settings, args: argparse.Namespace) -> int:

@@ -79,6 +79,10 @@ class Settings:
     autoheal_label: str
     docker_host: str | None
     compose_project: str
+    autoheal_docker: bool
+    autoheal_unhealthy_seconds: float
+    autoheal_max_restarts: int
+    autoheal_window_seconds: float
     delay_email_after_seconds: int | None
     refund_on_failure: bool
 
@@ -265,6 +269,15 @@ class _Reader:
             raise SettingsError(
                 f"HEALER_REMEDIATION={remediation!r} must be one of off, dry-run, on"
             ) from None
+        autoheal_label = self.text("HEALER_AUTOHEAL_LABEL", "healer.autoheal=true")
+        if "=" not in autoheal_label or autoheal_label.startswith("="):
+            raise SettingsError(f"HEALER_AUTOHEAL_LABEL={autoheal_label!r} is not a key=value label")
+        docker_host = self.docker_host()
+        autoheal_docker = self.flag("HEALER_AUTOHEAL_DOCKER", False)
+        if autoheal_docker and docker_host is None:
+            raise SettingsError(
+                "HEALER_AUTOHEAL_DOCKER=on needs DOCKER_HOST (the engine whose containers it restarts)"
+            )
         retry_base = self.number("HEALER_RETRY_BASE_SECONDS", 30, minimum=0)
         retry_max = self.number("HEALER_RETRY_MAX_SECONDS", 1800, minimum=0)
         if retry_max < retry_base:
@@ -303,8 +316,12 @@ class _Reader:
             retry_base_seconds=retry_base,
             retry_max_seconds=retry_max,
             remediation=mode,
-            autoheal_label=self.text("HEALER_AUTOHEAL_LABEL", "healer.autoheal=true"),
-            docker_host=self.docker_host(),
+            autoheal_label=autoheal_label,
+            docker_host=docker_host,
+            autoheal_docker=autoheal_docker,
+            autoheal_unhealthy_seconds=self.number("HEALER_AUTOHEAL_UNHEALTHY_SECONDS", 60, minimum=0),
+            autoheal_max_restarts=self.integer("HEALER_AUTOHEAL_MAX_RESTARTS", 3, minimum=0),
+            autoheal_window_seconds=self.number("HEALER_AUTOHEAL_WINDOW_SECONDS", 3600, minimum=1),
             compose_project=self.text("HEALER_COMPOSE_PROJECT", "healer"),
             delay_email_after_seconds=self.integer("HEALER_DELAY_EMAIL_AFTER_SECONDS", 0, minimum=0) or None,
             refund_on_failure=self.flag("HEALER_REFUND_ON_FAILURE", False),

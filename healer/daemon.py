@@ -10,19 +10,18 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
-from sqlalchemy.exc import SQLAlchemyError
 from fastapi import Response
 
-from checks.base import CheckResult, Status
 from checks.scheduler import SchedulerCheck
 from fulfilment.payments import StripePayments
-from fulfilment.pipeline import Pipeline
+from fulfilment.pipeline import Pipeline, StepResult
 from healer import db
 from healer.app import AppContext, create_app
 from healer.config import Settings
 from healer.health import build_monitor
 from healer.metrics import Metrics
 from healer.reconcile import reconcile_job
+from healer.remediate import RemediationPolicy, build_remediator
 from healer.scheduler import Scheduler
 from healer.services import Services
 from healer.stuck import StuckOrders, StuckPolicy
@@ -48,10 +47,24 @@ class Daemon:
                            interval_seconds=settings.check_interval_seconds, timeout_seconds=2.0),
         ])
         self.pipeline: Pipeline = self.services.pipeline(
-            self.render_pool, gate=self.health.gate, observe=self.metrics.observe_step
+            self.render_pool, gate=self.health.gate, observe=self._observe_step
         )
         self.worker = Worker(self.pipeline, concurrency=settings.workers)
-        self.health.add_listener(self._on_check_result)
+        self.remediator = build_remediator(
+            settings,
+            self.services,
+            self.metrics,
+            RemediationPolicy(
+                docker=settings.autoheal_docker,
+                unhealthy_seconds=settings.autoheal_unhealthy_seconds,
+                max_restarts=settings.autoheal_max_restarts,
+                window_seconds=settings.autoheal_window_seconds,
+            ),
+            resume_waiting=self.pipeline.resume_waiting,
+            worker=self.worker.owner,
+        )
+        # Restarts containers, frees scratch, resumes orders waiting on a check that turned green.
+        self.health.add_listener(self.remediator.on_check_result)
         self.health.schedule(self.scheduler)
         self.scheduler.add("worker", self.worker.tick, settings.worker_interval_seconds)
         self._schedule_reconciliation()
@@ -94,14 +107,9 @@ class Daemon:
         )
         self.scheduler.add("stuck", stuck, min(60.0, settings.order_sla_seconds / 2))
 
-    def _on_check_result(self, new: CheckResult, previous: CheckResult | None) -> None:
-        """A dependency is green again: orders waiting on it go now, not at their next poll."""
-        if previous is None or previous.status is not Status.FAILING or new.status is Status.FAILING:
-            return
-        try:
-            self.pipeline.resume_waiting(new.name)
-        except SQLAlchemyError as error:
-            log.warning("Could not resume orders waiting on %s: %s", new.name, str(error).splitlines()[0])
+    def _observe_step(self, result: StepResult) -> None:
+        self.metrics.observe_step(result)
+        self.remediator.observe_step(result)  # e.g. stores a waveform redrawn from the audio
 
     def _metrics(self) -> Response:
         body, content_type = self.metrics.exposition()
