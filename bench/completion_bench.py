@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import tempfile
 import sys
 import time
 import uuid
@@ -101,7 +102,7 @@ def _run(name, moto, sendgrid, stripe, n, workers, photo, audio, waveform):  # t
     store = S3Store(client, "healer-bench")
     order_ids = [_paid_order(sessions, store, stripe, photo, audio, waveform) for _ in range(n)]
     results: list[StepResult] = []
-    render = RenderPool(ROOT, workers)
+    render = RenderPool(ROOT, workers, Path(tempfile.mkdtemp(prefix="bench-scratch-")))
     render(PosterInputs("a4-portrait", "warm", "", photo, waveform, audio, "a.wav"))  # warm, as above
     pipeline = Pipeline(
         sessions=sessions, store=store,

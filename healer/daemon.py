@@ -39,7 +39,7 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.services = Services.build(settings)
-        self.render_pool = RenderPool(settings.assets_dir, settings.workers)
+        self.render_pool = RenderPool(settings.assets_dir, settings.workers, settings.scratch_dir)
         self.metrics = Metrics()
         self.scheduler = Scheduler()
         self.health = build_monitor(settings, self.services, extra_checks=[

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 import threading
 import uuid
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -30,11 +31,34 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def render_to_scratch(assets_dir: Path, inputs: PosterInputs, scratch_dir: Path) -> str:
+    """In a render process: render the final poster into a scratch file and return its path.
+
+    The PDF travels back through the file, not the pool's pipe; a full scratch disk is a
+    `resources` failure (gated on the disk check, and cleaned by remediation), not a crash.
+    """
+    pdf = render_poster(assets_dir, inputs, preview=False)
+    path = None
+    try:
+        scratch_dir.mkdir(parents=True, exist_ok=True)
+        fd, path = tempfile.mkstemp(dir=scratch_dir, prefix="render-", suffix=".pdf")
+        with os.fdopen(fd, "wb") as out:
+            out.write(pdf)
+    except OSError as error:
+        if path is not None:
+            Path(path).unlink(missing_ok=True)  # a half-written file would only fill it further
+        raise StepError(ErrorClass.RESOURCES, f"cannot write the render to {scratch_dir}: {error.strerror}") from None
+    return path
+
+
 class RenderPool:
     """Renders final posters in worker processes, with a time limit per render."""
 
-    def __init__(self, assets_dir: Path, processes: int, timeout_seconds: float = 300.0) -> None:
+    def __init__(
+        self, assets_dir: Path, processes: int, scratch_dir: Path, timeout_seconds: float = 300.0
+    ) -> None:
         self.assets_dir = assets_dir
+        self.scratch_dir = scratch_dir
         self.processes = processes
         self.timeout = timeout_seconds
         self._pool = ProcessPoolExecutor(max_workers=processes)
@@ -43,7 +67,7 @@ class RenderPool:
     def __call__(self, inputs: PosterInputs) -> bytes:
         future = self._submit(inputs)
         try:
-            return future.result(timeout=self.timeout)
+            path = Path(future.result(timeout=self.timeout))
         except FutureTimeout:
             future.cancel()
             raise StepError(ErrorClass.RESOURCES, f"render took longer than {self.timeout:.0f}s") from None
@@ -51,10 +75,14 @@ class RenderPool:
             # A render process died (killed for memory, most likely): start a fresh pool.
             self._restart()
             raise StepError(ErrorClass.RESOURCES, "render process died (out of memory?)") from None
+        try:
+            return path.read_bytes()
+        finally:
+            path.unlink(missing_ok=True)
 
-    def _submit(self, inputs: PosterInputs) -> Future[bytes]:
+    def _submit(self, inputs: PosterInputs) -> Future[str]:
         with self._lock:
-            return self._pool.submit(render_poster, self.assets_dir, inputs, preview=False)
+            return self._pool.submit(render_to_scratch, self.assets_dir, inputs, self.scratch_dir)
 
     def _restart(self) -> None:
         with self._lock:

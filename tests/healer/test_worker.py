@@ -62,3 +62,31 @@ def test_order_of_a_dead_worker_is_resumed_after_its_lease_expires(shop: Shop) -
     assert shop.order(order_id).status == OrderStatus.COMPLETED.value
     # The dead worker's late commit (if it ever woke) would be refused: it no longer holds the lease.
     assert dead.run_step(order_id, "crashed-daemon") is None
+
+
+def test_render_pool_spools_through_scratch_and_reports_a_full_disk(
+    tmp_path, sample_inputs, assets_dir  # type: ignore[no-untyped-def]
+) -> None:
+    import subprocess
+
+    import pytest
+
+    from fulfilment.errors import ErrorClass, StepError
+    from healer.worker import RenderPool
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(scratch)], check=True)
+    pool = RenderPool(assets_dir, 1, scratch)
+    try:
+        (scratch / "filler").write_bytes(b"\0" * (1024 * 1024 - 4096))
+        with pytest.raises(StepError) as full:
+            pool(sample_inputs)
+        assert full.value.error_class is ErrorClass.RESOURCES and str(scratch) in full.value.message
+
+        (scratch / "filler").unlink()
+        assert pool(sample_inputs).startswith(b"%PDF")
+        assert list(scratch.iterdir()) == []  # the spooled file is gone once read
+    finally:
+        pool.shutdown()
+        subprocess.run(["umount", str(scratch)], check=True)
