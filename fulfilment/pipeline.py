@@ -233,10 +233,13 @@ class Pipeline:
             if order is None:
                 raise OrderNotFound(str(order_id))
             status = order.order_status
+            if order.lease_expires_at is not None and order.lease_expires_at > self.clock():
+                log.warning("Order %s not re-queued: %s holds it right now", order_id, order.lease_owner)
+                return status
             if status is OrderStatus.NEEDS_ATTENTION:
                 step = Step(order.last_error_step) if order.last_error_step else Step.VERIFY_PAYMENT
                 status = STATUS_BEFORE[step]
-                if step is Step.VERIFY_PAYMENT and order.paid_at is not None:
+                if step is Step.VERIFY_PAYMENT and order.payment_verified_at is not None:
                     status = OrderStatus.PAID
             if status not in NEXT_STEP:
                 return status
@@ -260,12 +263,14 @@ class Pipeline:
         now = self.clock()
         moved = session.execute(
             update(Order)
-            .where(Order.id == order_id, _awaiting_payment(),
+            .where(Order.id == order_id, awaiting_payment_clause(),
                    or_(Order.stripe_payment_intent_id.is_(None),
                        Order.stripe_payment_intent_id == payment_intent_id))
             .values(status=OrderStatus.PAID.value, paid_at=paid_at, payment_verified_at=now,
                     stripe_payment_intent_id=payment_intent_id, attempts=0, next_attempt_at=now,
-                    last_error_step=None, last_error_class=None, last_error=None)
+                    last_error_step=None, last_error_class=None, last_error=None,
+                    # A worker mid-verification must not overwrite this with its stale answer.
+                    lease_owner=None, lease_expires_at=None)
         )
         if moved.rowcount != 1:  # type: ignore[attr-defined]
             return False
@@ -273,11 +278,18 @@ class Pipeline:
         log.info("Order %s marked paid: %s", order_id, message)
         return True
 
-    def mark_refunded(self, session: Session, order_id: uuid.UUID, message: str) -> OrderStatus | None:
+    def mark_refunded(
+        self, session: Session, order_id: uuid.UUID, message: str, *, expected: OrderStatus | None = None
+    ) -> OrderStatus | None:
         """Stripe refunded the payment in full: nothing more is fulfilled. Returns the status the
-        order had, or None if there is no such order or it was refunded already (a replay)."""
+        order had, or None if there is no such order, it was refunded already (a replay), or it is
+        no longer in the `expected` status."""
         order = session.get(Order, order_id, with_for_update=True)
         if order is None or order.order_status is OrderStatus.REFUNDED:
+            return None
+        if expected is not None and order.order_status is not expected:
+            log.error("Order %s was refunded in Stripe but is %s now, not %s: check it (%s)",
+                      order_id, order.status, expected.value, message)
             return None
         before = order.order_status
         order.status = OrderStatus.REFUNDED.value
@@ -512,7 +524,8 @@ class Pipeline:
             values.update(next_attempt_at=now, lease_expires_at=now + self.lease)
         else:
             values.update(next_attempt_at=None, lease_owner=None, lease_expires_at=None)
-        if not self._commit(order.id, owner, step, values, Outcome.OK, started, done.message):
+        if not self._commit(order.id, owner, step, values, Outcome.OK, started, done.message,
+                            from_status=order.order_status):
             self._lost_lease(order.id, step)
             return None
         latency = None
@@ -549,7 +562,7 @@ class Pipeline:
                         order.id, attempts, delay, error.error_class.value, error.message)
         try:
             committed = self._commit(order.id, owner, step, values, outcome, started, error.message,
-                                     error.error_class)
+                                     error.error_class, from_status=order.order_status)
         except SQLAlchemyError as db_error:
             # The database itself is down: the lease expires and the step is retried then.
             log.error("Could not record failure of %s for order %s: %s", step.value, order.id,
@@ -576,7 +589,8 @@ class Pipeline:
         record = order.last_error != message
         if record:
             log.info("Order %s waits before %s: %s", order.id, step.value, reason)
-        self._commit(order.id, owner, step, values, Outcome.WAITING if record else None, None, message)
+        self._commit(order.id, owner, step, values, Outcome.WAITING if record else None, None, message,
+                     from_status=order.order_status)
         return StepResult(order.id, step, Outcome.WAITING, 0.0, order.order_status, message=message)
 
     def _commit(
@@ -589,11 +603,16 @@ class Pipeline:
         started: float | None,
         message: str,
         error_class: ErrorClass | None = None,
+        *,
+        from_status: OrderStatus,
     ) -> bool:
-        """Apply a step's result if we still hold the lease; False if someone else took over."""
+        """Apply a step's result if we still hold the lease and the order still stands where the
+        step found it; False if someone (another worker, a webhook, an operator) moved it meanwhile."""
         with self._transaction() as session:
             updated = session.execute(
-                update(Order).where(Order.id == order_id, Order.lease_owner == owner).values(**values)
+                update(Order)
+                .where(Order.id == order_id, Order.lease_owner == owner, Order.status == from_status.value)
+                .values(**values)
             )
             if updated.rowcount != 1:  # type: ignore[attr-defined]
                 return False
@@ -632,7 +651,7 @@ class Pipeline:
         return transaction(self.sessions)
 
 
-def _awaiting_payment() -> ColumnElement[bool]:
+def awaiting_payment_clause() -> ColumnElement[bool]:
     # `needs_attention` without `paid_at` gave up at verification (a declined card, say); Stripe
     # saying the payment succeeded after all puts it back on track.
     return or_(

@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Red
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from fulfilment.errors import StepError
 from fulfilment.models import Order
 from fulfilment.pipeline import OrderNotFound, PaymentNotSucceeded, Pipeline
 from fulfilment.storage import LocalStore, ObjectStore
@@ -44,12 +45,17 @@ class AppContext:
     health: HealthMonitor | None = None
 
 
+def _same_secret(given: str, expected: str) -> bool:
+    # compare_digest refuses non-ASCII str: a header of any bytes must be a wrong token, not a 500.
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
+
+
 class Caller:
     """Who is asking: the order's customer (session token) or an operator (admin bearer)."""
 
     def __init__(self, session_token: str | None, bearer: str | None, admin: Secret | None) -> None:
         self.session_token = session_token
-        self.is_admin = bool(admin and bearer and hmac.compare_digest(bearer, admin.value))
+        self.is_admin = bool(admin and bearer and _same_secret(bearer, admin.value))
 
     def may_see(self, order: Order) -> bool:
         if self.is_admin:
@@ -57,7 +63,7 @@ class Caller:
         return bool(
             self.session_token
             and order.session_token
-            and hmac.compare_digest(self.session_token, order.session_token)
+            and _same_secret(self.session_token, order.session_token)
         )
 
 
@@ -132,13 +138,17 @@ def create_app(ctx: AppContext) -> FastAPI:
         order = orders.find_by_download_token(ctx.sessions, token)
         if order is None or not order.final_pdf_key:
             raise HTTPException(404, "unknown download link")
-        if isinstance(ctx.store, LocalStore):
-            return FileResponse(
-                ctx.store.path(order.final_pdf_key),
-                media_type="application/pdf",
-                filename=f"poster-{order.id}.pdf",
-            )
-        url = ctx.store.download_url(order.final_pdf_key, DOWNLOAD_URL_SECONDS)
+        try:
+            if isinstance(ctx.store, LocalStore):
+                path = ctx.store.path(order.final_pdf_key)
+                if not path.is_file():
+                    log.error("Download for order %s: %s is missing from the store", order.id, order.final_pdf_key)
+                    raise HTTPException(503, "download temporarily unavailable", headers={"Retry-After": "60"})
+                return FileResponse(path, media_type="application/pdf", filename=f"poster-{order.id}.pdf")
+            url = ctx.store.download_url(order.final_pdf_key, DOWNLOAD_URL_SECONDS)
+        except StepError as error:
+            log.error("Download for order %s failed: %s: %s", order.id, error.error_class.value, error.message)
+            raise HTTPException(503, "download temporarily unavailable", headers={"Retry-After": "60"}) from None
         if url is None:
             raise HTTPException(503, "download temporarily unavailable")
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})

@@ -39,7 +39,13 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.services = Services.build(settings)
-        self.render_pool = RenderPool(settings.assets_dir, settings.workers, settings.scratch_dir)
+        self.render_pool = RenderPool(
+            settings.assets_dir,
+            settings.workers,
+            settings.scratch_dir,
+            # Well inside the lease, so no other daemon takes the order while it renders.
+            timeout_seconds=max(10.0, settings.lease_seconds * 0.75),
+        )
         self.metrics = Metrics()
         self.scheduler = Scheduler()
         self.health = build_monitor(settings, self.services, extra_checks=[

@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.models import Order, OrderStatus, transaction, utcnow
 from fulfilment.payments import StripePayments
-from fulfilment.pipeline import ACTIVE, Pipeline
+from fulfilment.pipeline import ACTIVE, Pipeline, awaiting_payment_clause
 from healer.config import Settings
 from healer.metrics import Metrics
 from healer.models import OrphanPayment, ReconcileRun, ReconcileState, RunResult, insert_once
@@ -279,7 +279,7 @@ class Reconciler:
             order.status in ACTIVE and order.paid_at is not None
             and order.paid_at < now - timedelta(seconds=self.config.sla_seconds)
             and (order.lease_expires_at is None or order.lease_expires_at < now)
-            and (order.next_attempt_at is None or order.next_attempt_at > now)
+            and order.next_attempt_at is None
         )
 
     def _apply(self, findings: list[Finding]) -> list[Finding]:
@@ -358,7 +358,7 @@ class Reconciler:
         with self.sessions() as session:
             rows = session.execute(
                 select(*order_columns(), Order.created_at)
-                .where(Order.status == OrderStatus.PENDING_PAYMENT.value,
+                .where(awaiting_payment_clause(),  # incl. orders that gave up at verification
                        Order.stripe_payment_intent_id.is_not(None),
                        Order.next_attempt_at.is_(None),  # queued ones are verified by the worker
                        Order.created_at >= now - timedelta(seconds=c.lookback_seconds),

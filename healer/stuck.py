@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import stripe
-from sqlalchemy import ColumnElement, and_, delete, exists, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.errors import StepError
@@ -80,8 +80,9 @@ def _stuck(now: datetime, sla_seconds: int) -> tuple[ColumnElement[bool], ...]:
         Order.paid_at.is_not(None),
         Order.paid_at < now - timedelta(seconds=sla_seconds),
         or_(Order.lease_expires_at.is_(None), Order.lease_expires_at < now),
-        # Already due: the worker will take it. In a backoff (or never queued): stuck.
-        or_(Order.next_attempt_at.is_(None), Order.next_attempt_at > now),
+        # Never queued: nobody will ever take it. An order in backoff is not stuck, it waits its
+        # retry (re-queueing it would burn its attempts in minutes); a due one the worker takes.
+        Order.next_attempt_at.is_(None),
     )
 
 
@@ -203,18 +204,53 @@ def refund_failed_orders(
     grace_seconds: int = REFUND_GRACE_SECONDS, limit: int = 20,
     clock: Callable[[], datetime] = utcnow,
 ) -> list[uuid.UUID]:
-    """Refund verified payments of orders that gave up more than `grace_seconds` after payment."""
+    """Refund verified payments of orders that gave up more than `grace_seconds` ago (counted from
+    the last give-up, so an operator's retry that fails again gets a new working day)."""
     now = clock()
+    gave_up_at = (
+        select(func.max(OrderEvent.at))
+        .where(OrderEvent.order_id == Order.id, OrderEvent.outcome == Outcome.GAVE_UP.value)
+        .scalar_subquery()
+    )
     with sessions() as session:
         rows = session.execute(
             select(Order.id, Order.stripe_payment_intent_id)
             .where(Order.status == OrderStatus.NEEDS_ATTENTION.value,
                    and_(Order.payment_verified_at.is_not(None),
                         Order.stripe_payment_intent_id.is_not(None)),
-                   Order.paid_at < now - timedelta(seconds=grace_seconds))
+                   func.coalesce(gave_up_at, Order.paid_at) < now - timedelta(seconds=grace_seconds))
             .order_by(Order.paid_at).limit(limit)
         ).all()
-    return [r.id for r in rows if _refund(sessions, pipeline, client, r.id, r.stripe_payment_intent_id)]
+    refunded = []
+    for row in rows:
+        if not _hold_for_refund(sessions, row.id, now):
+            continue
+        if _refund(sessions, pipeline, client, row.id, row.stripe_payment_intent_id):
+            refunded.append(row.id)
+        else:
+            _release_refund_hold(sessions, row.id)
+    return refunded
+
+
+REFUND_HOLDER = "refund"
+
+
+def _release_refund_hold(sessions: sessionmaker[Session], order_id: uuid.UUID) -> None:
+    with transaction(sessions) as session:
+        session.execute(update(Order).where(Order.id == order_id, Order.lease_owner == REFUND_HOLDER)
+                        .values(lease_owner=None, lease_expires_at=None))
+
+
+def _hold_for_refund(sessions: sessionmaker[Session], order_id: uuid.UUID, now: datetime) -> bool:
+    """Lease the order to the refund first: an operator's retry meanwhile is refused, not raced."""
+    with transaction(sessions) as session:
+        held = session.execute(
+            update(Order)
+            .where(Order.id == order_id, Order.status == OrderStatus.NEEDS_ATTENTION.value,
+                   or_(Order.lease_expires_at.is_(None), Order.lease_expires_at < now))
+            .values(lease_owner=REFUND_HOLDER, lease_expires_at=now + timedelta(minutes=10))
+        )
+        return bool(held.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def _refund(
@@ -239,7 +275,8 @@ def _refund(
         return False
     # A crash before this commit is harmless: the next sweep replays the same Idempotency-Key.
     with transaction(sessions) as session:
-        pipeline.mark_refunded(session, order_id, f"Refunded after final failure: {detail}")
+        pipeline.mark_refunded(session, order_id, f"Refunded after final failure: {detail}",
+                               expected=OrderStatus.NEEDS_ATTENTION)
     return True
 
 

@@ -230,6 +230,13 @@ class WebhookHandler:
         charge = delivery.obj
         amounts = f"{charge['amount_refunded']} of {charge['amount']} {charge['currency']}"
         where = f"charge {charge['id']}, Stripe event {delivery.event_id}"
+        refunded_intent = charge.get("payment_intent")
+        if order.stripe_payment_intent_id and refunded_intent and refunded_intent != order.stripe_payment_intent_id:
+            # Another payment naming this order (a double payment, say) was refunded: the order's
+            # own payment stands, so fulfilment goes on.
+            self.pipeline.note(session, order.id, Step.VERIFY_PAYMENT, REFUNDED_OUTCOME,
+                               f"Refund of another payment {refunded_intent} naming this order: {amounts} ({where})")
+            return WebhookResult.RECORDED
         if not charge.get("refunded"):
             # A partial refund (a goodwill gesture, say) leaves the order to go on.
             self.pipeline.note(session, order.id, Step.VERIFY_PAYMENT, REFUNDED_OUTCOME,

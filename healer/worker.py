@@ -12,7 +12,7 @@ import socket
 import tempfile
 import threading
 import uuid
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -65,29 +65,37 @@ class RenderPool:
         self._lock = threading.Lock()
 
     def __call__(self, inputs: PosterInputs) -> bytes:
-        future = self._submit(inputs)
+        pool, future = self._submit(inputs)
         try:
             path = Path(future.result(timeout=self.timeout))
         except FutureTimeout:
-            future.cancel()
-            raise StepError(ErrorClass.RESOURCES, f"render took longer than {self.timeout:.0f}s") from None
-        except BrokenProcessPool:
-            # A render process died (killed for memory, most likely): start a fresh pool.
-            self._restart()
-            raise StepError(ErrorClass.RESOURCES, "render process died (out of memory?)") from None
+            # A running render cannot be cancelled: stop its process, or it holds a slot for ever.
+            self._replace(pool, kill=True)
+            raise StepError(ErrorClass.RESOURCES, f"render took longer than {self.timeout:.0f}s; stopped") from None
+        except (BrokenProcessPool, CancelledError):
+            # A render process died (killed for memory, most likely), or a sibling's was stopped.
+            self._replace(pool, kill=False)
+            raise StepError(ErrorClass.RESOURCES, "render process died (out of memory?) or was stopped") from None
         try:
             return path.read_bytes()
         finally:
             path.unlink(missing_ok=True)
 
-    def _submit(self, inputs: PosterInputs) -> Future[str]:
+    def _submit(self, inputs: PosterInputs) -> tuple[ProcessPoolExecutor, Future[str]]:
         with self._lock:
-            return self._pool.submit(render_to_scratch, self.assets_dir, inputs, self.scratch_dir)
+            pool = self._pool
+            return pool, pool.submit(render_to_scratch, self.assets_dir, inputs, self.scratch_dir)
 
-    def _restart(self) -> None:
+    def _replace(self, broken: ProcessPoolExecutor, *, kill: bool) -> None:
+        """Swap in a fresh pool, once per broken one (every render of it lands here)."""
         with self._lock:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            if self._pool is not broken:
+                return
             self._pool = ProcessPoolExecutor(max_workers=self.processes)
+        if kill:
+            for process in list(getattr(broken, "_processes", {}).values()):
+                process.terminate()
+        broken.shutdown(wait=False, cancel_futures=True)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -116,7 +124,12 @@ class Worker:
         for order_id in claimed:
             with self._lock:
                 self._in_flight.add(order_id)
-            self._threads.submit(self._run, order_id)
+            try:
+                self._threads.submit(self._run, order_id)
+            except RuntimeError:  # shutting down between claim and submit: hand the lease back
+                self.pipeline.release(order_id, self.owner)
+                with self._lock:
+                    self._in_flight.discard(order_id)
         return len(claimed)
 
     def _run(self, order_id: uuid.UUID) -> None:

@@ -306,3 +306,43 @@ def test_sqlite_embedded_database_completes_orders(shop: Shop, sqlite_engine) ->
     order_id = shop.paid_order()
 
     assert complete(shop.pipeline(), order_id) is OrderStatus.COMPLETED
+
+
+class _WebhookArrivesDuringVerify:
+    """The real Stripe verifier, during whose call Stripe's succeeded webhook is committed."""
+
+    enabled = True
+
+    def __init__(self, shop: Shop) -> None:
+        self.shop = shop
+        self.inner = shop.pipeline().payments
+
+    def verify(self, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return self.inner.verify(**kwargs)
+        finally:
+            pipeline = self.shop.pipeline()
+            with transaction(self.shop.sessions) as session:
+                pipeline.mark_paid(session, uuid.UUID(kwargs["order_id"]), payment_intent_id=kwargs["payment_intent_id"],
+                                   paid_at=utcnow(), message="payment_intent.succeeded webhook")
+
+
+def test_a_stale_step_result_never_overwrites_a_payment_confirmed_meanwhile(shop: Shop) -> None:
+    order_id = shop.paid_order(payment_status="requires_action")  # 3-D Secure still pending
+    pipeline = shop.pipeline(payments=_WebhookArrivesDuringVerify(shop))
+    _make_due(pipeline, order_id)
+    assert pipeline.claim_order(order_id, OWNER)
+
+    assert pipeline.run_step(order_id, OWNER) is None  # its "not succeeded" answer is stale: dropped
+
+    order = shop.order(order_id)
+    assert order.status == OrderStatus.PAID.value and order.lease_owner is None
+    assert complete(shop.pipeline(), order_id) is OrderStatus.COMPLETED
+
+
+def test_retry_after_a_failed_verification_verifies_again(shop: Shop) -> None:
+    # The shop's checkout may fill paid_at itself; only a verified payment skips verification.
+    order_id = shop.paid_order(status="needs_attention", last_error_step="verify_payment",
+                               last_error_class="payment_unverified", paid_at=utcnow())
+
+    assert shop.pipeline().requeue(order_id, "operator retry") is OrderStatus.PENDING_PAYMENT

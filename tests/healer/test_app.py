@@ -143,3 +143,23 @@ def test_livez_reports_the_scheduler(shop: Shop) -> None:
 
     assert client.get("/livez").status_code == 503
     assert "[-]scheduler failed: jobs late: worker" in client.get("/livez?verbose").text
+
+
+def test_non_ascii_tokens_are_wrong_tokens_not_errors(shop: Shop, client: TestClient) -> None:
+    order_id = shop.paid_order(queued=False)
+
+    for headers in ({"X-Session-Token": "\xe9t\xe9".encode("latin-1")}, {"Authorization": b"Bearer \xe9"}):
+        assert client.get(f"/api/orders/{order_id}", headers=headers).status_code == 403
+
+
+def test_download_of_a_lost_file_is_503_not_500(shop: Shop, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fulfilment.storage import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    order_id = shop.paid_order(download_token="t" * 43, final_pdf_key="pdfs/final_gone.pdf", status="completed")
+    client = TestClient(create_app(AppContext(shop.sessions, shop.pipeline(), store, None)))
+
+    response = client.get(f"/download/{'t' * 43}")
+
+    assert response.status_code == 503 and response.headers["retry-after"] == "60"
+    assert shop.order(order_id).status == "completed"

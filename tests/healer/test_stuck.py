@@ -69,13 +69,16 @@ def test_orders_that_are_not_stuck_are_left_alone(shop: Shop) -> None:
         assert shop.events(order_id) == []
 
 
-def test_order_in_a_long_backoff_is_requeued_keeping_its_attempts(shop: Shop) -> None:
-    order_id = paid(shop, 90, attempts=4, next_attempt_at=utcnow() + timedelta(minutes=30))
+def test_order_in_a_long_backoff_is_left_to_its_retry(shop: Shop) -> None:
+    # Re-queueing it every sweep would spend its attempts in minutes and give up on a paid order
+    # during a short outage; it is counted as stuck (metrics, orders check) but waits its turn.
+    retry_at = utcnow() + timedelta(minutes=30)
+    order_id = paid(shop, 90, attempts=4, next_attempt_at=retry_at)
 
-    assert sweeper(shop)() == 1
+    assert sweeper(shop)() == 0
 
     order = shop.order(order_id)
-    assert order.attempts == 4 and order.next_attempt_at == order.paid_at
+    assert order.attempts == 4 and abs((order.next_attempt_at - retry_at).total_seconds()) < 1
 
 
 def test_order_whose_lease_expired_long_ago_is_requeued(shop: Shop) -> None:

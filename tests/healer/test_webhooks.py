@@ -306,3 +306,16 @@ def test_webhooks_on_the_embedded_sqlite_database(
     with sessions() as session:
         assert session.get(Order, order_id).status == "paid"  # type: ignore[union-attr]
     assert json.loads(body)["id"] == hook.stored_events()[0].id
+
+
+def test_refund_of_a_second_payment_naming_the_order_leaves_the_order_paid(shop: Shop, hook: Hook) -> None:
+    order_id = shop.paid_order(queued=False)
+    hook.deliver(*succeeded(shop, order_id))
+    duplicate = shop.stripe.create_payment_intent(4900, "eur", {"order_id": str(order_id)})  # paid twice
+    stripe_client(shop.stripe).v1.refunds.create(params={"payment_intent": duplicate["id"]})
+
+    status, answer = hook.deliver(*shop.stripe.webhook_for(shop.stripe.events("charge.refunded")[0]))
+
+    assert (status, answer["result"]) == (200, "recorded")
+    assert shop.order(order_id).status == "paid"
+    assert f"Refund of another payment {duplicate['id']}" in shop.events(order_id)[-1].message
