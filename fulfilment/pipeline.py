@@ -430,15 +430,19 @@ class Pipeline:
         copied, skipped = [], []
         for kind, temp_key in self._uploads(order):
             target = permanent_key(order.id, kind, temp_key)
-            if self.store.exists(target):
-                skipped.append(kind)
-                continue
-            if kind == "waveform" and not self.store.exists(temp_key):
-                log.warning("Waveform %s missing for order %s: it will be regenerated", temp_key, order.id)
-                skipped.append("waveform (missing, regenerated at render)")
-                continue
-            self.store.copy(temp_key, target)
-            copied.append(kind)
+            try:
+                # Idempotent: a copy already made (same size) is not made again.
+                (copied if self.store.copy(temp_key, target) else skipped).append(kind)
+            except StepError as error:
+                if error.error_class is not ErrorClass.S3_MISSING_FILE:
+                    raise
+                if self.store.exists(target):  # copied on an earlier run; the upload expired since
+                    skipped.append(kind)
+                elif kind == "waveform":
+                    log.warning("Waveform %s missing for order %s: it will be regenerated", temp_key, order.id)
+                    skipped.append("waveform (missing, regenerated at render)")
+                else:
+                    raise
         log.info("File migration completed successfully for order %s", order.id)
         detail = f"copied {', '.join(copied) or 'nothing'}"
         if skipped:
