@@ -427,7 +427,8 @@ class Pipeline:
         )
 
     def _migrate_files(self, order: Order) -> _Done:
-        copied, skipped = [], []
+        copied: list[str] = []
+        skipped: list[str] = []
         for kind, temp_key in self._uploads(order):
             target = permanent_key(order.id, kind, temp_key)
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import socket
 import sys
 import uuid
 from collections.abc import Iterable, Sequence
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
     except SettingsError as error:
-        err.print(f"healer: configuration error: {error}", markup=False, highlight=False)
+        print(f"healer: configuration error: {error}", file=sys.stderr)  # one line, never wrapped
         return EXIT_USAGE
     try:
         return int(args.handler(settings, args) or EXIT_OK)
@@ -131,9 +132,20 @@ def _order_id(value: str) -> uuid.UUID:
 # -- commands ------------------------------------------------------------------------------------
 
 
+def _listen_address_problem(settings: Settings) -> str | None:
+    try:
+        socket.getaddrinfo(settings.http_host, settings.http_port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        return f"HEALER_HTTP_HOST={settings.http_host!r} is not an address to listen on: {error.strerror}"
+    return None
+
+
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     from healer.daemon import DatabaseNotMigrated, Daemon
 
+    if (problem := _listen_address_problem(settings)) is not None:
+        print(f"healer: configuration error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         Daemon(settings).serve()
     except DatabaseNotMigrated as error:
@@ -144,6 +156,10 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from healer.demo import run_demo
+
+    if (problem := _listen_address_problem(settings)) is not None:
+        print(f"healer: configuration error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
 
     return run_demo(settings, orders=args.orders, exit_when_done=args.exit_when_done)
 

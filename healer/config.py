@@ -8,6 +8,7 @@ health output can show them by accident.
 from __future__ import annotations
 
 import enum
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -148,6 +149,9 @@ def mask_url_password(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+# No setting means more than a year (of seconds, attempts or workers): a larger value is a typo.
+MAX_NUMBER = 366 * 86400
+
 _EMAIL = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+$")
 _DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -182,7 +186,9 @@ class _Reader:
         value = self.raw(name)
         return Secret(value) if value is not None else None
 
-    def number(self, name: str, default: float, *, minimum: float, integer: bool = False) -> float:
+    def number(
+        self, name: str, default: float, *, minimum: float, maximum: float = MAX_NUMBER, integer: bool = False
+    ) -> float:
         value = self.raw(name)
         if value is None:
             return default
@@ -191,12 +197,16 @@ class _Reader:
         except ValueError:
             kind = "a whole number" if integer else "a number"
             raise SettingsError(f"{name}={value!r} is not {kind}") from None
+        if not math.isfinite(parsed):
+            raise SettingsError(f"{name}={value!r} is not a finite number")
         if parsed < minimum:
             raise SettingsError(f"{name}={value!r} must be at least {minimum:g}")
+        if parsed > maximum:
+            raise SettingsError(f"{name}={value!r} must be at most {maximum:g}")
         return parsed
 
-    def integer(self, name: str, default: int, *, minimum: int) -> int:
-        return int(self.number(name, default, minimum=minimum, integer=True))
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int = MAX_NUMBER) -> int:
+        return int(self.number(name, default, minimum=minimum, maximum=maximum, integer=True))
 
     def url(self, name: str, default: str | None = None) -> str | None:
         value = self.raw(name)
@@ -215,6 +225,14 @@ class _Reader:
         if not match:
             raise SettingsError(f"{name}={value!r} is not a duration (seconds, or e.g. 30m, 24h, 7d)")
         return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+    def directory(self, name: str, default: str) -> Path:
+        """A directory that exists or can be made: its nearest existing ancestor is a directory."""
+        path = Path(self.text(name, default)).resolve()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise SettingsError(f"{name}={str(path)!r} cannot be a directory: {existing} is a file")
+        return path
 
     def docker_host(self) -> str | None:
         value = self.raw("DOCKER_HOST")
@@ -236,7 +254,7 @@ class _Reader:
         return Secret(value)
 
     def settings(self) -> Settings:
-        data_dir = Path(self.text("HEALER_DATA_DIR", "./var")).resolve()
+        data_dir = self.directory("HEALER_DATA_DIR", "./var")
         default_assets = IMAGE_ASSETS_DIR if (IMAGE_ASSETS_DIR / "templates").is_dir() else PACKAGE_ROOT
         assets_dir = Path(self.text("HEALER_ASSETS_DIR", str(default_assets))).resolve()
         host = self.text("HEALER_HTTP_HOST", "127.0.0.1")
