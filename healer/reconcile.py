@@ -100,7 +100,8 @@ class Payment:
                    str(named)[:255] if named else None)
 
     def as_intent(self) -> dict[str, Any]:
-        return {"id": self.id, "amount": self.amount, "currency": self.currency}
+        return {"id": self.id, "amount": self.amount, "currency": self.currency,
+                "metadata": {"order_id": self.metadata_order_id} if self.metadata_order_id else {}}
 
     def __str__(self) -> str:
         return f"{self.id} ({self.amount} {self.currency})"

@@ -155,14 +155,36 @@ def verify(body: bytes, signature: str | None, secret: str) -> Delivery:
         raise Refused(400, WebhookResult.BAD_SIGNATURE, f"signature not verified: {error}") from None
     try:
         event = json.loads(body)
-        return Delivery(
+        delivery = Delivery(
             event_id=str(event["id"])[:255],
             type=str(event["type"])[:64],
             created=datetime.fromtimestamp(int(event["created"]), timezone.utc),
             obj=dict(event["data"]["object"]),
         )
-    except (ValueError, KeyError, TypeError) as error:
-        raise Refused(400, WebhookResult.MALFORMED, f"not a Stripe event: {error}") from None
+    # Signed by Stripe, yet not what Stripe sends: refused whole, nothing stored. RecursionError:
+    # JSON nested deeper than the parser follows; Overflow/OSError: a timestamp beyond any date.
+    except (ValueError, KeyError, TypeError, OverflowError, OSError, RecursionError) as error:
+        raise Refused(400, WebhookResult.MALFORMED, f"not a Stripe event: {type(error).__name__}: {error}"[:300]) from None
+    try:
+        if delivery.type in HANDLED_TYPES:  # others are acknowledged and ignored, unread
+            _check_shape(delivery.obj)
+    except TypeError as error:
+        raise Refused(400, WebhookResult.MALFORMED, f"event object not understood: {error}") from None
+    return delivery
+
+
+def _check_shape(obj: dict[str, Any]) -> None:
+    """The fields healer reads have the types Stripe's API gives them."""
+    if not isinstance(obj.get("id"), str):
+        raise TypeError("object id is not a string")
+    if not isinstance(obj.get("metadata") or {}, dict):
+        raise TypeError("metadata is not an object")
+    for field in ("payment_intent", "currency"):
+        if obj.get(field) is not None and not isinstance(obj[field], str):
+            raise TypeError(f"{field} is not a string")
+    for field in ("amount", "amount_refunded"):
+        if obj.get(field) is not None and (not isinstance(obj[field], int) or isinstance(obj[field], bool)):
+            raise TypeError(f"{field} is not a whole number")
 
 
 class WebhookHandler:
@@ -256,6 +278,9 @@ def payment_mismatch(order: Row[Any], intent: dict[str, Any]) -> str | None:
     """Why a succeeded PaymentIntent does not pay for `order`, or None if it does."""
     if order.stripe_payment_intent_id not in (None, intent["id"]):
         return f"order pays with {order.stripe_payment_intent_id}, not {intent['id']}"
+    named = (intent.get("metadata") or {}).get("order_id")
+    if named is not None and named != str(order.id):  # paid for another order, held by this one
+        return f"payment names order {named!r}, not {order.id}"
     if str(intent["currency"]).lower() != order.currency.lower():
         return f"currency {intent['currency']} != order currency {order.currency.lower()}"
     if intent["amount"] != order.amount_cents:
