@@ -6,8 +6,10 @@ which are CPU-bound, go to a process pool of the same size so they run on every 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import socket
 import tempfile
 import threading
@@ -51,6 +53,18 @@ def render_to_scratch(assets_dir: Path, inputs: PosterInputs, scratch_dir: Path)
     return path
 
 
+def _die_with_parent() -> None:
+    """In each render process: end when the daemon ends, even if it was SIGKILLed (Linux)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:  # not Linux: orphans end when their next read of the call queue fails
+        pass
+
+
+PR_SET_PDEATHSIG = 1
+
+
 class RenderPool:
     """Renders final posters in worker processes, with a time limit per render."""
 
@@ -61,7 +75,7 @@ class RenderPool:
         self.scratch_dir = scratch_dir
         self.processes = processes
         self.timeout = timeout_seconds
-        self._pool = ProcessPoolExecutor(max_workers=processes)
+        self._pool = ProcessPoolExecutor(max_workers=processes, initializer=_die_with_parent)
         self._lock = threading.Lock()
 
     def __call__(self, inputs: PosterInputs) -> bytes:
@@ -91,7 +105,7 @@ class RenderPool:
         with self._lock:
             if self._pool is not broken:
                 return
-            self._pool = ProcessPoolExecutor(max_workers=self.processes)
+            self._pool = ProcessPoolExecutor(max_workers=self.processes, initializer=_die_with_parent)
         if kill:
             for process in list(getattr(broken, "_processes", {}).values()):
                 process.terminate()
