@@ -252,8 +252,10 @@ def test_oom_killed_and_crashed_containers_are_reported_with_their_exit_code_not
     hog = docker_containers.run("renderer", command=["tail", "/dev/zero"], healthcheck=False,
                                 mem_limit="16m", memswap_limit="16m", labels=AUTOHEAL)
     crashed = docker_containers.run("mailer", command=["sh", "-c", "exit 3"], healthcheck=False, labels=AUTOHEAL)
-    for container in (hog, crashed):
-        docker_containers.wait_for(container, lambda a: a["State"]["Status"] == "exited", what="exited")
+    docker_containers.wait_for(crashed, lambda a: a["State"]["Status"] == "exited", what="exited")
+    # The engine may record the exit before the kernel's OOM event reaches it: wait for both.
+    docker_containers.wait_for(hog, lambda a: a["State"]["Status"] == "exited" and a["State"]["OOMKilled"],
+                               what="exited, OOM-killed")
 
     rig.probe_for(1.5)  # reported once, not on every probe
 
