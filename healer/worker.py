@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import multiprocessing
 import os
 import signal
 import socket
@@ -63,6 +64,9 @@ def _die_with_parent() -> None:
 
 
 PR_SET_PDEATHSIG = 1
+# Spawned, not forked: a fork of this many-threaded daemon can inherit a held lock (and deadlock),
+# its signal handlers and its listening socket.
+_SPAWN = multiprocessing.get_context("spawn")
 
 
 class RenderPool:
@@ -75,7 +79,7 @@ class RenderPool:
         self.scratch_dir = scratch_dir
         self.processes = processes
         self.timeout = timeout_seconds
-        self._pool = ProcessPoolExecutor(max_workers=processes, initializer=_die_with_parent)
+        self._pool = ProcessPoolExecutor(max_workers=processes, mp_context=_SPAWN, initializer=_die_with_parent)
         self._lock = threading.Lock()
 
     def __call__(self, inputs: PosterInputs) -> bytes:
@@ -105,10 +109,10 @@ class RenderPool:
         with self._lock:
             if self._pool is not broken:
                 return
-            self._pool = ProcessPoolExecutor(max_workers=self.processes, initializer=_die_with_parent)
+            self._pool = ProcessPoolExecutor(max_workers=self.processes, mp_context=_SPAWN, initializer=_die_with_parent)
         if kill:
             for process in list(getattr(broken, "_processes", {}).values()):
-                process.terminate()
+                process.kill()
         broken.shutdown(wait=False, cancel_futures=True)
 
     def shutdown(self) -> None:
