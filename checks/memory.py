@@ -92,9 +92,11 @@ def cgroup_memory(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGRO
     for line in lines:
         hierarchy, controllers, path = line.split(":", 2)
         if hierarchy == "0" and controllers == "":
-            found = _cgroup_v2(cgroup_root, path)
+            found = _cgroup_limit(cgroup_root, path, limit="memory.max", usage="memory.current",
+                                  inactive="inactive_file")
         elif "memory" in controllers.split(","):
-            found = _cgroup_v1(cgroup_root / "memory", path)
+            found = _cgroup_limit(cgroup_root / "memory", path, limit="memory.limit_in_bytes",
+                                  usage="memory.usage_in_bytes", inactive="total_inactive_file")
         else:
             continue
         if found is not None:
@@ -102,24 +104,13 @@ def cgroup_memory(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGRO
     return None
 
 
-def _cgroup_v2(root: Path, path: str) -> Available | None:
-    directory = _cgroup_dir(root, path, "memory.max")
+def _cgroup_limit(root: Path, path: str, *, limit: str, usage: str, inactive: str) -> Available | None:
+    """A v1 or v2 cgroup's memory: `limit` and `usage` name its files, `inactive` a memory.stat key."""
+    directory = _cgroup_dir(root, path, limit)
     if directory is None:
         return None
-    limit = _read_int(directory / "memory.max")
-    usage = _read_int(directory / "memory.current")
-    inactive = _stat(directory / "memory.stat", "inactive_file")
-    return _under_limit(limit, usage, inactive)
-
-
-def _cgroup_v1(root: Path, path: str) -> Available | None:
-    directory = _cgroup_dir(root, path, "memory.limit_in_bytes")
-    if directory is None:
-        return None
-    limit = _read_int(directory / "memory.limit_in_bytes")
-    usage = _read_int(directory / "memory.usage_in_bytes")
-    inactive = _stat(directory / "memory.stat", "total_inactive_file")
-    return _under_limit(limit, usage, inactive)
+    return _under_limit(_read_int(directory / limit), _read_int(directory / usage),
+                        _stat(directory / "memory.stat", inactive))
 
 
 def _cgroup_dir(root: Path, path: str, probe_file: str) -> Path | None:

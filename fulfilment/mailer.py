@@ -12,10 +12,8 @@ import html
 import http.client
 import json
 import logging
-import os
 import re
 import secrets
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,6 +30,7 @@ from sendgrid.helpers.mail.exceptions import SendGridException
 
 from fulfilment.errors import ErrorClass, StepError
 from fulfilment.secrets import mask_secret
+from fulfilment.storage import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -383,16 +382,7 @@ class OutboxMailer:
         """Write to a hidden temp file and rename, so readers never see half a message."""
         self._directory.mkdir(parents=True, exist_ok=True)
         final = self._directory / _outbox_name()
-        fd, temp = tempfile.mkstemp(dir=self._directory, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, final)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        write_atomically(final, data)
         return final
 
 

@@ -460,7 +460,7 @@ class LocalStore:
         path = self.path(key)
         with _os_errors(f"put {path}"):
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomically(path, data)
+            write_atomically(path, data)
 
     def copy(self, src_key: str, dst_key: str) -> bool:
         src, dst = self.path(src_key), self.path(dst_key)
@@ -497,8 +497,9 @@ def _regular_size(path: Path) -> int | None:
     return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    # Readers see the old file or the new one, never a torn write, even across a crash.
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to a hidden temp file beside `path`, fsync it and rename it over `path`: readers
+    see the old file or the new one, never a torn write, even across a crash. OSError is raised as is."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.models import Order, OrderEvent
 from healer.models import WebhookEvent
-from tests.e2e.test_daemon import RunningDaemon
+from tests.e2e.daemon import RunningDaemon
 from tests.fakes.shop_fixtures import Shop
 
 ADMIN = "badinput-admin-token-0123456789abcdef"

@@ -22,7 +22,7 @@ from schemathesis import GenerationMode
 from schemathesis.core.result import Err, Ok
 
 from tests.badinput.helpers import Seeded, snapshot
-from tests.e2e.test_daemon import RunningDaemon
+from tests.e2e.daemon import RunningDaemon
 from tests.fakes.shop_fixtures import Shop
 
 EXAMPLES = 25  # per operation and mode; a few hundred requests in all

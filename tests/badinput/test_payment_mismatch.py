@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from tests.badinput.helpers import Seeded, post, signed
-from tests.e2e.test_daemon import RunningDaemon
+from tests.e2e.daemon import RunningDaemon
 from tests.fakes.shop_fixtures import Shop
 
 pytestmark = pytest.mark.timeout(120)

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.badinput.helpers import Seeded, post, signed, snapshot
-from tests.e2e.test_daemon import RunningDaemon
+from tests.e2e.daemon import RunningDaemon
 from tests.fakes.shop_fixtures import Shop
 
 pytestmark = pytest.mark.timeout(240)

@@ -6,103 +6,26 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.daemon import HEALER, REPO, RunningDaemon, free_port, healer_env, running_daemon, wait_for
 from tests.fakes.shop_fixtures import Shop
-
-HEALER = [sys.executable, "-m", "healer.cli"]
-ADMIN = "e2e-admin-token-0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class RunningDaemon:
-    process: subprocess.Popen[str]
-    base_url: str
-    log_path: Path
-
-    def request(self, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        req = urllib.request.Request(self.base_url + path, method=method, headers=headers or {})
-        opener = urllib.request.build_opener(_NoRedirect)
-        try:
-            with opener.open(req, timeout=10) as response:
-                return response.status, dict(response.headers), response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, dict(error.headers), error.read()
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        return None
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def start_daemon(env: dict[str, str], log_path: Path, args: list[str] | None = None) -> RunningDaemon:
-    port = int(env["HEALER_HTTP_PORT"])
-    log_file = log_path.open("w")
-    process = subprocess.Popen(
-        HEALER + (args or ["run"]), env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    daemon = RunningDaemon(process, f"http://127.0.0.1:{port}", log_path)
-
-    def answering() -> bool:
-        assert process.poll() is None, f"daemon exited early:\n{log_path.read_text()}"
-        try:
-            return daemon.request("GET", "/livez")[0] == 200
-        except OSError:
-            return False
-
-    wait_for(answering, 60, "the daemon to answer /livez")
-    return daemon
 
 
 @pytest.fixture
 def daemon_env(shop_env: dict[str, str]) -> dict[str, str]:
-    return dict(
-        shop_env,
-        HEALER_HTTP_PORT=str(free_port()),
-        HEALER_WORKER_INTERVAL_SECONDS="0.2",
-        HEALER_WORKERS="2",
-        HEALER_ADMIN_TOKEN=ADMIN,
-        PUBLIC_BASE_URL="https://shop.example",
-    )
+    return healer_env(shop_env, PUBLIC_BASE_URL="https://shop.example")
 
 
 @pytest.fixture
 def daemon(daemon_env: dict[str, str], tmp_path: Path) -> Iterator[RunningDaemon]:
-    running = start_daemon(daemon_env, tmp_path / "daemon.log")
-    yield running
-    if running.process.poll() is None:
-        running.process.kill()
-        running.process.wait()
+    with running_daemon(daemon_env, tmp_path / "daemon.log") as running:
+        yield running
 
 
 def test_customer_completion_through_the_running_daemon(shop: Shop, daemon: RunningDaemon, daemon_env: dict[str, str]) -> None:
@@ -168,8 +91,7 @@ def test_demo_completes_its_sample_orders(tmp_path: Path) -> None:
     env.update(HEALER_DATA_DIR=str(tmp_path / "demo"), HEALER_HTTP_PORT=str(free_port()), COLUMNS="200")
 
     result = subprocess.run(HEALER + ["demo", "--orders", "5", "--exit-when-done"], env=env,
-                            capture_output=True, text=True, timeout=240,
-                            cwd=Path(__file__).resolve().parents[2])
+                            capture_output=True, text=True, timeout=240, cwd=REPO)
 
     output = result.stdout + result.stderr
     assert result.returncode == 0, output

@@ -31,7 +31,7 @@ from tests.dashboards import (
     selectors,
     substitute_variables,
 )
-from tests.e2e.test_daemon import RunningDaemon, free_port, start_daemon, wait_for
+from tests.e2e.daemon import RunningDaemon, free_port, healer_env, running_daemon, wait_for
 from tests.fakes.shop_fixtures import Shop
 
 FAST_FOR = "1s"
@@ -95,22 +95,15 @@ def fast_rules(path: Path) -> Path:
 
 @pytest.fixture
 def daemon(shop_env: dict[str, str], tmp_path: Path) -> Iterator[RunningDaemon]:
-    env = dict(
+    env = healer_env(
         shop_env,
-        HEALER_HTTP_PORT=str(free_port()),
-        HEALER_WORKER_INTERVAL_SECONDS="0.2",
         HEALER_CHECK_INTERVAL_SECONDS="1",
-        HEALER_WORKERS="2",
         HEALER_RETRY_BASE_SECONDS="0",  # a failed attempt is retried on the next worker tick
         HEALER_RETRY_MAX_SECONDS="0",
         HEALER_MAX_ATTEMPTS="3",
-        HEALER_ADMIN_TOKEN="e2e-admin-token-0123456789abcdef",
     )
-    running = start_daemon(env, tmp_path / "daemon.log")
-    yield running
-    if running.process.poll() is None:
-        running.process.kill()
-        running.process.wait()
+    with running_daemon(env, tmp_path / "daemon.log") as running:
+        yield running
 
 
 @pytest.fixture

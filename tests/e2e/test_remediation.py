@@ -11,19 +11,15 @@ from pathlib import Path
 import pytest
 
 from fulfilment.models import OrderStatus
-from tests.e2e.test_daemon import ADMIN, RunningDaemon, free_port, start_daemon, wait_for
+from tests.e2e.daemon import RunningDaemon, healer_env, running_daemon, wait_for
 from tests.fakes.db_fixtures import restart_postgresql
 from tests.fakes.shop_fixtures import Shop
 
 
 @pytest.fixture
 def daemon(shop_env: dict[str, str], tmp_path: Path) -> Iterator[RunningDaemon]:
-    env = dict(
+    env = healer_env(
         shop_env,
-        HEALER_HTTP_PORT=str(free_port()),
-        HEALER_WORKER_INTERVAL_SECONDS="0.2",
-        HEALER_WORKERS="2",
-        HEALER_ADMIN_TOKEN=ADMIN,
         HEALER_CHECK_INTERVAL_SECONDS="1",
         # A step whose commit was cut by the outage leaves its lease behind; short leases keep the
         # test short (the daemon re-claims its own leases at once anyway).
@@ -31,11 +27,8 @@ def daemon(shop_env: dict[str, str], tmp_path: Path) -> Iterator[RunningDaemon]:
         HEALER_RETRY_BASE_SECONDS="1",
         HEALER_RETRY_MAX_SECONDS="2",
     )
-    running = start_daemon(env, tmp_path / "daemon.log")
-    yield running
-    if running.process.poll() is None:
-        running.process.kill()
-        running.process.wait()
+    with running_daemon(env, tmp_path / "daemon.log") as running:
+        yield running
 
 
 def test_postgresql_restarted_under_a_running_daemon_loses_no_order(shop: Shop, daemon: RunningDaemon) -> None:

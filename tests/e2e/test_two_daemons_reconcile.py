@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from healer.models import OrphanPayment, ReconcileRun
-from tests.e2e.test_daemon import RunningDaemon, free_port, start_daemon, wait_for
+from tests.e2e.daemon import RunningDaemon, free_port, start_daemon, wait_for
 from tests.fakes.shop_fixtures import Shop
 
 

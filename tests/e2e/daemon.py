@@ -1,0 +1,102 @@
+"""A `healer run` in its own process for whole-daemon tests: its environment, starting it, waiting
+for it to answer, talking to it over HTTP and stopping it."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+HEALER = [sys.executable, "-m", "healer.cli"]
+ADMIN = "e2e-admin-token-0123456789abcdef"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningDaemon:
+    process: subprocess.Popen[str]
+    base_url: str
+    log_path: Path
+
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        req = urllib.request.Request(self.base_url + path, method=method, headers=headers or {})
+        opener = urllib.request.build_opener(_NoRedirect)
+        try:
+            with opener.open(req, timeout=10) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers), error.read()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return None
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def healer_env(shop_env: dict[str, str], **overrides: str) -> dict[str, str]:
+    """The shop's environment for one daemon: a free port, two workers on a fast tick, the admin
+    token; `overrides` add or replace variables."""
+    return {
+        **shop_env,
+        "HEALER_HTTP_PORT": str(free_port()),
+        "HEALER_WORKER_INTERVAL_SECONDS": "0.2",
+        "HEALER_WORKERS": "2",
+        "HEALER_ADMIN_TOKEN": ADMIN,
+        **overrides,
+    }
+
+
+def start_daemon(env: dict[str, str], log_path: Path, args: list[str] | None = None) -> RunningDaemon:
+    port = int(env["HEALER_HTTP_PORT"])
+    log_file = log_path.open("w")
+    process = subprocess.Popen(
+        HEALER + (args or ["run"]), env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+    )
+    daemon = RunningDaemon(process, f"http://127.0.0.1:{port}", log_path)
+
+    def answering() -> bool:
+        assert process.poll() is None, f"daemon exited early:\n{log_path.read_text()}"
+        try:
+            return daemon.request("GET", "/livez")[0] == 200
+        except OSError:
+            return False
+
+    wait_for(answering, 60, "the daemon to answer /livez")
+    return daemon
+
+
+@contextmanager
+def running_daemon(env: dict[str, str], log_path: Path) -> Iterator[RunningDaemon]:
+    """A started daemon, killed on the way out if it is still running (a test may stop it itself)."""
+    running = start_daemon(env, log_path)
+    try:
+        yield running
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
