@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Red
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from fulfilment.errors import StepError
+from fulfilment.errors import ErrorClass, StepError
 from fulfilment.models import Order
 from fulfilment.pipeline import OrderNotFound, PaymentNotSucceeded, Pipeline
 from fulfilment.storage import LocalStore, ObjectStore
@@ -138,17 +138,18 @@ def create_app(ctx: AppContext) -> FastAPI:
         order = orders.find_by_download_token(ctx.sessions, token)
         if order is None or not order.final_pdf_key:
             raise HTTPException(404, "unknown download link")
+        key = order.final_pdf_key
         try:
+            # A presigned URL is made without asking S3, so ask first (one HEAD): a customer sent
+            # on to S3's own 404 page learns nothing, and no operator hears of the lost file.
+            if not ctx.store.exists(key):
+                raise _missing_download(order.id, f"{key!r} is not in the store")
             if isinstance(ctx.store, LocalStore):
-                path = ctx.store.path(order.final_pdf_key)
-                if not path.is_file():
-                    log.error("Download for order %s: %s is missing from the store", order.id, order.final_pdf_key)
-                    raise HTTPException(503, "download temporarily unavailable", headers={"Retry-After": "60"})
+                path = ctx.store.path(key)
                 return FileResponse(path, media_type="application/pdf", filename=f"poster-{order.id}.pdf")
-            url = ctx.store.download_url(order.final_pdf_key, DOWNLOAD_URL_SECONDS)
+            url = ctx.store.download_url(key, DOWNLOAD_URL_SECONDS)
         except StepError as error:
-            log.error("Download for order %s failed: %s: %s", order.id, error.error_class.value, error.message)
-            raise HTTPException(503, "download temporarily unavailable", headers={"Retry-After": "60"}) from None
+            raise _failed_download(order.id, error) from None
         if url is None:
             raise HTTPException(503, "download temporarily unavailable")
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
@@ -192,6 +193,31 @@ def create_app(ctx: AppContext) -> FastAPI:
         return JSONResponse(ctx.health.report(check).as_dict(), headers={"Cache-Control": "no-store"})
 
     return app
+
+
+# Download failures by what a retry can do about them. 503 + Retry-After only when waiting helps
+# (S3 or the disk is unavailable); a file that is gone, or a stored key that is broken, stays so
+# until an operator acts, so the customer must not be told to come back in a minute. Both answer
+# 404 (this link has no file to give) with an ERROR line naming the order and the fix: the design
+# never answers a paying customer with a 500, and a 404 says the same as a 500 would here ("not
+# something you can fix by retrying"). The order id on the log line is what the operator needs.
+
+
+def _missing_download(order_id: uuid.UUID, what: str) -> HTTPException:
+    log.error("Download for order %s failed: %s: %s; re-render the order or restore the file",
+              order_id, ErrorClass.S3_MISSING_FILE.value, what)
+    return HTTPException(404, "the file for this download link is missing; the shop has been notified")
+
+
+def _failed_download(order_id: uuid.UUID, error: StepError) -> HTTPException:
+    if error.error_class is ErrorClass.S3_MISSING_FILE:
+        return _missing_download(order_id, error.message)
+    if error.error_class is ErrorClass.BAD_INPUT:
+        log.error("Download for order %s failed: %s: %s; the order's final_pdf_key is invalid: fix the row",
+                  order_id, error.error_class.value, error.message)
+        return HTTPException(404, "the file for this download link is missing; the shop has been notified")
+    log.error("Download for order %s failed: %s: %s", order_id, error.error_class.value, error.message)
+    return HTTPException(503, "download temporarily unavailable", headers={"Retry-After": "60"})
 
 
 def readyz_body(readiness: Readiness, *, verbose: bool) -> str:
