@@ -12,8 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
-from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, column, inspect, select, table, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from checks.base import Check, CheckFailed, CheckWarning, Healthy, Runbook
@@ -100,7 +99,7 @@ class DatabaseCheck(Check):
     def _schema(self, connection: Connection) -> str:
         if self.head_revision is None:
             return "schema not compared"
-        current = MigrationContext.configure(connection).get_current_revision()
+        current = stored_revision(connection)
         if current == self.head_revision:
             return f"schema at head ({current})"
         shown = f"at {current}" if current else "empty (no migrations applied)"
@@ -127,6 +126,22 @@ class DatabaseCheck(Check):
     def _scrub(self, said: str) -> str:
         password = self.engine.url.password
         return said.replace(str(password), "***") if password else said
+
+
+def stored_revision(connection: Connection, version_table: str = "alembic_version") -> str | None:
+    """The schema's Alembic revision, read from Alembic's version table; None before any migration.
+
+    Read directly rather than through alembic's MigrationContext: making one logs "Context impl
+    ..." and "Will assume transactional DDL" at INFO, which on a probe every few seconds buries the
+    log. Turning alembic's logger down instead would be process-wide (checks run on threads), and
+    would hide those lines from `healer db upgrade` too, where they belong.
+    """
+    if not inspect(connection).has_table(version_table):
+        return None
+    versions = table(version_table, column("version_num"))
+    heads = sorted(connection.scalars(select(versions.c.version_num)).all())
+    # Unmerged branches leave several rows: shown together, they can never equal the one head.
+    return "+".join(heads) or None
 
 
 def _first_line(error: object) -> str:

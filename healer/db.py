@@ -7,10 +7,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+from checks.database import stored_revision
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,10 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The schema's revision, without alembic's INFO lines (see checks.database.stored_revision);
+    `upgrade` goes through alembic itself and still logs each migration it runs."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        return stored_revision(connection)
 
 
 def head_revision() -> str | None:

@@ -179,3 +179,43 @@ def test_a_slow_answer_is_a_warning(pg_engine: Engine) -> None:
 
     assert result.status is Status.WARNING
     assert result.detail.startswith("slow: SELECT 1 took ")
+
+
+def alembic_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [f"{r.levelname} {r.name}: {r.getMessage()}" for r in caplog.records if r.name.startswith("alembic")]
+
+
+@pytest.mark.parametrize("engine_fixture", ["pg_engine", "sqlite_engine"])
+def test_a_database_probe_logs_no_alembic_lines(
+    request: pytest.FixtureRequest, engine_fixture: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine: Engine = request.getfixturevalue(engine_fixture)
+    caplog.set_level(logging.DEBUG)
+    check = DatabaseCheck(engine=engine, head_revision=db.head_revision())
+
+    results = [run_check(check) for _ in range(3)]
+    revision = db.current_revision(engine)  # what the daemon asks at start-up
+
+    assert [r.status for r in results] == [Status.OK] * 3, results
+    assert revision == db.head_revision()
+    assert alembic_lines(caplog) == []
+
+
+def test_the_schema_revision_is_read_without_alembic_before_and_after_migrations(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'fresh.sqlite3'}")
+    caplog.set_level(logging.INFO)
+
+    before = db.current_revision(engine)
+    quiet = alembic_lines(caplog)
+    db.upgrade(engine)  # `healer db upgrade`: alembic still says what it does
+    upgrading = alembic_lines(caplog)
+    caplog.clear()
+    after = db.current_revision(engine)
+
+    assert (before, after) == (None, db.head_revision())
+    assert quiet == [] and alembic_lines(caplog) == []
+    assert "INFO alembic.runtime.migration: Context impl SQLiteImpl." in upgrading
+    assert any("Running upgrade" in line for line in upgrading), upgrading
+    engine.dispose()
