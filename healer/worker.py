@@ -14,12 +14,15 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from fulfilment.errors import ErrorClass, StepError
@@ -119,18 +122,40 @@ class RenderPool:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+# While the database is down, one WARNING when it starts and then one per this many seconds: the
+# worker polls every couple of seconds, and a line per poll buries everything else.
+DATABASE_WARNING_EVERY_SECONDS = 30.0
+
+
 class Worker:
-    def __init__(self, pipeline: Pipeline, *, concurrency: int, owner: str | None = None) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        concurrency: int,
+        owner: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.pipeline = pipeline
         self.owner = owner or worker_identity()
         self.concurrency = concurrency
+        self.clock = clock
         self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="order")
         self._in_flight: set[uuid.UUID] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        # (when the outage was first seen, when it was last logged at WARNING); None: database fine.
+        # Only tick() touches it, and the scheduler never runs two ticks at once (max_instances=1).
+        self._outage: tuple[float, float] | None = None
 
     def tick(self) -> int:
-        """Claim as many due orders as there are free slots and start them; returns how many."""
+        """Claim as many due orders as there are free slots and start them; returns how many.
+
+        A database outage is not raised: the scheduler would log a traceback per tick. It is
+        logged here in one line (see `_database_down`) and the next tick simply tries again. The
+        `database` check (critical) takes the daemon out of readiness meanwhile; the worker job
+        keeps counting as alive, since restarting the daemon would not bring the database back.
+        """
         if self._stopping.is_set():
             return 0
         with self._lock:
@@ -138,17 +163,51 @@ class Worker:
             busy = set(self._in_flight)
         if free <= 0:
             return 0
-        claimed = self.pipeline.claim(self.owner, free, exclude=busy)
+        try:
+            claimed = self.pipeline.claim(self.owner, free, exclude=busy)
+        except SQLAlchemyError as error:
+            self._database_down(error)
+            return 0
+        self._database_up()
         for order_id in claimed:
-            with self._lock:
-                self._in_flight.add(order_id)
-            try:
-                self._threads.submit(self._run, order_id)
-            except RuntimeError:  # shutting down between claim and submit: hand the lease back
-                self.pipeline.release(order_id, self.owner)
-                with self._lock:
-                    self._in_flight.discard(order_id)
+            self._start(order_id)
         return len(claimed)
+
+    def _start(self, order_id: uuid.UUID) -> None:
+        with self._lock:
+            self._in_flight.add(order_id)
+        try:
+            self._threads.submit(self._run, order_id)
+        except RuntimeError:  # shutting down between claim and submit: hand the lease back
+            with self._lock:
+                self._in_flight.discard(order_id)
+            try:
+                self.pipeline.release(order_id, self.owner)
+            except SQLAlchemyError as error:
+                log.warning("Lease of order %s not handed back (it expires by itself): %s", order_id,
+                            _database_problem(error, self.pipeline.sessions.kw.get("bind")))
+
+    def _database_down(self, error: SQLAlchemyError) -> None:
+        now = self.clock()
+        problem = _database_problem(error, self.pipeline.sessions.kw.get("bind"))
+        if self._outage is None:
+            self._outage = (now, now)
+            log.warning("Worker cannot reach the database, claiming no orders until it can: %s "
+                        "(retried every tick; repeated here every %.0fs while it lasts)",
+                        problem, DATABASE_WARNING_EVERY_SECONDS)
+            return
+        since, logged = self._outage
+        if now - logged < DATABASE_WARNING_EVERY_SECONDS:
+            log.debug("Worker still cannot reach the database: %s", problem)
+            return
+        self._outage = (since, now)
+        log.warning("Worker still cannot reach the database after %.0fs: %s", now - since, problem)
+
+    def _database_up(self) -> None:
+        if self._outage is not None:
+            since, _ = self._outage
+            self._outage = None
+            log.info("Worker reached the database again after %.0fs; claiming orders", self.clock() - since)
 
     def _run(self, order_id: uuid.UUID) -> None:
         try:
@@ -172,3 +231,15 @@ class Worker:
         to their lease."""
         self._stopping.set()
         self._threads.shutdown(wait=wait, cancel_futures=True)
+
+
+def _database_problem(error: SQLAlchemyError, bind: object) -> str:
+    """One line: the error's class and the driver's first line, never the URL's password.
+
+    The driver's words do not carry the password, but a DSN echoed by some driver or pool message
+    could: it is scrubbed all the same. No traceback: the class and the words say what is wrong.
+    """
+    said = str(getattr(error, "orig", None) or error).strip().splitlines()
+    text = f"{type(error).__name__}: {said[0].strip() if said else '(no message)'}"[:300]
+    password = bind.url.password if isinstance(bind, Engine) else None
+    return text.replace(str(password), "***") if password else text

@@ -7,7 +7,9 @@ from empty tables. A missing server fails the run with the command that starts i
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -94,15 +96,44 @@ def sessions(pg_engine: Engine) -> sessionmaker[Session]:
     return db.make_session_factory(pg_engine)
 
 
+def unreachable_pg_url(password: str = "outage-pw-never-logged") -> str:
+    """A PostgreSQL URL on 127.0.0.1 where nothing listens (a port bound, then released): a real
+    database outage (connection refused) without stopping the shared server."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    return f"postgresql://healer:{password}@127.0.0.1:{port}/shop"
+
+
+def _pg_ctlcluster(action: str) -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    command = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action]
+    subprocess.run(command + (["-m", "fast"] if action != "start" else []), check=True, capture_output=True,
+                   timeout=60)
+
+
+def postgresql_outage(seconds: float) -> threading.Thread:
+    """Stop the shared server now (every connection cut, new ones refused) and start it again
+    `seconds` later, in the background; join the returned thread to know it is back."""
+    _pg_ctlcluster("stop")
+
+    def start_later() -> None:
+        time.sleep(seconds)
+        _pg_ctlcluster("start")
+        _wait_until_answering()
+
+    thread = threading.Thread(target=start_later, name="postgresql-outage")  # not a daemon: always restarted
+    thread.start()
+    return thread
+
+
 def restart_postgresql() -> None:
     """A real restart of the shared server: every open connection is cut."""
-    version = sorted(os.listdir("/etc/postgresql"))[-1]
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    _pg_ctlcluster("restart")
+    _wait_until_answering()
+
+
+def _wait_until_answering() -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:

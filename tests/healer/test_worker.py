@@ -3,12 +3,22 @@ order is resumed once its lease expires."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.models import OrderStatus
 from fulfilment.render import render_poster
+from healer import db
+from healer.scheduler import Scheduler
 from healer.worker import Worker
+from tests.fakes.db_fixtures import unreachable_pg_url
 from tests.fakes.shop_fixtures import Shop
 
 
@@ -122,3 +132,86 @@ def test_a_render_past_its_time_limit_is_stopped_and_frees_the_pool(
         assert processes and not any(p.is_alive() for p in processes)  # stopped, not left running
     finally:
         pool.shutdown()
+
+
+# -- a database outage ------------------------------------------------------------------------------
+
+OUTAGE_PASSWORD = "outage-pw-" + "x7Qm2"
+
+
+class Clock:
+    """Monotonic seconds the test moves on by hand, so the 30 s repeat needs no 30 s wait."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def worker_lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "healer.worker" and r.levelno == level]
+
+
+@pytest.fixture
+def outage(shop: Shop) -> Iterator[tuple[Shop, sessionmaker[Session]]]:
+    """The shop as a worker sees it while PostgreSQL is unreachable; rebind the sessions to end it."""
+    engine = db.make_engine(unreachable_pg_url(OUTAGE_PASSWORD))
+    sessions = db.make_session_factory(engine)
+    yield dataclasses.replace(shop, sessions=sessions), sessions
+    engine.dispose()
+
+
+def test_a_database_outage_is_one_warning_then_one_per_30s_and_the_worker_carries_on(
+    shop: Shop, pg_engine: Engine, outage: tuple[Shop, sessionmaker[Session]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    down, sessions = outage
+    clock = Clock()
+    worker = Worker(down.pipeline(), concurrency=2, owner="outage-worker", clock=clock)
+    try:
+        for _ in range(5):  # 5 ticks, well under 30 s apart
+            assert worker.tick() == 0
+            clock.now += 2
+        assert len(worker_lines(caplog, logging.WARNING)) == 1
+        clock.now += 30
+        assert worker.tick() == 0
+        warnings = worker_lines(caplog, logging.WARNING)
+
+        order_id = shop.paid_order()
+        sessions.configure(bind=pg_engine)  # the database is back
+        assert worker.tick() == 1
+        wait_until(lambda: shop.order(order_id).status == OrderStatus.COMPLETED.value)
+    finally:
+        worker.shutdown(wait=True)
+
+    first, again = warnings
+    assert first.startswith("Worker cannot reach the database, claiming no orders until it can: OperationalError: ")
+    assert "Connection refused" in first and "127.0.0.1" in first
+    assert again.startswith("Worker still cannot reach the database after 40s: OperationalError: ")
+    assert worker_lines(caplog, logging.INFO) == ["Worker reached the database again after 40s; claiming orders"]
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], "no tracebacks, no errors"
+    assert OUTAGE_PASSWORD not in caplog.text
+
+
+def test_the_scheduled_worker_logs_no_traceback_while_the_database_is_down(
+    outage: tuple[Shop, sessionmaker[Session]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    down, _ = outage
+    worker = Worker(down.pipeline(), concurrency=1, owner="outage-worker")
+    scheduler = Scheduler()
+    scheduler.add("worker", worker.tick, 0.2)  # the daemon's own job, polled fast
+    scheduler.start()
+    try:
+        wait_until(lambda: scheduler.jobs()[0].runs >= 5, timeout=30)
+    finally:
+        scheduler.shutdown()
+        worker.shutdown()
+
+    [job] = scheduler.jobs()
+    assert job.failures == 0 and job.last_error is None
+    assert not [r for r in caplog.records if r.exc_info], "APScheduler logged a traceback"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(worker_lines(caplog, logging.WARNING)) == 1
+    assert OUTAGE_PASSWORD not in caplog.text
