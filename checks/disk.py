@@ -5,7 +5,10 @@ local store, and a full asset volume cannot be updated. Each path is measured wi
 detail names the worst one, and every measurement goes to `data` as `{label}.{measure}` for metrics.
 
 A level trips when EITHER its share OR its absolute amount is below the threshold: a share alone
-misses a small volume running dry, an amount alone misses a large one about to.
+misses a small volume running dry, an amount alone misses a large one about to. The amount is capped
+at a share of the volume's size, though: 1 GiB free can never be had on a 1 GiB volume (nor on a
+small container's or a test's tmpfs), and a level that trips on an empty disk gates renders and
+sets off remediation for ever. Volumes that small are judged by share.
 """
 
 from __future__ import annotations
@@ -24,11 +27,21 @@ GIB = 2**30
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Below `free_ratio` (0..1) or `free_bytes`, the level is reached; inodes by ratio only."""
+    """Below `free_ratio` (0..1) or `free_bytes`, the level is reached; inodes by ratio only.
+
+    `free_bytes` counts only up to `max_bytes_share` (0..1) of the volume's size: on a volume
+    smaller than `free_bytes / max_bytes_share` the floor shrinks with it, continuously, so a
+    volume the size of the floor is not "low" while empty.
+    """
 
     free_ratio: float
     free_bytes: int
     free_inodes_ratio: float
+    max_bytes_share: float = 0.5
+
+    def floor_bytes(self, total_bytes: int) -> int:
+        """The free-bytes floor for a volume of `total_bytes`."""
+        return min(self.free_bytes, int(total_bytes * self.max_bytes_share))
 
 
 @dataclass(frozen=True)
@@ -52,7 +65,7 @@ class Usage:
     def below(self, level: Thresholds) -> list[str]:
         """What is short at this level, in words; [] when nothing is."""
         short = []
-        if self.free_ratio < level.free_ratio or self.free_bytes < level.free_bytes:
+        if self.free_ratio < level.free_ratio or self.free_bytes < level.floor_bytes(self.total_bytes):
             short.append(f"{format_bytes(self.free_bytes)} free of {format_bytes(self.total_bytes)} "
                          f"({self.free_ratio:.1%})")
         if self.free_inodes_ratio < level.free_inodes_ratio:
@@ -77,8 +90,12 @@ class DiskCheck(Check):
 
     # (label, path) pairs, e.g. (("data", data_dir), ("scratch", scratch_dir), ("assets", assets_dir)).
     paths: tuple[tuple[str, Path], ...]
-    warn_below: Thresholds = Thresholds(free_ratio=0.10, free_bytes=1 * GIB, free_inodes_ratio=0.10)
-    fail_below: Thresholds = Thresholds(free_ratio=0.05, free_bytes=256 * MIB, free_inodes_ratio=0.05)
+    # The byte floors hold in full from 2 GiB (warning) and 1 GiB (failure) volumes up; below,
+    # they are half and a quarter of the volume, so the failure level stays under the warning one.
+    warn_below: Thresholds = Thresholds(free_ratio=0.10, free_bytes=1 * GIB, free_inodes_ratio=0.10,
+                                        max_bytes_share=0.5)
+    fail_below: Thresholds = Thresholds(free_ratio=0.05, free_bytes=256 * MIB, free_inodes_ratio=0.05,
+                                        max_bytes_share=0.25)
 
     def probe(self) -> str | Healthy:
         usages = [measure(label, Path(path)) for label, path in self.paths]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from checks.base import Runbook, Status, run_check
-from checks.disk import DiskCheck, Thresholds
+from checks.disk import DiskCheck, Thresholds, Usage
 
 KIB = 1024
 # Sized for a 2 MiB tmpfs: under 10% or 256 KiB fails, under 50% or 512 KiB warns.
@@ -137,3 +137,51 @@ def test_a_path_not_created_yet_is_measured_on_the_file_system_it_will_be_create
     assert result.status is Status.FAILING
     assert result.detail.startswith(f"renders {later}: 0 B free")
     assert str(scratch) in result.remedy  # where `df` should be pointed
+
+
+# -- the default levels on volumes smaller than their byte floors -------------------------------------
+
+MIB = 1024 * KIB
+
+
+def test_an_empty_volume_smaller_than_the_byte_floors_is_ok_with_the_default_levels(
+    tmpfs: Callable[[str, str], Path],
+) -> None:
+    small = tmpfs("small", "size=1m")  # far below the 1 GiB and 256 MiB floors
+
+    result = run_check(DiskCheck(paths=(("data", small), ("scratch", small / "scratch"))))
+
+    assert result.status is Status.OK, result.detail
+    assert result.detail.startswith("2 paths ok; least free: ")
+
+
+@pytest.mark.parametrize(
+    ("leave", "status"),
+    [(600 * KIB, Status.OK), (400 * KIB, Status.WARNING), (200 * KIB, Status.FAILING)],
+)
+def test_a_small_volume_is_judged_by_share_warning_under_half_and_failing_under_a_quarter_free(
+    tmpfs: Callable[[str, str], Path], leave: int, status: Status
+) -> None:
+    small = tmpfs("small", "size=1m")
+    _fill(small, leave_bytes=leave)
+
+    result = run_check(DiskCheck(paths=(("data", small),)))
+
+    assert result.status is status, result.detail
+
+
+def usage(total: int, free: int) -> Usage:
+    return Usage("data", Path("/data"), Path("/data"), free, total, 1000, 1000)
+
+
+def test_the_byte_floors_still_hold_in_full_on_volumes_large_enough_for_them() -> None:
+    warn, fail = DiskCheck.warn_below, DiskCheck.fail_below
+
+    # 900 MiB free of 5 GiB is 17.6%: above the 10% share, but under the 1 GiB floor.
+    assert usage(5 * 1024 * MIB, 900 * MIB).below(warn) and not usage(5 * 1024 * MIB, 900 * MIB).below(fail)
+    # 200 MiB free of 2 GiB is 9.8%: warns by share; under the full 256 MiB floor, so it fails too.
+    assert usage(2 * 1024 * MIB, 200 * MIB).below(fail)
+    # The floors shrink with the volume, never past the level below them: the failure floor stays under.
+    for total in (1 * MIB, 300 * MIB, 1024 * MIB, 1536 * MIB, 2048 * MIB, 100 * 1024 * MIB):
+        assert fail.floor_bytes(total) < warn.floor_bytes(total) <= total // 2
+    assert (warn.floor_bytes(2048 * MIB), fail.floor_bytes(1024 * MIB)) == (1024 * MIB, 256 * MIB)

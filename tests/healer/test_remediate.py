@@ -507,6 +507,40 @@ def test_low_space_elsewhere_is_not_freed_from_scratch(pg_engine: Engine, tmp_pa
     assert old.exists() and rows(sessions) == []
 
 
+def test_a_small_scratch_volume_is_left_alone_while_empty_and_escalated_once_per_low_episode(
+    pg_engine: Engine, scratch_tmpfs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The daemon's own levels and policy, on a 2 MiB volume: far smaller than the 1 GiB byte floor.
+    sessions = db.make_session_factory(pg_engine)
+    metrics = Metrics()
+    audit = Audit(sessions, metrics, ON)
+    monitor = HealthMonitor([DiskCheck(paths=(("scratch", scratch_tmpfs),), failure_threshold=1)])
+    monitor.add_listener(Remediator(audit, scratch=ScratchSweeper(scratch_tmpfs, RemediationPolicy(), audit))
+                         .on_check_result)
+    caplog.set_level(logging.INFO)
+
+    def probes(count: int) -> list[Status]:
+        return [monitor.run("disk").status for _ in range(count)]
+
+    assert probes(3) == [Status.OK] * 3, "an empty small volume is not low"
+    assert rows(sessions) == []
+    # A render in flight fills it (12% free): too young to delete, so nothing healer may free.
+    in_flight = write_file(scratch_tmpfs / "render-in-flight.pdf", 1800 * KIB, age_seconds=10)
+    first = probes(4)
+    in_flight.unlink()
+    recovered = probes(1)  # the episode ends
+    write_file(scratch_tmpfs / "render-in-flight.pdf", 1800 * KIB, age_seconds=10)
+    second = probes(3)
+
+    assert (first, recovered, second) == ([Status.FAILING] * 4, [Status.OK], [Status.FAILING] * 3)
+    escalations = rows(sessions, Action.FREE_SCRATCH)
+    assert [(r.result, r.target) for r in escalations] == [("escalated", str(scratch_tmpfs))] * 2
+    assert all("nothing of healer's own to delete" in r.detail for r in escalations)
+    errors = [r.getMessage() for r in caplog.records if r.name == "healer.remediate" and r.levelno >= logging.ERROR]
+    assert len(errors) == 2 and all(e.startswith("Remediation free_scratch on ") for e in errors), errors
+    assert counted(metrics, Action.FREE_SCRATCH, Result.ESCALATED) == 2  # row, line and count agree
+
+
 # -- resume_orders ------------------------------------------------------------------------------------
 
 
