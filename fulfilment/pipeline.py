@@ -23,8 +23,9 @@ from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from fulfilment.errors import ErrorClass, StepError
 from fulfilment.mailer import Mailer, download_email
@@ -57,6 +58,8 @@ STEP_CHECKS: dict[Step, tuple[str, ...]] = {
 }
 
 WAITING_PREFIX = "waiting: "
+# How long a done step's result is retried through a database outage (bounded by the lease too).
+RECORD_RETRY_SECONDS = 60.0
 
 MAX_PHOTO_BYTES = 60 * 1024 * 1024
 MAX_AUDIO_BYTES = 250 * 1024 * 1024
@@ -529,8 +532,7 @@ class Pipeline:
             values.update(next_attempt_at=now, lease_expires_at=now + self.lease)
         else:
             values.update(next_attempt_at=None, lease_owner=None, lease_expires_at=None)
-        if not self._commit(order.id, owner, step, values, Outcome.OK, started, done.message,
-                            from_status=order.order_status):
+        if not self._record_done(order.id, owner, step, values, started, done.message, order.order_status):
             self._lost_lease(order.id, step)
             return None
         latency = None
@@ -540,6 +542,25 @@ class Pipeline:
                             message=done.message, completion_latency_seconds=latency)
         self.observe(result)
         return result
+
+    def _record_done(self, order_id: uuid.UUID, owner: str, step: Step, values: dict[str, object],
+                     started: float, message: str, from_status: OrderStatus) -> bool:
+        """Commit a step that did its work, retrying through a database outage.
+
+        The work is done (an email accepted, a PDF stored): forgetting it means doing it again, and
+        for the email step that is a second email to the customer. So a lost connection is retried
+        for as long as the lease is ours (at most RECORD_RETRY_SECONDS); the commit's own guard
+        (lease owner and starting status) keeps a late retry from overwriting anyone's progress.
+        """
+        retrying = Retrying(
+            retry=retry_if_exception(_connection_lost),
+            stop=stop_after_delay(min(self.lease.total_seconds(), RECORD_RETRY_SECONDS)),
+            wait=wait_exponential(multiplier=0.2, max=2.0),
+            before_sleep=lambda state: _log_record_retry(state, order_id, step),
+            reraise=True,
+        )
+        return bool(retrying(self._commit, order_id, owner, step, values, Outcome.OK, started, message,
+                             from_status=from_status))
 
     def _fail(
         self, order: Order, step: Step, owner: str, started: float, error: StepError
@@ -671,6 +692,17 @@ def _lease_free(owner: str, now: datetime) -> ColumnElement[bool]:
         Order.lease_expires_at < now,
         Order.lease_owner == owner,  # our own, left behind by a step whose commit failed
     )
+
+
+def _connection_lost(error: BaseException) -> bool:
+    """The database went away (restart, failover, network), as opposed to a statement it refused."""
+    return isinstance(error, OperationalError) or (isinstance(error, DBAPIError) and error.connection_invalidated)
+
+
+def _log_record_retry(state: RetryCallState, order_id: uuid.UUID, step: Step) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    log.warning("Could not record %s for order %s (database: %s); retrying, attempt %d", step.value, order_id,
+                _one_line(error) if error else "?", state.attempt_number)
 
 
 def _one_line(error: BaseException) -> str:

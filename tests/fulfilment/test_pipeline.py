@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import uuid
 
 import pytest
@@ -18,7 +20,9 @@ from fulfilment.pipeline import (
     permanent_key,
 )
 from fulfilment.storage import S3Store
-from tests.fakes.db_fixtures import restart_postgresql
+from healer import db
+from tests.faults.sendgrid_tap import TappedSendGrid
+from tests.fakes.db_fixtures import postgresql_outage, restart_postgresql
 from tests.fakes.shop_fixtures import PUBLIC_BASE_URL, Shop
 
 OWNER = "test-worker"
@@ -346,3 +350,34 @@ def test_retry_after_a_failed_verification_verifies_again(shop: Shop) -> None:
                                last_error_class="payment_unverified", paid_at=utcnow())
 
     assert shop.pipeline().requeue(order_id, "operator retry") is OrderStatus.PENDING_PAYMENT
+
+
+def test_an_email_sent_during_a_database_outage_is_recorded_once_the_database_is_back(
+        pg_engine, s3_bucket, stripe_server, assets_dir, caplog) -> None:  # type: ignore[no-untyped-def]
+    # SendGrid accepts the email, then PostgreSQL goes down before the worker can record it: the
+    # worker retries the commit (within its lease) instead of forgetting a sent email and sending it
+    # again on the next attempt.
+    with TappedSendGrid() as sendgrid:
+        shop = Shop(db.make_session_factory(pg_engine), s3_bucket, sendgrid, stripe_server, assets_dir)
+        order_id = shop.paid_order()
+        pipeline = shop.pipeline(lease_seconds=60)
+        _make_due(pipeline, order_id)
+        assert pipeline.claim_order(order_id, OWNER)
+        while pipeline.get(order_id).order_status is not OrderStatus.PDF_RENDERED:
+            pipeline.run_step(order_id, OWNER)
+        outages: list[threading.Thread] = []
+        sendgrid.on_accepted = lambda _key: outages.append(postgresql_outage(seconds=3.0))
+        sendgrid.arm(1)
+
+        try:
+            with caplog.at_level(logging.WARNING, logger="fulfilment.pipeline"):
+                result = pipeline.run_step(order_id, OWNER)
+        finally:
+            for outage in outages:
+                outage.join(timeout=60)
+
+        assert len(outages) == 1 and f"Could not record email for order {order_id}" in caplog.text
+        assert result is not None and result.outcome is Outcome.OK
+        assert shop.order(order_id).status == OrderStatus.COMPLETED.value
+        assert len(sendgrid.sends) == 1
+        assert shop.order(order_id).email_message_id == sendgrid.messages[0].message_id
