@@ -44,7 +44,7 @@ def free_port() -> int:
 def start_daemon(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = dict(env, HEALER_HTTP_PORT=str(port))
-    process = subprocess.Popen([sys.executable, "-m", "healer.cli", "--log-level", "warning", "run"],
+    process = subprocess.Popen([sys.executable, "-m", "healer", "--log-level", "warning", "run"],
                                env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

@@ -280,8 +280,8 @@ def footprint(args: argparse.Namespace) -> dict[str, Any]:
                       f"{(r['rss_mib'] + r['children_rss_mib']) / (baseline['rss_mib'] + baseline['children_rss_mib']):.2f}",
                       f"{r['pss_mib'] / baseline['pss_mib']:.2f}")
     console.print(table)
-    console.print("RSS counts the pages forked render processes share with the daemon once per process; "
-                  "PSS splits each shared page between its sharers, so the tree's PSS is the memory it takes.")
+    console.print("RSS counts the pages processes share (libraries) once per process; PSS splits each shared "
+                  "page between its sharers, so the tree's PSS is the memory it takes.")
     return {"seconds": seconds, "rows": rows}
 
 

@@ -6,13 +6,10 @@ which are CPU-bound, go to a process pool of the same size so they run on every 
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing
 import os
-import signal
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -27,7 +24,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from fulfilment.errors import ErrorClass, StepError
 from fulfilment.pipeline import Pipeline
-from fulfilment.render import PosterInputs, render_poster
+from fulfilment.render import PosterInputs
+from healer.render_process import die_with_parent, render_to_scratch
 
 log = logging.getLogger(__name__)
 
@@ -37,38 +35,9 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def render_to_scratch(assets_dir: Path, inputs: PosterInputs, scratch_dir: Path) -> str:
-    """In a render process: render the final poster into a scratch file and return its path.
-
-    The PDF travels back through the file, not the pool's pipe; a full scratch disk is a
-    `resources` failure (gated on the disk check, and cleaned by remediation), not a crash.
-    """
-    pdf = render_poster(assets_dir, inputs, preview=False)
-    path = None
-    try:
-        scratch_dir.mkdir(parents=True, exist_ok=True)
-        fd, path = tempfile.mkstemp(dir=scratch_dir, prefix="render-", suffix=".pdf")
-        with os.fdopen(fd, "wb") as out:
-            out.write(pdf)
-    except OSError as error:
-        if path is not None:
-            Path(path).unlink(missing_ok=True)  # a half-written file would only fill it further
-        raise StepError(ErrorClass.RESOURCES, f"cannot write the render to {scratch_dir}: {error.strerror}") from None
-    return path
-
-
-def _die_with_parent() -> None:
-    """In each render process: end when the daemon ends, even if it was SIGKILLed (Linux)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:  # not Linux: orphans end when their next read of the call queue fails
-        pass
-
-
-PR_SET_PDEATHSIG = 1
 # Spawned, not forked: a fork of this many-threaded daemon can inherit a held lock (and deadlock),
-# its signal handlers and its listening socket.
+# its signal handlers and its listening socket. A spawned process imports the daemon's main module
+# again (`healer`, kept tiny for this: healer/__main__.py) and healer.render_process.
 _SPAWN = multiprocessing.get_context("spawn")
 
 
@@ -82,7 +51,7 @@ class RenderPool:
         self.scratch_dir = scratch_dir
         self.processes = processes
         self.timeout = timeout_seconds
-        self._pool = ProcessPoolExecutor(max_workers=processes, mp_context=_SPAWN, initializer=_die_with_parent)
+        self._pool = ProcessPoolExecutor(max_workers=processes, mp_context=_SPAWN, initializer=die_with_parent)
         self._lock = threading.Lock()
 
     def __call__(self, inputs: PosterInputs) -> bytes:
@@ -112,7 +81,7 @@ class RenderPool:
         with self._lock:
             if self._pool is not broken:
                 return
-            self._pool = ProcessPoolExecutor(max_workers=self.processes, mp_context=_SPAWN, initializer=_die_with_parent)
+            self._pool = ProcessPoolExecutor(max_workers=self.processes, mp_context=_SPAWN, initializer=die_with_parent)
         if kill:
             for process in list(getattr(broken, "_processes", {}).values()):
                 process.kill()

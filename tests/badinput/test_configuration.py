@@ -108,7 +108,7 @@ def _healer_run(env: dict[str, str], tmp_path: Path, timeout: float = 20) -> tup
     keep = {k: v for k, v in os.environ.items()
             if not k.startswith(("HEALER_", "AWS_", "S3_", "STRIPE_", "SENDGRID_", "DATABASE_URL")) and k != "COLUMNS"}
     full = {**keep, "HEALER_DATA_DIR": str(tmp_path / "data"), "HEALER_HTTP_PORT": "0", **env}
-    process = subprocess.Popen([sys.executable, "-m", "healer.cli", "run"], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "healer", "run"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=full)
     try:
         _, stderr = process.communicate(timeout=timeout)

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-HEALER = [sys.executable, "-m", "healer.cli"]
+HEALER = [str(Path(sys.executable).with_name("healer"))]  # the installed command, as operators run it
 ADMIN = "e2e-admin-token-0123456789abcdef"
 REPO = Path(__file__).resolve().parents[2]
 

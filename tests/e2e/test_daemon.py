@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.e2e.daemon import HEALER, REPO, RunningDaemon, free_port, healer_env, running_daemon, wait_for
@@ -99,3 +100,23 @@ def test_demo_completes_its_sample_orders(tmp_path: Path) -> None:
     assert len(list((tmp_path / "demo" / "outbox").glob("*.eml"))) == 4
     assert len(list((tmp_path / "demo" / "store" / "pdfs").glob("final_*.pdf"))) == 4
     assert output.count("completed") >= 4 and "needs_attention" in output  # the corrupt photo
+
+
+def test_render_processes_hold_only_the_renderer_and_die_with_a_killed_daemon(
+        shop: Shop, daemon: RunningDaemon) -> None:
+    order_id = shop.paid_order()
+    wait_for(lambda: shop.order(order_id).status == "completed", 60, "the order to complete")
+    renderers = [p for p in psutil.Process(daemon.process.pid).children(recursive=True)
+                 if "spawn_main" in " ".join(p.cmdline())]
+    assert renderers, "no render process found under the daemon"
+
+    for process in renderers:
+        libraries = Path(f"/proc/{process.pid}/maps").read_text()
+        assert "PIL/_imaging" in libraries  # the renderer is there...
+        # ...and not the daemon's database layer and client libraries (~60 MiB more per process).
+        assert "sqlalchemy" not in libraries and "cryptography" not in libraries, process.cmdline()
+
+    daemon.process.kill()  # SIGKILL: no shutdown code runs
+    daemon.process.wait(timeout=10)
+    _, alive = psutil.wait_procs(renderers, timeout=10)
+    assert alive == [], f"render processes outlived their daemon: {[p.pid for p in alive]}"

@@ -24,7 +24,7 @@ from pathlib import Path
 from tests.e2e.daemon import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-HEALER_RUN = (sys.executable, "-m", "healer.cli", "run")
+HEALER_RUN = (sys.executable, "-m", "healer", "run")  # as the `healer` command runs
 
 
 @dataclass

@@ -15,7 +15,7 @@ from tests.fakes.s3_fixtures import MotoBucket
 from tests.fakes.sendgrid_server import SendGridServer
 from tests.fakes.stripe_server import FakeStripeServer
 
-HEALER = [sys.executable, "-m", "healer.cli"]
+HEALER = [sys.executable, "-m", "healer"]  # as the `healer` command runs
 REPO = Path(__file__).resolve().parents[2]
 # Everything Settings reads, so the caller's environment cannot leak into a test's configuration.
 _CONFIG_PREFIXES = ("HEALER_", "AWS_", "S3_", "SENDGRID_", "STRIPE_", "DATABASE_URL", "FROM_EMAIL",
