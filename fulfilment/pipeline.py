@@ -25,7 +25,8 @@ from pathlib import PurePosixPath
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, stop_any, wait_exponential
+from tenacity.stop import stop_base
 
 from fulfilment.errors import ErrorClass, StepError
 from fulfilment.mailer import Mailer, download_email
@@ -58,7 +59,7 @@ STEP_CHECKS: dict[Step, tuple[str, ...]] = {
 }
 
 WAITING_PREFIX = "waiting: "
-# How long a done step's result is retried through a database outage (bounded by the lease too).
+# How long a done step's result is retried through a database outage.
 RECORD_RETRY_SECONDS = 60.0
 
 MAX_PHOTO_BYTES = 60 * 1024 * 1024
@@ -363,7 +364,7 @@ class Pipeline:
             if stopping():
                 self.release(order_id, owner)
                 return results
-            result = self.run_step(order_id, owner)
+            result = self.run_step(order_id, owner, stopping)
             if result is None:
                 return results
             results.append(result)
@@ -378,10 +379,14 @@ class Pipeline:
                 .values(lease_owner=None, lease_expires_at=None)
             )
 
-    def run_step(self, order_id: uuid.UUID, owner: str) -> StepResult | None:
+    def run_step(
+        self, order_id: uuid.UUID, owner: str, stopping: Callable[[], bool] = lambda: False
+    ) -> StepResult | None:
         order = self.get(order_id)
         if order.lease_owner != owner or order.order_status not in NEXT_STEP:
             return None
+        if order.lease_expires_at is not None and order.lease_expires_at <= self.clock():
+            return None  # ours no longer: another daemon may claim it any moment, so start nothing
         step = NEXT_STEP[order.order_status]
         if step is Step.VERIFY_PAYMENT and not self.payments.enabled:
             pass  # verification disabled: nothing to wait for
@@ -399,7 +404,7 @@ class Pipeline:
         except Exception as error:  # a bug must not lose a paid order: record, back off, retry
             log.exception("Unexpected error in step %s for order %s", step.value, order_id)
             return self._fail(order, step, owner, started, StepError(ErrorClass.INTERNAL, _one_line(error)))
-        return self._succeed(order, step, owner, started, done)
+        return self._succeed(order, step, owner, started, done, stopping)
 
     def _execute(self, step: Step, order: Order) -> _Done:
         return {
@@ -517,50 +522,74 @@ class Pipeline:
     # -- recording -----------------------------------------------------------------------------
 
     def _succeed(
-        self, order: Order, step: Step, owner: str, started: float, done: _Done
+        self, order: Order, step: Step, owner: str, started: float, done: _Done, stopping: Callable[[], bool]
     ) -> StepResult | None:
-        now = self.clock()
-        values = dict(done.values)
-        values.update(
-            status=done.status.value,
-            attempts=0,
-            last_error_step=None,
-            last_error_class=None,
-            last_error=None,
-        )
-        if done.status in NEXT_STEP:
-            values.update(next_attempt_at=now, lease_expires_at=now + self.lease)
-        else:
-            values.update(next_attempt_at=None, lease_owner=None, lease_expires_at=None)
-        if not self._record_done(order.id, owner, step, values, started, done.message, order.order_status):
+        recorded_at = self._record_done(order, step, owner, started, done, stopping)
+        if recorded_at is None:
             self._lost_lease(order.id, step)
             return None
         latency = None
         if done.status is OrderStatus.COMPLETED and order.paid_at is not None:
-            latency = (now - order.paid_at).total_seconds()
+            latency = (recorded_at - order.paid_at).total_seconds()
         result = StepResult(order.id, step, Outcome.OK, time.monotonic() - started, done.status,
                             message=done.message, completion_latency_seconds=latency)
         self.observe(result)
         return result
 
-    def _record_done(self, order_id: uuid.UUID, owner: str, step: Step, values: dict[str, object],
-                     started: float, message: str, from_status: OrderStatus) -> bool:
-        """Commit a step that did its work, retrying through a database outage.
+    def _record_done(
+        self, order: Order, step: Step, owner: str, started: float, done: _Done, stopping: Callable[[], bool]
+    ) -> datetime | None:
+        """Commit a step that did its work, retrying through a database outage; the moment it was
+        recorded, or None if the order is no longer ours.
 
         The work is done (an email accepted, a PDF stored): forgetting it means doing it again, and
         for the email step that is a second email to the customer. So a lost connection is retried
-        for as long as the lease is ours (at most RECORD_RETRY_SECONDS); the commit's own guard
-        (lease owner and starting status) keeps a late retry from overwriting anyone's progress.
+        for up to RECORD_RETRY_SECONDS, or until shutdown. Each attempt stamps a fresh lease: the
+        commit's guard (lease owner and starting status) lets it land only while nobody else has
+        claimed the order, and then the order is ours for a full lease again. Should an attempt's
+        commit land but its answer be lost with the connection, the next attempt finds the step
+        already recorded by us and counts that as done.
         """
+        attempts = 0
+
+        def attempt() -> datetime | None:
+            nonlocal attempts
+            attempts += 1
+            now = self.clock()
+            if self._commit(order.id, owner, step, self._done_values(done, now), Outcome.OK, started, done.message,
+                            from_status=order.order_status):
+                return now
+            return now if attempts > 1 and self._recorded_by(order.id, step, owner) else None
+
         retrying = Retrying(
             retry=retry_if_exception(_connection_lost),
-            stop=stop_after_delay(min(self.lease.total_seconds(), RECORD_RETRY_SECONDS)),
+            stop=stop_any(stop_after_delay(RECORD_RETRY_SECONDS), _StopWhen(stopping)),
             wait=wait_exponential(multiplier=0.2, max=2.0),
-            before_sleep=lambda state: _log_record_retry(state, order_id, step),
+            before_sleep=lambda state: _log_record_retry(state, order.id, step),
             reraise=True,
         )
-        return bool(retrying(self._commit, order_id, owner, step, values, Outcome.OK, started, message,
-                             from_status=from_status))
+        recorded_at = retrying(attempt)
+        if attempts > 1:
+            log.info("Recorded %s for order %s after %d attempts", step.value, order.id, attempts)
+        return recorded_at
+
+    def _done_values(self, done: _Done, now: datetime) -> dict[str, object]:
+        values = dict(done.values)
+        values.update(status=done.status.value, attempts=0, last_error_step=None, last_error_class=None,
+                      last_error=None)
+        if done.status in NEXT_STEP:
+            values.update(next_attempt_at=now, lease_expires_at=now + self.lease)
+        else:
+            values.update(next_attempt_at=None, lease_owner=None, lease_expires_at=None)
+        return values
+
+    def _recorded_by(self, order_id: uuid.UUID, step: Step, owner: str) -> bool:
+        with self._transaction() as session:
+            return session.scalar(
+                select(OrderEvent.id).where(OrderEvent.order_id == order_id, OrderEvent.step == step.value,
+                                            OrderEvent.outcome == Outcome.OK.value, OrderEvent.worker == owner)
+                .limit(1)
+            ) is not None
 
     def _fail(
         self, order: Order, step: Step, owner: str, started: float, error: StepError
@@ -694,15 +723,27 @@ def _lease_free(owner: str, now: datetime) -> ColumnElement[bool]:
     )
 
 
+class _StopWhen(stop_base):
+    """tenacity: stop retrying once `stopping()` is true (the daemon is shutting down)."""
+
+    def __init__(self, stopping: Callable[[], bool]) -> None:
+        self.stopping = stopping
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.stopping()
+
+
 def _connection_lost(error: BaseException) -> bool:
     """The database went away (restart, failover, network), as opposed to a statement it refused."""
     return isinstance(error, OperationalError) or (isinstance(error, DBAPIError) and error.connection_invalidated)
 
 
 def _log_record_retry(state: RetryCallState, order_id: uuid.UUID, step: Step) -> None:
+    # One WARNING per outage and order; the worker's own line says the database is down.
     error = state.outcome.exception() if state.outcome else None
-    log.warning("Could not record %s for order %s (database: %s); retrying, attempt %d", step.value, order_id,
-                _one_line(error) if error else "?", state.attempt_number)
+    log.log(logging.WARNING if state.attempt_number == 1 else logging.DEBUG,
+            "Could not record %s for order %s (database: %s); retrying until it is back", step.value, order_id,
+            _one_line(error) if error else "?")
 
 
 def _one_line(error: BaseException) -> str:
