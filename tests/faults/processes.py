@@ -24,6 +24,7 @@ from pathlib import Path
 from tests.e2e.daemon import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+ORPHAN_GRACE_SECONDS = 3.0
 HEALER_RUN = (sys.executable, "-m", "healer", "run")  # as the `healer` command runs
 
 
@@ -99,7 +100,12 @@ class Slot:
             incarnation.killed = True
             kill = Kill(self.name, incarnation.pid, incarnation.ended_at, reason)
             self.kills.append(kill)
-        incarnation.orphans_after_kill = _reap_group(incarnation.pid)
+        # Its render processes die with it (PR_SET_PDEATHSIG) and the resource tracker on EOF; what
+        # is left of the group after a grace period is an orphan (counted, then killed).
+        def reap() -> None:
+            incarnation.orphans_after_kill = _reap_group(incarnation.pid, grace=ORPHAN_GRACE_SECONDS)
+
+        threading.Thread(target=reap, name=f"reap-{incarnation.pid}", daemon=True).start()
         return kill
 
     def restart_later(self, delay: float) -> None:
@@ -148,9 +154,14 @@ def _abort_with_stacks(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def _reap_group(pgid: int) -> int:
-    """Kill what is left of a process group; returns how many processes were still in it."""
+def _reap_group(pgid: int, grace: float = 0.0) -> int:
+    """Kill what is left of a process group after `grace` seconds; returns how many processes
+    were still in it then."""
+    deadline = time.monotonic() + grace
     survivors = _group_members(pgid)
+    while survivors and time.monotonic() < deadline:
+        time.sleep(0.1)
+        survivors = _group_members(pgid)
     if survivors:
         try:
             os.killpg(pgid, signal.SIGKILL)
@@ -165,11 +176,20 @@ def _group_members(pgid: int) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            if os.getpgid(int(entry)) == pgid:
+            if os.getpgid(int(entry)) == pgid and not _zombie(int(entry)):
                 members.append(int(entry))
         except (ProcessLookupError, PermissionError):
             continue
     return members
+
+
+def _zombie(pid: int) -> bool:
+    """Dead, waiting for its parent to collect it: not a process that holds anything."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
 
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,

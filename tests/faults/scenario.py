@@ -53,7 +53,7 @@ from tests.fakes.stripe_server import FakeStripeServer
 
 TEMPLATES = ("a4-portrait", "a3-portrait", "square-30x30", "print-50x70")
 REMOVED_FONT = "DejaVuSerif-Bold.ttf"  # every template's title font
-DATA_FS_BYTES = 1100 * 2**20  # above the disk check's 1 GiB warning level while empty
+DATA_FS_BYTES = 1100 * 2**20  # room for both daemons' scratch and outbox; filled to the last byte by `fill`
 FROM_EMAIL = "posters@shop.example"
 PUBLIC_BASE_URL = "https://shop.example"
 AMOUNT, CURRENCY = 4900, "eur"
