@@ -507,6 +507,26 @@ class Pipeline:
             f"Download email sent to {mask_email(order.email)} (message {message_id})",
         )
 
+    def rerender(self, order_id: uuid.UUID) -> str:
+        """Render a completed order's poster again from its permanent files and store it where its
+        download link looks; returns the key. For a PDF lost from storage or a broken stored key.
+
+        The order stays completed and no email is sent: the customer has the link already, and the
+        render is deterministic (the same bytes as the first time). One story line records it.
+        Raises StepError as the render step does (files missing, S3 down, an asset gone).
+        """
+        order = self.get(order_id)
+        if order.order_status is not OrderStatus.COMPLETED:
+            raise StepError(ErrorClass.BAD_INPUT,
+                            f"order {order_id} is {order.status}: only a completed order's PDF is rendered again")
+        done = self._render(order)
+        key = str(done.values["final_pdf_key"])
+        with self._transaction() as session:
+            session.execute(update(Order).where(Order.id == order_id).values(final_pdf_key=key))
+            self.note(session, order_id, Step.RENDER, Outcome.OK,
+                      f"{done.message}, again: the stored PDF was unavailable to the download link")
+        return key
+
     def _issue_download_token(self, order: Order) -> str:
         # Committed before sending, so a resent email carries the same link as the first.
         token = secrets.token_urlsafe(32)

@@ -43,6 +43,9 @@ class AppContext:
     liveness: Callable[[], tuple[bool, str]] = lambda: (True, "ok")
     # The checks behind /readyz and /health; None: no checks configured (always ready).
     health: HealthMonitor | None = None
+    # A download's PDF is gone: (order id, why) -> True while it is being rendered again
+    # (healer.remediate.Remediator.on_missing_download); None: nobody to heal it.
+    restore_pdf: Callable[[uuid.UUID, str], bool] | None = None
 
 
 def _same_secret(given: str, expected: str) -> bool:
@@ -143,13 +146,14 @@ def create_app(ctx: AppContext) -> FastAPI:
             # A presigned URL is made without asking S3, so ask first (one HEAD): a customer sent
             # on to S3's own 404 page learns nothing, and no operator hears of the lost file.
             if not ctx.store.exists(key):
-                raise _missing_download(order.id, f"{key!r} is not in the store")
+                raise _missing_download(ctx, order.id, ErrorClass.S3_MISSING_FILE, f"{key!r} is not in the store",
+                                        RESTORE_FIX)
             if isinstance(ctx.store, LocalStore):
                 path = ctx.store.path(key)
                 return FileResponse(path, media_type="application/pdf", filename=f"poster-{order.id}.pdf")
             url = ctx.store.download_url(key, DOWNLOAD_URL_SECONDS)
         except StepError as error:
-            raise _failed_download(order.id, error) from None
+            raise _failed_download(ctx, order.id, error) from None
         if url is None:
             raise HTTPException(503, "download temporarily unavailable")
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
@@ -195,29 +199,37 @@ def create_app(ctx: AppContext) -> FastAPI:
     return app
 
 
-# Download failures by what a retry can do about them. 503 + Retry-After only when waiting helps
-# (S3 or the disk is unavailable); a file that is gone, or a stored key that is broken, stays so
-# until an operator acts, so the customer must not be told to come back in a minute. Both answer
-# 404 (this link has no file to give) with an ERROR line naming the order and the fix: the design
-# never answers a paying customer with a 500, and a 404 says the same as a 500 would here ("not
-# something you can fix by retrying"). The order id on the log line is what the operator needs.
+# Download failures by what a retry can do about them. 503 + Retry-After only when waiting helps:
+# S3 or the disk is unavailable, or the PDF is gone and healer is rendering it again (remediation
+# `rerender_pdf`). A PDF that is gone with nobody to render it again (remediation off, or given up
+# on that order), or a broken stored key, stays so until an operator acts: 404 (this link has no
+# file to give) with an ERROR line naming the order and the fix. The design never answers a paying
+# customer with a 500, and a 404 says what a 500 would here: retrying will not help.
+GONE = "the file for this download link is missing; please contact the shop"
+BEING_RESTORED = "your poster is being prepared again; please try the link again in a minute"
 
 
-def _missing_download(order_id: uuid.UUID, what: str) -> HTTPException:
-    log.error("Download for order %s failed: %s: %s; re-render the order or restore the file",
-              order_id, ErrorClass.S3_MISSING_FILE.value, what)
-    return HTTPException(404, "the file for this download link is missing; the shop has been notified")
+def _missing_download(ctx: AppContext, order_id: uuid.UUID, error_class: ErrorClass, what: str,
+                      fix: str) -> HTTPException:
+    if ctx.restore_pdf is not None and ctx.restore_pdf(order_id, f"{error_class.value}: {what}"):
+        log.warning("Download for order %s: %s: %s; the PDF is being rendered again", order_id,
+                    error_class.value, what)
+        return HTTPException(503, BEING_RESTORED, headers={"Retry-After": "60"})
+    log.error("Download for order %s failed: %s: %s; %s", order_id, error_class.value, what, fix)
+    return HTTPException(404, GONE)
 
 
-def _failed_download(order_id: uuid.UUID, error: StepError) -> HTTPException:
+def _failed_download(ctx: AppContext, order_id: uuid.UUID, error: StepError) -> HTTPException:
     if error.error_class is ErrorClass.S3_MISSING_FILE:
-        return _missing_download(order_id, error.message)
+        return _missing_download(ctx, order_id, error.error_class, error.message, RESTORE_FIX)
     if error.error_class is ErrorClass.BAD_INPUT:
-        log.error("Download for order %s failed: %s: %s; the order's final_pdf_key is invalid: fix the row",
-                  order_id, error.error_class.value, error.message)
-        return HTTPException(404, "the file for this download link is missing; the shop has been notified")
+        return _missing_download(ctx, order_id, error.error_class, error.message,
+                                 "the order's final_pdf_key is invalid: fix the row")
     log.error("Download for order %s failed: %s: %s", order_id, error.error_class.value, error.message)
     return HTTPException(503, "download temporarily unavailable", headers={"Retry-After": "60"})
+
+
+RESTORE_FIX = "restore the file, or let healer render it again (HEALER_REMEDIATION=on)"
 
 
 def readyz_body(readiness: Readiness, *, verbose: bool) -> str:

@@ -24,6 +24,7 @@ class Action(str, enum.Enum):
     REGENERATE_WAVEFORM = "regenerate_waveform"
     RESUME_ORDERS = "resume_orders"
     FREE_SCRATCH = "free_scratch"
+    RERENDER_PDF = "rerender_pdf"
 
 
 class Result(str, enum.Enum):

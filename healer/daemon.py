@@ -67,6 +67,7 @@ class Daemon:
                 window_seconds=settings.autoheal_window_seconds,
             ),
             resume_waiting=self.pipeline.resume_waiting,
+            rerender=self.pipeline.rerender,
             worker=self.worker.owner,
         )
         # Restarts containers, frees scratch, resumes orders waiting on a check that turned green.
@@ -86,6 +87,7 @@ class Daemon:
                 admin_token=settings.admin_token,
                 liveness=self.scheduler.liveness,
                 health=self.health,
+                restore_pdf=self.remediator.on_missing_download,
             )
         )
         self.app.include_router(webhook_router(self.services.sessions, self.pipeline,
@@ -175,6 +177,7 @@ class Daemon:
         log.info("healer shutting down: finishing in-flight steps (%d order(s))", self.worker.in_flight)
         self.scheduler.shutdown()
         self.worker.shutdown(wait=True)
+        self.remediator.shutdown()  # a PDF being rendered again is finished and recorded
         self.render_pool.shutdown()
         self.services.close()
         log.info("healer stopped")

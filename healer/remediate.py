@@ -35,6 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -535,6 +536,84 @@ class WaveformRestorer:
                               f"wrote {key} ({len(png)} bytes) from {audio_key}")
 
 
+# -- rerender_pdf ---------------------------------------------------------------------------------
+
+
+class PdfRestorer:
+    """A download link finds its PDF gone (deleted, lost, a broken stored key): the poster is
+    rendered again from the order's permanent files, in the background, and the customer is told
+    to come back in a minute. At most `max_attempts` per order per `window_seconds`, by any daemon:
+    a PDF that keeps vanishing is a storage problem for a human, and is escalated once per window.
+    """
+
+    def __init__(
+        self, rerender: Callable[[uuid.UUID], str], audit: Audit, *, max_attempts: int = 3,
+        window_seconds: float = 86400.0,
+    ) -> None:
+        self.rerender = rerender  # fulfilment.pipeline.Pipeline.rerender
+        self.audit = audit
+        self.max_attempts = max_attempts
+        self.window_seconds = window_seconds
+        self._running: set[uuid.UUID] = set()
+        self._lock = threading.Lock()
+        self._threads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerender")
+
+    def on_missing(self, order_id: uuid.UUID, why: str) -> bool:
+        """True: a render is under way, the link works again shortly; False: a human must act."""
+        target, reason = str(order_id), f"the download link's PDF is unavailable: {why}"[:500]
+        with self._lock:
+            if order_id in self._running:
+                return True
+        try:
+            if self.audit.dry_run:
+                self._once(target, reason, Result.DRY_RUN, "would render the poster again from the order's files")
+                return False
+            tried = self._since(target, (Result.SUCCESS, Result.FAILURE))
+            if len(tried) >= self.max_attempts:
+                self._once(target, reason, Result.ESCALATED,
+                           f"rendered again {len(tried)} time(s) in {self.window_seconds / 3600:g} h and lost again: "
+                           "check the bucket's lifecycle rules and who deletes from pdfs/")
+                return False
+        except SQLAlchemyError as error:
+            log.warning("PDF of order %s not rendered again: %s", order_id, _one_line(error))
+            return False
+        with self._lock:
+            if order_id in self._running:
+                return True
+            self._running.add(order_id)
+        self._threads.submit(self._run, order_id, reason)
+        return True
+
+    def _run(self, order_id: uuid.UUID, reason: str) -> None:
+        try:
+            key = self.rerender(order_id)
+        except StepError as error:
+            self.audit.record(Action.RERENDER_PDF, str(order_id), reason, Result.FAILURE,
+                              f"{error.error_class.value}: {error.message}")
+        except Exception as error:  # noqa: BLE001 - the database, or a bug: recorded, never raised
+            log.exception("Rendering the PDF of order %s again failed", order_id)
+            self.audit.record(Action.RERENDER_PDF, str(order_id), reason, Result.FAILURE, _one_line(error))
+        else:
+            self.audit.record(Action.RERENDER_PDF, str(order_id), reason, Result.SUCCESS,
+                              f"rendered again from the order's files and stored at {key}")
+        finally:
+            with self._lock:
+                self._running.discard(order_id)
+
+    def _since(self, target: str, results: Sequence[Result]) -> list[float]:
+        since = datetime.fromtimestamp(time.time() - self.window_seconds, timezone.utc)
+        return self.audit.attempts_since(Action.RERENDER_PDF, target, results, since)
+
+    def _once(self, target: str, reason: str, result: Result, detail: str) -> None:
+        """One row per order and window, however often the customer clicks."""
+        if not self._since(target, (result,)):
+            self.audit.record(Action.RERENDER_PDF, target, reason, result, detail)
+
+    def shutdown(self) -> None:
+        """Drop renders not started; finish (and record) the one under way."""
+        self._threads.shutdown(wait=True, cancel_futures=True)
+
+
 # -- resume_orders --------------------------------------------------------------------------------
 
 
@@ -593,12 +672,14 @@ class Remediator:
         scratch: ScratchSweeper | None = None,
         waveforms: WaveformRestorer | None = None,
         orders: OrderResumer | None = None,
+        pdfs: PdfRestorer | None = None,
     ) -> None:
         self.audit = audit
         self.containers = containers
         self.scratch = scratch
         self.waveforms = waveforms
         self.orders = orders
+        self.pdfs = pdfs
 
     @property
     def mode(self) -> RemediationMode:
@@ -627,12 +708,27 @@ class Remediator:
         except Exception:  # a remediation bug must never stop the order it follows
             log.exception("Waveform remediation failed for order %s", result.order_id)
 
+    def on_missing_download(self, order_id: uuid.UUID, why: str) -> bool:
+        """healer.app: a download link's PDF is gone. True when it is being rendered again."""
+        if self.mode is RemediationMode.OFF or self.pdfs is None:
+            return False
+        try:
+            return self.pdfs.on_missing(order_id, why)
+        except Exception:  # a remediation bug must never turn a customer's download into a 500
+            log.exception("PDF remediation failed for order %s", order_id)
+            return False
+
+    def shutdown(self) -> None:
+        if self.pdfs is not None:
+            self.pdfs.shutdown()
+
     def describe(self) -> str:
         """One line for the start-up banner."""
         if self.mode is RemediationMode.OFF:
             return "remediation off (HEALER_REMEDIATION=off)"
         enabled = ((Action.RESTART_CONTAINER, self.containers), (Action.REGENERATE_WAVEFORM, self.waveforms),
-                   (Action.RESUME_ORDERS, self.orders), (Action.FREE_SCRATCH, self.scratch))
+                   (Action.RESUME_ORDERS, self.orders), (Action.FREE_SCRATCH, self.scratch),
+                   (Action.RERENDER_PDF, self.pdfs))
         actions = [action.value for action, component in enabled if component is not None]
         line = f"remediation {self.mode.value}: {', '.join(actions) or 'no actions'}"
         if self.containers is not None:
@@ -653,9 +749,11 @@ def build_remediator(
     policy: RemediationPolicy = RemediationPolicy(),
     *,
     resume_waiting: Callable[[str], int] | None = None,
+    rerender: Callable[[uuid.UUID], str] | None = None,
     worker: str | None = None,
 ) -> Remediator:
-    """Every action the settings allow. `resume_waiting` is the pipeline's; `worker` names this daemon."""
+    """Every action the settings allow. `resume_waiting` and `rerender` are the pipeline's;
+    `worker` names this daemon."""
     audit = Audit(services.sessions, metrics, settings.remediation, worker)
     containers = None
     if policy.docker and settings.docker_host is None:
@@ -669,6 +767,7 @@ def build_remediator(
         scratch=ScratchSweeper(settings.scratch_dir, policy, audit),
         waveforms=WaveformRestorer(services.sessions, services.store, audit),
         orders=OrderResumer(services.sessions, resume_waiting, audit) if resume_waiting else None,
+        pdfs=PdfRestorer(rerender, audit) if rerender else None,
     )
     log.info("%s", remediator.describe())
     return remediator

@@ -51,3 +51,19 @@ def test_postgresql_restarted_under_a_running_daemon_loses_no_order(shop: Shop, 
 
     daemon.process.send_signal(signal.SIGTERM)
     assert daemon.process.wait(timeout=30) == 0, daemon.log()
+
+
+def test_a_pdf_lost_from_s3_is_rendered_again_by_the_running_daemon(shop: Shop, daemon: RunningDaemon) -> None:
+    order_id = shop.paid_order()
+    wait_for(lambda: shop.order(order_id).status == OrderStatus.COMPLETED.value, 60, "the order to complete")
+    order = shop.order(order_id)
+    assert order.final_pdf_key is not None
+    shop.store.delete(order.final_pdf_key)  # a lifecycle rule, a slip of an operator's hand
+
+    status, headers, _ = daemon.request("GET", f"/download/{order.download_token}")
+
+    assert status == 503 and headers["retry-after"] == "60"
+    wait_for(lambda: shop.store.exists(order.final_pdf_key or ""), 60, "the PDF to be rendered again")
+    wait_for(lambda: daemon.request("GET", f"/download/{order.download_token}")[0] == 307, 10, "the link to work")
+    assert f"Remediation rerender_pdf on {order_id}: success" in daemon.log()
+    assert len(shop.emails_to("ada@example.com")) == 1

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from fulfilment.models import OrderStatus
 from fulfilment.storage import LocalStore, S3Store, make_s3_client
-from healer.app import AppContext, create_app
+from healer.app import GONE, AppContext, create_app
 from healer.config import Secret
 from tests.fakes.shop_fixtures import Shop
 
@@ -214,7 +214,7 @@ def test_download_whose_stored_key_is_invalid_is_404_and_logged_once_with_the_or
     # never gets a 500 (DESIGN), so 404 with the operator told which order.
     assert response.status_code == 404, response.text
     assert "retry-after" not in response.headers and "location" not in response.headers
-    assert response.json() == {"detail": "the file for this download link is missing; the shop has been notified"}
+    assert response.json() == {"detail": GONE}
     [line] = download_errors(caplog)
     assert line.startswith(f"Download for order {order_id} failed: bad_input: invalid object key ")
     assert "\n" not in line and "final_pdf_key is invalid" in line
