@@ -25,7 +25,7 @@ from pathlib import PurePosixPath
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, stop_any, wait_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 from tenacity.stop import stop_base
 
 from fulfilment.errors import ErrorClass, StepError
@@ -59,8 +59,6 @@ STEP_CHECKS: dict[Step, tuple[str, ...]] = {
 }
 
 WAITING_PREFIX = "waiting: "
-# How long a done step's result is retried through a database outage.
-RECORD_RETRY_SECONDS = 60.0
 
 MAX_PHOTO_BYTES = 60 * 1024 * 1024
 MAX_AUDIO_BYTES = 250 * 1024 * 1024
@@ -522,7 +520,11 @@ class Pipeline:
         done = self._render(order)
         key = str(done.values["final_pdf_key"])
         with self._transaction() as session:
-            session.execute(update(Order).where(Order.id == order_id).values(final_pdf_key=key))
+            updated = session.execute(update(Order).where(Order.id == order_id,
+                                                          Order.status == OrderStatus.COMPLETED.value)
+                                      .values(final_pdf_key=key))
+            if updated.rowcount != 1:  # type: ignore[attr-defined]  # refunded meanwhile, say
+                raise StepError(ErrorClass.BAD_INPUT, f"order {order_id} is no longer completed")
             self.note(session, order_id, Step.RENDER, Outcome.OK,
                       f"{done.message}, again: the stored PDF was unavailable to the download link")
         return key
@@ -564,7 +566,8 @@ class Pipeline:
 
         The work is done (an email accepted, a PDF stored): forgetting it means doing it again, and
         for the email step that is a second email to the customer. So a lost connection is retried
-        for up to RECORD_RETRY_SECONDS, or until shutdown. Each attempt stamps a fresh lease: the
+        until the database is back, or until shutdown (no time limit: giving up would only redo the
+        step once the database is back, email included). Each attempt stamps a fresh lease: the
         commit's guard (lease owner and starting status) lets it land only while nobody else has
         claimed the order, and then the order is ours for a full lease again. Should an attempt's
         commit land but its answer be lost with the connection, the next attempt finds the step
@@ -583,7 +586,7 @@ class Pipeline:
 
         retrying = Retrying(
             retry=retry_if_exception(_connection_lost),
-            stop=stop_any(stop_after_delay(RECORD_RETRY_SECONDS), _StopWhen(stopping)),
+            stop=_StopWhen(stopping),
             wait=wait_exponential(multiplier=0.2, max=2.0),
             before_sleep=lambda state: _log_record_retry(state, order.id, step),
             reraise=True,

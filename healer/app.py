@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.errors import ErrorClass, StepError
-from fulfilment.models import Order
+from fulfilment.models import Order, OrderStatus
 from fulfilment.pipeline import OrderNotFound, PaymentNotSucceeded, Pipeline
 from fulfilment.storage import LocalStore, ObjectStore
 from healer import __version__, orders
@@ -146,14 +146,14 @@ def create_app(ctx: AppContext) -> FastAPI:
             # A presigned URL is made without asking S3, so ask first (one HEAD): a customer sent
             # on to S3's own 404 page learns nothing, and no operator hears of the lost file.
             if not ctx.store.exists(key):
-                raise _missing_download(ctx, order.id, ErrorClass.S3_MISSING_FILE, f"{key!r} is not in the store",
+                raise _missing_download(ctx, order, ErrorClass.S3_MISSING_FILE, f"{key!r} is not in the store",
                                         RESTORE_FIX)
             if isinstance(ctx.store, LocalStore):
                 path = ctx.store.path(key)
                 return FileResponse(path, media_type="application/pdf", filename=f"poster-{order.id}.pdf")
             url = ctx.store.download_url(key, DOWNLOAD_URL_SECONDS)
         except StepError as error:
-            raise _failed_download(ctx, order.id, error) from None
+            raise _failed_download(ctx, order, error) from None
         if url is None:
             raise HTTPException(503, "download temporarily unavailable")
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
@@ -209,9 +209,12 @@ GONE = "the file for this download link is missing; please contact the shop"
 BEING_RESTORED = "your poster is being prepared again; please try the link again in a minute"
 
 
-def _missing_download(ctx: AppContext, order_id: uuid.UUID, error_class: ErrorClass, what: str,
+def _missing_download(ctx: AppContext, order: Order, error_class: ErrorClass, what: str,
                       fix: str) -> HTTPException:
-    if ctx.restore_pdf is not None and ctx.restore_pdf(order_id, f"{error_class.value}: {what}"):
+    order_id = order.id
+    # Only a completed order's PDF is rendered again (one refunded meanwhile has no poster to give).
+    completed = order.status == OrderStatus.COMPLETED.value
+    if completed and ctx.restore_pdf is not None and ctx.restore_pdf(order_id, f"{error_class.value}: {what}"):
         log.warning("Download for order %s: %s: %s; the PDF is being rendered again", order_id,
                     error_class.value, what)
         return HTTPException(503, BEING_RESTORED, headers={"Retry-After": "60"})
@@ -219,13 +222,13 @@ def _missing_download(ctx: AppContext, order_id: uuid.UUID, error_class: ErrorCl
     return HTTPException(404, GONE)
 
 
-def _failed_download(ctx: AppContext, order_id: uuid.UUID, error: StepError) -> HTTPException:
+def _failed_download(ctx: AppContext, order: Order, error: StepError) -> HTTPException:
     if error.error_class is ErrorClass.S3_MISSING_FILE:
-        return _missing_download(ctx, order_id, error.error_class, error.message, RESTORE_FIX)
+        return _missing_download(ctx, order, error.error_class, error.message, RESTORE_FIX)
     if error.error_class is ErrorClass.BAD_INPUT:
-        return _missing_download(ctx, order_id, error.error_class, error.message,
+        return _missing_download(ctx, order, error.error_class, error.message,
                                  "the order's final_pdf_key is invalid: fix the row")
-    log.error("Download for order %s failed: %s: %s", order_id, error.error_class.value, error.message)
+    log.error("Download for order %s failed: %s: %s", order.id, error.error_class.value, error.message)
     return HTTPException(503, "download temporarily unavailable", headers={"Retry-After": "60"})
 
 

@@ -14,7 +14,8 @@ from fastapi import Response
 
 from checks.scheduler import SchedulerCheck
 from fulfilment.payments import StripePayments
-from fulfilment.pipeline import Pipeline, StepResult
+from fulfilment.models import Step
+from fulfilment.pipeline import STEP_CHECKS, Pipeline, StepResult
 from healer import db
 from healer.app import AppContext, create_app
 from healer.config import Settings
@@ -68,6 +69,7 @@ class Daemon:
             ),
             resume_waiting=self.pipeline.resume_waiting,
             rerender=self.pipeline.rerender,
+            render_blocked=lambda: self.pipeline.gate(STEP_CHECKS[Step.RENDER]),
             worker=self.worker.owner,
         )
         # Restarts containers, frees scratch, resumes orders waiting on a check that turned green.

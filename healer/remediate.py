@@ -542,15 +542,18 @@ class WaveformRestorer:
 class PdfRestorer:
     """A download link finds its PDF gone (deleted, lost, a broken stored key): the poster is
     rendered again from the order's permanent files, in the background, and the customer is told
-    to come back in a minute. At most `max_attempts` per order per `window_seconds`, by any daemon:
-    a PDF that keeps vanishing is a storage problem for a human, and is escalated once per window.
+    to come back in a minute. While a check the render step needs is failing (S3, assets, disk,
+    memory), nothing is tried and the customer is told the same. Per order and `window_seconds`,
+    by any daemon: `max_attempts` successful renders (a PDF that keeps vanishing is a storage
+    problem) or `max_attempts` failed ones (its files are gone too) and it is escalated, once.
     """
 
     def __init__(
-        self, rerender: Callable[[uuid.UUID], str], audit: Audit, *, max_attempts: int = 3,
-        window_seconds: float = 86400.0,
+        self, rerender: Callable[[uuid.UUID], str], audit: Audit, *, render_blocked: Callable[[], str | None] =
+        lambda: None, max_attempts: int = 3, window_seconds: float = 86400.0,
     ) -> None:
         self.rerender = rerender  # fulfilment.pipeline.Pipeline.rerender
+        self.render_blocked = render_blocked  # the failing check the render step waits on, if any
         self.audit = audit
         self.max_attempts = max_attempts
         self.window_seconds = window_seconds
@@ -559,7 +562,8 @@ class PdfRestorer:
         self._threads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerender")
 
     def on_missing(self, order_id: uuid.UUID, why: str) -> bool:
-        """True: a render is under way, the link works again shortly; False: a human must act."""
+        """True: the link works again shortly (a render is under way, or waits on a check that
+        is failing); False: a human must act."""
         target, reason = str(order_id), f"the download link's PDF is unavailable: {why}"[:500]
         with self._lock:
             if order_id in self._running:
@@ -568,11 +572,11 @@ class PdfRestorer:
             if self.audit.dry_run:
                 self._once(target, reason, Result.DRY_RUN, "would render the poster again from the order's files")
                 return False
-            tried = self._since(target, (Result.SUCCESS, Result.FAILURE))
-            if len(tried) >= self.max_attempts:
-                self._once(target, reason, Result.ESCALATED,
-                           f"rendered again {len(tried)} time(s) in {self.window_seconds / 3600:g} h and lost again: "
-                           "check the bucket's lifecycle rules and who deletes from pdfs/")
+            if (blocked := self.render_blocked()) is not None:
+                log.info("PDF of order %s is rendered again once %s", order_id, blocked)
+                return True  # no attempt spent: what fails is not this order
+            if given_up := self._given_up(target):
+                self._once(target, reason, Result.ESCALATED, given_up)
                 return False
         except SQLAlchemyError as error:
             log.warning("PDF of order %s not rendered again: %s", order_id, _one_line(error))
@@ -581,8 +585,22 @@ class PdfRestorer:
             if order_id in self._running:
                 return True
             self._running.add(order_id)
-        self._threads.submit(self._run, order_id, reason)
+        try:
+            self._threads.submit(self._run, order_id, reason)
+        except RuntimeError:  # shutting down
+            with self._lock:
+                self._running.discard(order_id)
+            return False
         return True
+
+    def _given_up(self, target: str) -> str | None:
+        hours = f"{self.window_seconds / 3600:g} h"
+        if len(lost := self._since(target, (Result.SUCCESS,))) >= self.max_attempts:
+            return (f"rendered again {len(lost)} time(s) in {hours} and lost each time: check the bucket's "
+                    "lifecycle rules and who deletes from pdfs/")
+        if len(failed := self._since(target, (Result.FAILURE,))) >= self.max_attempts:
+            return f"rendering it again failed {len(failed)} time(s) in {hours}: see the failures' detail"
+        return None
 
     def _run(self, order_id: uuid.UUID, reason: str) -> None:
         try:
@@ -750,10 +768,11 @@ def build_remediator(
     *,
     resume_waiting: Callable[[str], int] | None = None,
     rerender: Callable[[uuid.UUID], str] | None = None,
+    render_blocked: Callable[[], str | None] = lambda: None,
     worker: str | None = None,
 ) -> Remediator:
-    """Every action the settings allow. `resume_waiting` and `rerender` are the pipeline's;
-    `worker` names this daemon."""
+    """Every action the settings allow. `resume_waiting` and `rerender` are the pipeline's,
+    `render_blocked` names a failing check the render step waits on; `worker` names this daemon."""
     audit = Audit(services.sessions, metrics, settings.remediation, worker)
     containers = None
     if policy.docker and settings.docker_host is None:
@@ -767,7 +786,7 @@ def build_remediator(
         scratch=ScratchSweeper(settings.scratch_dir, policy, audit),
         waveforms=WaveformRestorer(services.sessions, services.store, audit),
         orders=OrderResumer(services.sessions, resume_waiting, audit) if resume_waiting else None,
-        pdfs=PdfRestorer(rerender, audit) if rerender else None,
+        pdfs=PdfRestorer(rerender, audit, render_blocked=render_blocked) if rerender else None,
     )
     log.info("%s", remediator.describe())
     return remediator

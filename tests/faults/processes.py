@@ -68,6 +68,7 @@ class Slot:
         self.kills: list[Kill] = []
         self._lock = threading.RLock()
         self._stopped = False  # after stop(), pending restarts do nothing
+        self._reapers: list[threading.Thread] = []  # counting each killed incarnation's orphans
 
     @property
     def current(self) -> Incarnation | None:
@@ -105,7 +106,9 @@ class Slot:
         def reap() -> None:
             incarnation.orphans_after_kill = _reap_group(incarnation.pid, grace=ORPHAN_GRACE_SECONDS)
 
-        threading.Thread(target=reap, name=f"reap-{incarnation.pid}", daemon=True).start()
+        reaper = threading.Thread(target=reap, name=f"reap-{incarnation.pid}", daemon=True)
+        self._reapers.append(reaper)
+        reaper.start()
         return kill
 
     def restart_later(self, delay: float) -> None:
@@ -120,6 +123,12 @@ class Slot:
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, as an operator's `docker stop`; returns the exit code (None: had to SIGKILL)."""
+        code = self._terminate(timeout)
+        for reaper in self._reapers:  # every kill's orphans counted before the run is judged
+            reaper.join(timeout=ORPHAN_GRACE_SECONDS + 10)
+        return code
+
+    def _terminate(self, timeout: float) -> int | None:
         with self._lock:
             self._stopped = True
             incarnation = self.current

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -58,14 +58,25 @@ class Rig:
         return value
 
 
-def rig(shop: Shop, mode: RemediationMode = RemediationMode.ON, max_attempts: int = 3) -> Rig:
-    metrics = Metrics()
-    pipeline = shop.pipeline()
-    audit = Audit(shop.sessions, metrics, mode)
-    remediator = Remediator(audit, pdfs=PdfRestorer(pipeline.rerender, audit, max_attempts=max_attempts))
-    app = create_app(AppContext(shop.sessions, pipeline, shop.store, None,
-                                restore_pdf=remediator.on_missing_download))
-    return Rig(shop, pipeline, metrics, TestClient(app, follow_redirects=False), remediator)
+@pytest.fixture
+def make_rig(shop: Shop) -> Iterator[Callable[..., Rig]]:
+    made: list[Rig] = []
+
+    def make(mode: RemediationMode = RemediationMode.ON, max_attempts: int = 3,
+             render_blocked: Callable[[], str | None] = lambda: None) -> Rig:
+        metrics = Metrics()
+        pipeline = shop.pipeline()
+        audit = Audit(shop.sessions, metrics, mode)
+        restorer = PdfRestorer(pipeline.rerender, audit, max_attempts=max_attempts, render_blocked=render_blocked)
+        remediator = Remediator(audit, pdfs=restorer)
+        app = create_app(AppContext(shop.sessions, pipeline, shop.store, None,
+                                    restore_pdf=remediator.on_missing_download))
+        made.append(Rig(shop, pipeline, metrics, TestClient(app, follow_redirects=False), remediator))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.remediator.shutdown()  # no render thread outlives the test's database
 
 
 def until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
@@ -75,8 +86,8 @@ def until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> No
         time.sleep(0.1)
 
 
-def test_a_lost_pdf_is_rendered_again_and_the_link_works_again_without_a_second_email(shop: Shop) -> None:
-    r = rig(shop)
+def test_a_lost_pdf_is_rendered_again_and_the_link_works_again_without_a_second_email(shop: Shop, make_rig: Callable[..., Rig]) -> None:
+    r = make_rig()
     order_id = r.completed_order()
     key = final_pdf_key(order_id)
     original = shop.store.get(key)
@@ -98,8 +109,8 @@ def test_a_lost_pdf_is_rendered_again_and_the_link_works_again_without_a_second_
     assert (last.step, last.outcome) == (Step.RENDER.value, Outcome.OK.value) and "again" in last.message
 
 
-def test_a_broken_stored_key_is_replaced_by_the_orders_own(shop: Shop) -> None:
-    r = rig(shop)
+def test_a_broken_stored_key_is_replaced_by_the_orders_own(shop: Shop, make_rig: Callable[..., Rig]) -> None:
+    r = make_rig()
     order_id = r.completed_order()
     with transaction(shop.sessions) as session:
         session.execute(update(Order).where(Order.id == order_id).values(final_pdf_key="../../etc/passwd"))
@@ -111,8 +122,8 @@ def test_a_broken_stored_key_is_replaced_by_the_orders_own(shop: Shop) -> None:
     assert r.download(order_id)[0] == 307
 
 
-def test_a_pdf_that_keeps_vanishing_is_escalated_once_not_rendered_for_ever(shop: Shop) -> None:
-    r = rig(shop, max_attempts=1)
+def test_a_pdf_that_keeps_vanishing_is_escalated_once_not_rendered_for_ever(shop: Shop, make_rig: Callable[..., Rig]) -> None:
+    r = make_rig(max_attempts=1)
     order_id = r.completed_order()
     key = final_pdf_key(order_id)
     shop.store.delete(key)
@@ -125,28 +136,58 @@ def test_a_pdf_that_keeps_vanishing_is_escalated_once_not_rendered_for_ever(shop
     assert [(status, GONE in body) for status, _, body in answers] == [(404, True)] * 3
     assert not shop.store.exists(key)
     assert [row.result for row in r.rows()] == ["success", "escalated"]
-    assert "rendered again 1 time(s) in 24 h and lost again" in r.rows()[-1].detail
+    assert "rendered again 1 time(s) in 24 h and lost each time" in r.rows()[-1].detail
 
 
-def test_a_render_that_fails_is_recorded_as_a_failure_for_the_alert(shop: Shop) -> None:
-    r = rig(shop)
+def test_a_render_that_keeps_failing_is_recorded_then_escalated(shop: Shop, make_rig: Callable[..., Rig]) -> None:
+    r = make_rig(max_attempts=2)
     order_id = r.completed_order()
-    order = shop.order(order_id)
     shop.store.delete(final_pdf_key(order_id))
     shop.store.delete(f"orders/{order_id}/photo.jpg")  # the permanent photo is gone too
-    assert order.photo_key == f"tmp/{order_id}/photo.jpg"
 
-    assert r.download(order_id)[0] == 503
-    until(lambda: r.counted(Result.FAILURE) == 1, "the failure to be recorded")
+    for attempt in (1, 2):
+        assert r.download(order_id)[0] == 503
+        until(lambda: r.counted(Result.FAILURE) == attempt, f"failure {attempt} to be recorded")
+    answers = [r.download(order_id)[0] for _ in range(2)]
 
-    [row] = r.rows()
-    assert row.result == "failure" and row.detail.startswith("s3_missing_file:")
+    assert answers == [404, 404]
+    assert [row.result for row in r.rows()] == ["failure", "failure", "escalated"]
+    assert r.rows()[0].detail.startswith("s3_missing_file:")
+    assert "rendering it again failed 2 time(s)" in r.rows()[-1].detail
     assert shop.order(order_id).status == OrderStatus.COMPLETED.value
 
 
+def test_while_a_check_the_render_needs_is_failing_nothing_is_tried_and_the_customer_waits(
+        shop: Shop, make_rig: Callable[..., Rig]) -> None:
+    blocked: list[str | None] = ["check s3 failing"]
+    r = make_rig(max_attempts=1, render_blocked=lambda: blocked[0])
+    order_id = r.completed_order()
+    shop.store.delete(final_pdf_key(order_id))
+
+    answers = [r.download(order_id)[0] for _ in range(3)]
+
+    assert answers == [503] * 3 and r.rows() == [] and not shop.store.exists(final_pdf_key(order_id))
+    blocked[0] = None  # S3 is back
+    assert r.download(order_id)[0] == 503
+    until(lambda: r.counted(Result.SUCCESS) == 1, "the render to be recorded")
+    assert r.download(order_id)[0] == 307
+
+
+def test_a_refunded_orders_lost_pdf_is_not_rendered_again(shop: Shop, make_rig: Callable[..., Rig]) -> None:
+    r = make_rig()
+    order_id = r.completed_order()
+    shop.store.delete(final_pdf_key(order_id))
+    with transaction(shop.sessions) as session:
+        session.execute(update(Order).where(Order.id == order_id).values(status=OrderStatus.REFUNDED.value))
+
+    assert r.download(order_id)[0] == 404
+    assert r.rows() == []
+
+
 @pytest.mark.parametrize("mode", [RemediationMode.DRY_RUN, RemediationMode.OFF])
-def test_dry_run_and_off_render_nothing_and_answer_404(shop: Shop, mode: RemediationMode) -> None:
-    r = rig(shop, mode)
+def test_dry_run_and_off_render_nothing_and_answer_404(
+        shop: Shop, make_rig: Callable[..., Rig], mode: RemediationMode) -> None:
+    r = make_rig(mode)
     order_id = r.completed_order()
     shop.store.delete(final_pdf_key(order_id))
 
@@ -157,8 +198,8 @@ def test_dry_run_and_off_render_nothing_and_answer_404(shop: Shop, mode: Remedia
     assert [(row.action, row.result) for row in r.rows()] == expected
 
 
-def test_only_a_completed_order_is_rendered_again(shop: Shop) -> None:
-    r = rig(shop)
+def test_only_a_completed_order_is_rendered_again(shop: Shop, make_rig: Callable[..., Rig]) -> None:
+    r = make_rig()
     order_id = shop.paid_order()
 
     with pytest.raises(StepError, match="only a completed order's PDF is rendered again"):
