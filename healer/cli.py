@@ -103,6 +103,17 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
     rec.set_defaults(handler=cmd_reconcile)
 
+    orp = sub.add_parser("orphans", help="payments no order claims (healer_orphan_payments)").add_subparsers(
+        required=True, metavar="ACTION")
+    ols = orp.add_parser("list", help="orphan payments, newest first: unresolved ones, or --all")
+    ols.add_argument("--all", action="store_true", help="resolved ones too")
+    ols.add_argument("--json", action="store_true")
+    ols.set_defaults(handler=cmd_orphans_list)
+    ores = orp.add_parser("resolve", help="mark an orphan payment dealt with (refunded, order found)")
+    ores.add_argument("payment_intent_id", metavar="PI_ID", help="the PaymentIntent, pi_...")
+    ores.add_argument("--note", required=True, type=_note, help="what was done; stored as its resolution")
+    ores.set_defaults(handler=cmd_orphans_resolve)
+
     rem = sub.add_parser("remediations", help="self-healing actions taken (or, in dry-run, not), newest first")
     rem.add_argument("--action", choices=[a.value for a in Action])
     rem.add_argument("--limit", type=int, default=50)
@@ -127,6 +138,15 @@ def _order_id(value: str) -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not an order id (a UUID)") from None
+
+
+def _note(value: str) -> str:
+    from healer.orphans import parse_note
+
+    try:
+        return parse_note(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -357,6 +377,18 @@ def cmd_remediations(settings: Settings, args: argparse.Namespace) -> int:
     from healer.remediate import remediations_command
 
     return remediations_command(settings, args, out)
+
+
+def cmd_orphans_list(settings: Settings, args: argparse.Namespace) -> int:
+    from healer.orphans import orphans_list_command
+
+    return orphans_list_command(settings, args, out, err)
+
+
+def cmd_orphans_resolve(settings: Settings, args: argparse.Namespace) -> int:
+    from healer.orphans import orphans_resolve_command
+
+    return orphans_resolve_command(settings, args, out, err)
 
 
 def cmd_render(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,9 +1,11 @@
 """Prometheus metrics, recorded here from what checks and steps return.
 
 Counters and histograms are fed by `observe_*` calls. Everything that describes current state
-(checks, jobs, orders in the database) is computed by collectors at scrape time; the database
-figures at most once per `orders_ttl_seconds`, with one aggregate query, however often or by how
-many scrapers the endpoint is read. The registry is injected, so each test gets a fresh one.
+(checks, jobs, orders and unresolved orphan payments in the database) is computed by collectors at
+scrape time; the database figures at most once per `orders_ttl_seconds`, with one aggregate query
+and one count, however often or by how many scrapers the endpoint is read. So every daemon sharing
+the database reports the same figures, whichever of them (or an operator's CLI) changed them. The
+registry is injected, so each test gets a fresh one.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from fulfilment.errors import ErrorClass
 from fulfilment.models import Order, OrderStatus, Outcome, Step, utcnow
 from fulfilment.pipeline import ACTIVE, StepResult
 from healer import __version__
+from healer.orphans import count_unresolved
 from healer.scheduler import JobState
 
 log = logging.getLogger(__name__)
@@ -71,8 +74,6 @@ class Metrics:
         self.reconcile_last_success = Gauge(
             "healer_reconcile_last_success_timestamp_seconds",
             "When a reconciliation run last succeeded.", registry=r)
-        self.orphan_payments = Gauge(
-            "healer_orphan_payments", "Succeeded payments with no matching order.", registry=r)
         self.remediations = Counter(
             "healer_remediations_total", "Self-healing actions taken, by action and result.",
             ["action", "result"], registry=r)
@@ -182,11 +183,13 @@ class OrderSnapshot:
     by_status: dict[str, int]
     stuck: int
     oldest_stuck_age_seconds: float
+    orphan_payments: int  # unresolved ones
     taken_at: float
 
 
 class OrderFigures:
-    """Order counts from one aggregate query, cached for `ttl_seconds`."""
+    """Order counts from one aggregate query, and the unresolved orphan payments, cached for
+    `ttl_seconds`."""
 
     def __init__(self, sessions: sessionmaker[Session], sla_seconds: int, ttl_seconds: float) -> None:
         self.sessions = sessions
@@ -218,6 +221,7 @@ class OrderFigures:
                     func.min(case((stuck, Order.paid_at), else_=None)),
                 ).group_by(Order.status)
             ).all()
+            orphans = count_unresolved(session)
         self.queries += 1
         by_status = {status.value: 0 for status in OrderStatus}
         stuck_count, oldest = 0, None
@@ -228,7 +232,7 @@ class OrderFigures:
                 oldest_paid = _aware(oldest_paid)
                 oldest = oldest_paid if oldest is None else min(oldest, oldest_paid)
         age = (now - oldest).total_seconds() if oldest is not None else 0.0
-        return OrderSnapshot(by_status, stuck_count, age, time.monotonic())
+        return OrderSnapshot(by_status, stuck_count, age, orphans, time.monotonic())
 
 
 def _aware(value: datetime | str) -> datetime:
@@ -255,4 +259,8 @@ class _OrdersCollector(Collector):
         oldest = GaugeMetricFamily("healer_oldest_stuck_order_age_seconds",
                                    "Age since payment of the oldest stuck order (0 when none).",
                                    value=snapshot.oldest_stuck_age_seconds)
-        return [orders, stuck, oldest]
+        orphans = GaugeMetricFamily("healer_orphan_payments",
+                                    "Succeeded payments with no matching order, not yet resolved "
+                                    "(refunded, claimed by an order, or dealt with by an operator).",
+                                    value=snapshot.orphan_payments)
+        return [orders, stuck, oldest, orphans]

@@ -3,7 +3,7 @@ stands (runs, state), payments with no order (orphans), and one-off customer not
 
 They are declared on `fulfilment.models.Base` so that one metadata (and one Alembic history) holds
 the whole schema; `fulfilment` never imports them. Revision 0002 creates them, by hand, and these
-classes must stay in step with it (tests compare them).
+classes must stay in step with it (tests compare them); 0004 adds how an orphan was resolved.
 """
 
 from __future__ import annotations
@@ -79,8 +79,13 @@ class ReconcileState(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+RESOLUTION_MAX_CHARS = 2000
+
+
 class OrphanPayment(Base):
-    """A succeeded payment that no order claims: money taken for nothing, reported once."""
+    """A succeeded payment that no order claims: money taken for nothing, reported once. It counts
+    (healer_orphan_payments, the HealerOrphanPayments alert) until resolved: refunded in Stripe, claimed
+    by an order after all, or marked dealt with by an operator (see healer.orphans)."""
 
     __tablename__ = "orphan_payments"
 
@@ -91,6 +96,8 @@ class OrphanPayment(Base):
     metadata_order_id: Mapped[str | None] = mapped_column(String(255))
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resolution: Mapped[str | None] = mapped_column(String(RESOLUTION_MAX_CHARS))  # how, in one line
 
 
 class NoticeKind(str, enum.Enum):

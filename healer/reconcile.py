@@ -5,7 +5,8 @@ Stripe to database: PaymentIntents are listed newest first with the list API (a 
 are matched to orders by `metadata.order_id` (or the order's payment id) with one query per page:
 - an order still awaiting payment is marked paid and queued (its webhook was lost);
 - a paid order past its SLA that nobody works on is re-queued;
-- a payment that no order claims is an orphan: stored once, logged once, counted.
+- a payment that no order claims is an orphan: stored once, logged once, counted until resolved;
+- a stored orphan that an order now holds (restored, or repaired above) is resolved (healer.orphans).
 The first run looks back three days, the time Stripe keeps retrying a webhook; later runs resume
 from the newest `created` seen, less an overlap for payments that were still being confirmed.
 
@@ -33,7 +34,7 @@ import stripe
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import Engine, func, or_, select, text, update
+from sqlalchemy import Engine, or_, select, text, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -44,6 +45,7 @@ from fulfilment.pipeline import ACTIVE, Pipeline, awaiting_payment_clause
 from healer.config import Settings
 from healer.metrics import Metrics
 from healer.models import OrphanPayment, ReconcileRun, ReconcileState, RunResult, insert_once
+from healer.orphans import count_unresolved, resolve as resolve_orphan
 from healer.services import Services
 from healer.stuck import requeue_stuck
 from healer.webhooks import order_columns, parse_order_id, payment_mismatch
@@ -112,6 +114,7 @@ class FindingKind(str, enum.Enum):
     STUCK = "stuck"  # paid, past the SLA, nobody working on it
     ORPHAN = "orphan"  # a succeeded payment that no order claims
     MISMATCH = "mismatch"  # names an awaiting order, but not with its amount or currency
+    ORPHAN_RESOLVED = "orphan_resolved"  # a stored orphan that an order now holds
 
     @property
     def repairs(self) -> bool:
@@ -145,6 +148,10 @@ class ReconcileReport:
     @property
     def orphans_found(self) -> int:
         return self.count(FindingKind.ORPHAN)
+
+    @property
+    def orphans_resolved(self) -> int:
+        return self.count(FindingKind.ORPHAN_RESOLVED)
 
 
 @dataclass
@@ -197,6 +204,7 @@ class Reconciler:
                 if progress is not None:
                     progress(tally.payments_read, _covered(intents, window_start, started))
             self._check_pending(started, last_run_at, tally, dry_run)
+            self._resolve_claimed_orphans(tally, dry_run)
         except Exception as error:
             self._record_failure(run_id, tally, error)
             raise
@@ -339,6 +347,33 @@ class Reconciler:
                                             .where(OrphanPayment.payment_intent_id.in_(orphans))))
         return [f for f in findings if f.payment.id not in known]
 
+    def _resolve_claimed_orphans(self, tally: _Tally, dry_run: bool) -> None:
+        """Stored orphans whose payment an order now holds (restored from a backup, say, or marked
+        paid by this run) are resolved. The database alone says so, however old the payment is:
+        no Stripe request, one query."""
+        with self.sessions() as session:
+            rows = session.execute(
+                select(OrphanPayment.payment_intent_id, OrphanPayment.amount_cents, OrphanPayment.currency,
+                       OrphanPayment.created, OrphanPayment.metadata_order_id, Order.id.label("order_id"))
+                .join(Order, Order.stripe_payment_intent_id == OrphanPayment.payment_intent_id)
+                .where(OrphanPayment.resolved_at.is_(None))
+                .order_by(OrphanPayment.created)
+            ).all()
+        claimed = {r.payment_intent_id: Finding(
+            FindingKind.ORPHAN_RESOLVED,
+            Payment(r.payment_intent_id, "succeeded", r.amount_cents, r.currency, r.created, r.metadata_order_id),
+            r.order_id, f"order {r.order_id} holds this payment") for r in rows}
+        if not claimed or dry_run:
+            tally.findings.extend(claimed.values())
+            return
+        now = self.clock()
+        with transaction(self.sessions) as session:
+            done = [f for f in claimed.values() if resolve_orphan(
+                session, f.payment.id, f"claimed by order {f.order_id} (found by reconciliation)", now)]
+        for f in done:
+            log.info("Orphan payment %s resolved: order %s holds it", f.payment.id, f.order_id)
+        tally.findings.extend(done)
+
     # -- database to Stripe -----------------------------------------------------------------------
 
     def _check_pending(self, now: datetime, last_run_at: datetime | None, tally: _Tally,
@@ -437,11 +472,11 @@ class Reconciler:
         self._finish_run(run_id, tally, RunResult.SUCCESS, None, report)
         self.metrics.reconcile_runs.labels(RunResult.SUCCESS.value).inc()
         self.metrics.reconcile_last_success.set(time.time())
-        self.metrics.orphan_payments.set(self.orphan_count())
         log.info("Reconciliation done: %d payment(s) read since %s with %d Stripe request(s); "
-                 "%d order(s) repaired, %d new orphan payment(s), in %.1fs", report.payments_read,
-                 report.window_start.isoformat(timespec="seconds"), report.stripe_requests,
-                 report.orders_repaired, report.orphans_found, report.seconds)
+                 "%d order(s) repaired, %d new orphan payment(s), %d resolved, in %.1fs",
+                 report.payments_read, report.window_start.isoformat(timespec="seconds"),
+                 report.stripe_requests, report.orders_repaired, report.orphans_found,
+                 report.orphans_resolved, report.seconds)
 
     def _finish_run(self, run_id: int, tally: _Tally, result: RunResult, error: str | None,
                     report: ReconcileReport | None = None) -> None:
@@ -454,8 +489,9 @@ class Reconciler:
             ))
 
     def orphan_count(self) -> int:
+        """Unresolved orphans, as `healer_orphan_payments` reports them (healer.metrics)."""
         with self.sessions() as session:
-            return int(session.scalar(select(func.count()).select_from(OrphanPayment)) or 0)
+            return count_unresolved(session)
 
 
 # -- matching rules -----------------------------------------------------------------------------------
@@ -645,6 +681,8 @@ _VERBS = {
     FindingKind.STUCK: ("re-queued", "would re-queue"),
     FindingKind.ORPHAN: ("orphan payment recorded", "would record orphan payment"),
     FindingKind.MISMATCH: ("not applied: mismatch", "would not apply: mismatch"),
+    FindingKind.ORPHAN_RESOLVED: ("orphan payment resolved: an order holds it",
+                                  "would resolve orphan payment: an order holds it"),
 }
 
 
@@ -703,6 +741,7 @@ def print_report(report: ReconcileReport, console: Console) -> None:
         f"{report.payments_read} payment(s) read since "
         f"{report.window_start.isoformat(timespec='seconds')} with {report.stripe_requests} Stripe "
         f"request(s) in {report.seconds:.1f}s: {report.orders_repaired} {repaired}, "
-        f"{report.orphans_found} new orphan payment(s), {report.count(FindingKind.MISMATCH)} mismatch(es)",
+        f"{report.orphans_found} new orphan payment(s), {report.orphans_resolved} orphan payment(s) "
+        f"resolved, {report.count(FindingKind.MISMATCH)} mismatch(es)",
         markup=False, highlight=False,
     )

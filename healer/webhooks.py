@@ -10,6 +10,10 @@ PaymentIntent itself, checked here against the order's amount, currency and paym
 the verify step would check a retrieved one. Asking Stripe again would only add a request (and an
 outage dependency) to a path that must answer fast; the worker goes on from `paid`.
 
+A `charge.refunded` event refunding in full a payment that reconciliation stored as an orphan
+resolves that orphan (healer.orphans), in the same transaction as the event id, whether or not an
+order is also named (a second payment for a paid order names that order).
+
 Nothing slow happens in the request: no Stripe calls, no rendering, one short transaction.
 """
 
@@ -37,7 +41,8 @@ from fulfilment.models import Order, OrderStatus, Outcome, Step, transaction
 from fulfilment.pipeline import REFUNDED_OUTCOME, Pipeline
 from healer.config import Secret
 from healer.metrics import Metrics
-from healer.models import WebhookEvent, insert_once
+from healer.models import OrphanPayment, WebhookEvent, insert_once
+from healer.orphans import resolve as resolve_orphan
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,7 @@ class WebhookResult(str, enum.Enum):
     REFUND_AFTER_COMPLETION = "refund_after_completion"  # the customer has poster and money
     MISMATCH = "mismatch"  # amount, currency or payment differ from the order's: not applied
     UNKNOWN_ORDER = "unknown_order"  # reconciliation reports the payment if it stays so
+    ORPHAN_RESOLVED = "orphan_resolved"  # refund of a payment no order claims: the orphan is dealt with
     IGNORED = "ignored"  # a type healer does not act on
     DUPLICATE = "duplicate"  # this event id was handled before
     BAD_SIGNATURE = "bad_signature"
@@ -214,13 +220,40 @@ class WebhookHandler:
             return WebhookResult.IGNORED, None
         obj = delivery.obj
         payment_intent_id = obj["id"] if delivery.type != REFUNDED else obj.get("payment_intent")
+        orphan = self._refunded_orphan(session, delivery) if delivery.type == REFUNDED else None
         order = _find_order(session, _metadata_order_id(obj), payment_intent_id)
+        if order is None and orphan is not None:
+            return orphan, None
         if order is None:
             log.warning("Stripe event %s (%s) names no known order (metadata.order_id %r, %s)",
                         delivery.event_id, delivery.type, _metadata_order_id(obj), payment_intent_id)
             return WebhookResult.UNKNOWN_ORDER, None
         apply = {SUCCEEDED: self._succeeded, PAYMENT_FAILED: self._failed, REFUNDED: self._refunded}
         return apply[delivery.type](session, delivery, order), order.id
+
+    def _refunded_orphan(self, session: Session, delivery: Delivery) -> WebhookResult | None:
+        """Resolves the orphan this charge's refund repays; None if its payment is no orphan.
+        Only a full refund resolves: after a partial one, some money is still taken for nothing."""
+        charge = delivery.obj
+        payment_intent_id = charge.get("payment_intent")
+        if not payment_intent_id:
+            return None
+        resolution = f"refunded in Stripe (event {delivery.event_id})"
+        if charge.get("refunded") and resolve_orphan(session, payment_intent_id, resolution,
+                                                     self.pipeline.clock()):
+            log.info("Orphan payment %s resolved: refunded in Stripe (charge %s, event %s)",
+                     payment_intent_id, charge["id"], delivery.event_id)
+            return WebhookResult.ORPHAN_RESOLVED
+        row = session.execute(select(OrphanPayment.resolved_at)
+                              .where(OrphanPayment.payment_intent_id == payment_intent_id)).first()
+        if row is None:
+            return None
+        if row.resolved_at is None:
+            log.info("Partial refund of orphan payment %s (%s of %s %s, event %s): it stays unresolved "
+                     "until refunded in full or resolved by an operator", payment_intent_id,
+                     charge.get("amount_refunded"), charge.get("amount"), charge.get("currency"),
+                     delivery.event_id)
+        return WebhookResult.UNCHANGED  # resolved before: by an operator, or an earlier refund event
 
     def _succeeded(self, session: Session, delivery: Delivery, order: Row[Any]) -> WebhookResult:
         intent = delivery.obj

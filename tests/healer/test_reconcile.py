@@ -16,7 +16,7 @@ import stripe
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from rich.console import Console
-from sqlalchemy import Engine, event, select
+from sqlalchemy import Engine, event, select, update
 
 from fulfilment.models import Base, Order, transaction, utcnow
 from fulfilment.payments import StripePayments
@@ -156,6 +156,7 @@ def test_orphan_payment_is_stored_counted_and_reported_once(
     unknown = shop.stripe.create_payment_intent(2500, "eur", {"order_id": str(uuid.uuid4())})
     shop.stripe.create_payment_intent(1000, "usd")  # no metadata at all
     metrics = Metrics()
+    metrics.watch_orders(shop.sessions, sla_seconds=600, ttl_seconds=0)  # as the daemon: read at scrape time
 
     with caplog.at_level(logging.INFO, logger="healer.reconcile"):
         first = reconciler(shop, metrics=metrics).run()
@@ -176,6 +177,65 @@ def test_second_payment_for_a_paid_order_is_an_orphan(shop: Shop) -> None:
 
     assert [(f.kind, f.payment.id) for f in report.findings] == [(FindingKind.ORPHAN, twice["id"])]
     assert orphans(shop)[0].metadata_order_id == str(order_id)
+
+
+def test_orphan_whose_order_reappears_is_resolved_by_the_next_run(
+    shop: Shop, caplog: pytest.LogCaptureFixture
+) -> None:
+    order_id = uuid.uuid4()
+    intent = shop.stripe.create_payment_intent(4900, "eur", {"order_id": str(order_id)})
+    metrics = Metrics()
+    metrics.watch_orders(shop.sessions, sla_seconds=600, ttl_seconds=0)
+    assert reconciler(shop).run().orphans_found == 1
+    with transaction(shop.sessions) as session:  # the order comes back from a backup
+        session.add(Order(id=order_id, email="ada@example.com", stripe_payment_intent_id=intent["id"],
+                          amount_cents=4900, currency="eur", template="a4-portrait", status="completed",
+                          paid_at=utcnow()))
+
+    dry = reconciler(shop).run(dry_run=True)
+    assert [(f.kind, f.order_id) for f in dry.findings] == [(FindingKind.ORPHAN_RESOLVED, order_id)]
+    assert orphans(shop)[0].resolved_at is None
+    with caplog.at_level(logging.INFO, logger="healer.reconcile"):
+        second = reconciler(shop, metrics=metrics).run()
+    third = reconciler(shop).run()
+
+    assert [(f.kind, f.payment.id) for f in second.findings] == [(FindingKind.ORPHAN_RESOLVED, intent["id"])]
+    assert second.stripe_requests == 1  # the one list page: resolving asks Stripe nothing more
+    [orphan] = orphans(shop)
+    assert orphan.resolved_at is not None and orphan.resolution == (
+        f"claimed by order {order_id} (found by reconciliation)")
+    assert f"Orphan payment {intent['id']} resolved: order {order_id} holds it" in caplog.text
+    assert metrics.registry.get_sample_value("healer_orphan_payments") == 0
+    assert third.findings == () and orphans(shop)[0].resolved_at == orphan.resolved_at
+
+
+def test_orphan_whose_unpaid_order_reappears_is_paid_and_resolved_in_one_run(shop: Shop) -> None:
+    order_id = uuid.uuid4()
+    intent = shop.stripe.create_payment_intent(4900, "eur", {"order_id": str(order_id)})
+    reconciler(shop).run()
+    with transaction(shop.sessions) as session:  # restored as it was at checkout: no payment id yet
+        session.add(Order(id=order_id, email="ada@example.com", amount_cents=4900, currency="eur",
+                          template="a4-portrait"))
+
+    report = reconciler(shop).run()
+
+    assert sorted(f.kind.value for f in report.findings) == ["missed_webhook", "orphan_resolved"]
+    assert shop.order(order_id).stripe_payment_intent_id == intent["id"]
+    assert shop.order(order_id).status == "paid"
+    assert orphans(shop)[0].resolved_at is not None
+
+
+def test_a_resolved_orphan_seen_again_stays_resolved_and_uncounted(shop: Shop) -> None:
+    shop.stripe.create_payment_intent(2500, "eur", {"order_id": str(uuid.uuid4())})
+    reconciler(shop).run()
+    with transaction(shop.sessions) as session:
+        session.execute(update(OrphanPayment).values(resolved_at=utcnow(), resolution="by operator: refunded"))
+
+    again = reconciler(shop).run()  # the payment is still succeeded and unclaimed in Stripe
+
+    assert again.findings == ()
+    assert [o.resolution for o in orphans(shop)] == ["by operator: refunded"]
+    assert reconciler(shop).orphan_count() == 0
 
 
 def test_payment_with_another_amount_is_reported_not_applied(shop: Shop) -> None:

@@ -657,5 +657,5 @@ def test_the_audit_table_matches_its_migration_both_ways(pg_engine: Engine, tmp_
     command.downgrade(db.alembic_config(lite), "0002")
     assert "remediations" not in inspect(lite).get_table_names()
     db.upgrade(lite)
-    assert db.current_revision(lite) == "0003"
+    assert db.current_revision(lite) == db.head_revision()
     lite.dispose()

@@ -3,6 +3,7 @@ the fake Stripe server), the real pipeline, PostgreSQL (and SQLite) behind it.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import uuid
@@ -22,7 +23,8 @@ from fulfilment.pipeline import Pipeline
 from healer import db
 from healer.config import Secret
 from healer.metrics import Metrics
-from healer.models import WebhookEvent
+from healer.models import OrphanPayment, WebhookEvent
+from healer.reconcile import ReconcileConfig, Reconciler
 from healer.webhooks import webhook_router
 from tests.fakes.shop_fixtures import Shop
 from tests.fakes.stripe_server import FakeStripeServer, WebhookSignature
@@ -319,3 +321,131 @@ def test_refund_of_a_second_payment_naming_the_order_leaves_the_order_paid(shop:
     assert (status, answer["result"]) == (200, "recorded")
     assert shop.order(order_id).status == "paid"
     assert f"Refund of another payment {duplicate['id']}" in shop.events(order_id)[-1].message
+
+
+# -- refunds of orphan payments -------------------------------------------------------------------
+
+
+def stored_orphan(shop: Shop, amount: int = 2500) -> str:
+    """A paid PaymentIntent no order claims, stored as an orphan by a real reconciliation run."""
+    intent = shop.stripe.create_payment_intent(amount, "eur", {"order_id": str(uuid.uuid4())})
+    Reconciler(shop.sessions, stripe_client(shop.stripe), shop.pipeline(), Metrics(),
+               ReconcileConfig(sla_seconds=600)).run()
+    assert orphan(shop, intent["id"]).resolved_at is None
+    return str(intent["id"])
+
+
+def orphan(shop: Shop, payment_intent_id: str) -> OrphanPayment:
+    with shop.sessions() as session:
+        row = session.get(OrphanPayment, payment_intent_id)
+        assert row is not None
+        return row
+
+
+def refund_payment(shop: Shop, payment_intent_id: str, amount: int | None = None) -> tuple[bytes, dict[str, str]]:
+    params: dict[str, Any] = {"payment_intent": payment_intent_id}
+    if amount is not None:
+        params["amount"] = amount
+    stripe_client(shop.stripe).v1.refunds.create(params=params)
+    return shop.stripe.webhook_for(shop.stripe.events("charge.refunded")[0])
+
+
+def unresolved_gauge(hook: Hook) -> float | None:
+    return hook.metrics.registry.get_sample_value("healer_orphan_payments")
+
+
+@pytest.fixture
+def scraped_hook(shop: Shop) -> Hook:
+    """The endpoint, with the orphan gauge read at every scrape as the daemon reads it."""
+    hook = Hook(shop.sessions, shop.pipeline(), shop.stripe.webhook_secret)
+    hook.metrics.watch_orders(shop.sessions, sla_seconds=600, ttl_seconds=0)
+    return hook
+
+
+def test_refund_of_an_orphan_payment_resolves_it_and_a_redelivery_changes_nothing(
+    shop: Shop, scraped_hook: Hook, caplog: pytest.LogCaptureFixture
+) -> None:
+    pi = stored_orphan(shop)
+    assert unresolved_gauge(scraped_hook) == 1
+    body, headers = refund_payment(shop, pi)
+    event_id = json.loads(body)["id"]
+
+    with caplog.at_level(logging.INFO, logger="healer.webhooks"):
+        status, answer = scraped_hook.deliver(body, headers)
+    resolved = orphan(shop, pi)
+    again = scraped_hook.deliver(body, headers)
+
+    assert (status, answer["result"]) == (200, "orphan_resolved")
+    assert resolved.resolved_at is not None and resolved.resolution == f"refunded in Stripe (event {event_id})"
+    assert unresolved_gauge(scraped_hook) == 0
+    assert [(e.id, e.result) for e in scraped_hook.stored_events()] == [(event_id, "orphan_resolved")]
+    [line] = [r.getMessage() for r in caplog.records if "resolved" in r.getMessage()]
+    assert line.startswith(f"Orphan payment {pi} resolved: refunded in Stripe") and event_id in line
+    assert shop.stripe.api_key not in caplog.text and shop.stripe.webhook_secret not in caplog.text
+    assert again == (200, {"received": True, "result": "duplicate"})
+    assert orphan(shop, pi).resolved_at == resolved.resolved_at
+    assert scraped_hook.counted("charge.refunded", "orphan_resolved") == 1
+
+
+def test_another_refund_event_for_a_resolved_orphan_changes_nothing(shop: Shop, scraped_hook: Hook) -> None:
+    pi = stored_orphan(shop)
+    body, headers = refund_payment(shop, pi)
+    scraped_hook.deliver(body, headers)
+    first = orphan(shop, pi)
+    charge = json.loads(body)["data"]["object"]
+
+    # Same refund, another event id (Stripe may emit more than one event about a charge).
+    status, answer = scraped_hook.deliver(*shop.stripe.webhook_payload("charge.refunded", charge))
+
+    assert (status, answer["result"]) == (200, "unchanged")
+    assert (orphan(shop, pi).resolved_at, orphan(shop, pi).resolution) == (first.resolved_at, first.resolution)
+
+
+def test_refund_of_a_payment_that_is_no_orphan_and_no_order_changes_nothing(
+    shop: Shop, scraped_hook: Hook
+) -> None:
+    pi = stored_orphan(shop)
+    stranger = shop.stripe.create_payment_intent(700, "usd", {"order_id": str(uuid.uuid4())})  # never stored
+
+    status, answer = scraped_hook.deliver(*refund_payment(shop, stranger["id"]))
+
+    assert (status, answer["result"]) == (200, "unknown_order")
+    assert orphan(shop, pi).resolved_at is None and unresolved_gauge(scraped_hook) == 1
+    with shop.sessions() as session:
+        assert session.get(OrphanPayment, stranger["id"]) is None
+
+
+def test_partial_refund_of_an_orphan_payment_leaves_it_unresolved(shop: Shop, scraped_hook: Hook) -> None:
+    pi = stored_orphan(shop, amount=2500)
+
+    status, answer = scraped_hook.deliver(*refund_payment(shop, pi, amount=500))
+
+    assert (status, answer["result"]) == (200, "unchanged")
+    assert orphan(shop, pi).resolved_at is None and unresolved_gauge(scraped_hook) == 1
+
+
+def test_refund_of_a_second_payment_resolves_its_orphan_and_notes_the_order(shop: Shop, hook: Hook) -> None:
+    order_id = shop.paid_order(queued=False)
+    hook.deliver(*succeeded(shop, order_id))
+    duplicate = shop.stripe.create_payment_intent(4900, "eur", {"order_id": str(order_id)})  # paid twice
+    Reconciler(shop.sessions, stripe_client(shop.stripe), shop.pipeline(), Metrics(),
+               ReconcileConfig(sla_seconds=600)).run()
+    assert orphan(shop, duplicate["id"]).resolved_at is None
+
+    status, answer = hook.deliver(*refund_payment(shop, duplicate["id"]))
+
+    assert (status, answer["result"]) == (200, "recorded")  # the order's story says so too
+    assert orphan(shop, duplicate["id"]).resolved_at is not None
+    assert shop.order(order_id).status == "paid"
+
+
+def test_refund_of_an_orphan_on_the_embedded_sqlite_database(
+    shop: Shop, sqlite_engine: Engine
+) -> None:
+    lite = dataclasses.replace(shop, sessions=db.make_session_factory(sqlite_engine))
+    pi = stored_orphan(lite)
+    hook = Hook(lite.sessions, lite.pipeline(), lite.stripe.webhook_secret)
+    hook.metrics.watch_orders(lite.sessions, sla_seconds=600, ttl_seconds=0)
+
+    assert hook.deliver(*refund_payment(lite, pi))[1]["result"] == "orphan_resolved"
+    assert orphan(lite, pi).resolved_at is not None and unresolved_gauge(hook) == 0
