@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.badinput.helpers import ADMIN, Seeded, complete, still
-from tests.e2e.daemon import RunningDaemon, free_port, start_daemon, wait_for
+from tests.e2e.daemon import RunningDaemon, start_daemon, wait_for
 from tests.fakes.shop_fixtures import Shop
+from tests.fakes.ports import free_port
 
 
 @pytest.fixture

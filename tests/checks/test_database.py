@@ -14,7 +14,6 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -28,13 +27,7 @@ from checks.base import Status, run_check
 from checks.database import DatabaseCheck
 from healer import db
 from tests.fakes.db_fixtures import PG_ADMIN_URL
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 where nothing listens (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.fakes.ports import free_port
 
 
 @dataclass(frozen=True)
@@ -66,7 +59,7 @@ def password_pg() -> Iterator[PasswordServer]:
         owner = pwd.getpwnam("postgres")
         for path in (base, base / "pwfile"):
             os.chown(path, owner.pw_uid, owner.pw_gid)
-    data, port = base / "data", closed_port()
+    data, port = base / "data", free_port()
     try:
         _run([*as_postgres, _pg_bin("initdb"), "-D", str(data), "-U", "healer_pw", f"--pwfile={base / 'pwfile'}",
               "--auth=scram-sha-256"])
@@ -144,7 +137,7 @@ def test_right_password_is_ok(password_pg: PasswordServer) -> None:
 
 
 def test_server_down_is_named_then_ok_once_the_url_points_at_a_live_server(pg_url: str) -> None:
-    port = closed_port()
+    port = free_port()
     down, down_engine = check_for(f"postgresql://healer:secret-pw-123@127.0.0.1:{port}/shop")
     live, live_engine = check_for(pg_url)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from checks.base import Status, run_check
 from checks.s3 import HEALTH_PREFIX, LocalStoreCheck, S3Check
 from fulfilment.storage import make_s3_client
 from tests.fakes.s3_fixtures import REGION, MotoBucket, MotoIam, moto_client, unique_bucket_name
+from tests.fakes.ports import free_port
 
 PERMISSIONS = ("s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject")
 
@@ -31,12 +31,6 @@ def count_requests(client: Any) -> list[str]:
     sent: list[str] = []
     client.meta.events.register("before-send.s3", lambda request, **_: sent.append(request.method))
     return sent
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def health_objects(s3: MotoBucket) -> list[str]:
@@ -147,7 +141,7 @@ def test_a_missing_bucket_is_named_then_ok_once_created(moto_server: str) -> Non
 
 
 def test_an_unreachable_endpoint_is_named() -> None:
-    endpoint = f"http://127.0.0.1:{closed_port()}"
+    endpoint = f"http://127.0.0.1:{free_port()}"
 
     result = run_check(S3Check(client=fresh_client(endpoint), bucket="healer-nowhere"))
 

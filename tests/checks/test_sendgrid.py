@@ -4,7 +4,6 @@ ok once fixed. The key never appears unmasked."""
 from __future__ import annotations
 
 import logging
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from checks.base import CheckResult, Status, run_check, run_with_timeout
 from checks.sendgrid import SendGridCheck
 from tests.fakes.sendgrid_server import READ_ONLY_SCOPES, SendGridServer
+from tests.fakes.ports import free_port
 
 FROM = "posters@shop.example"
 
@@ -119,9 +119,7 @@ def test_rate_limits_warn_and_outages_fail(
 
 
 def test_an_unreachable_api_is_named() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    base = f"http://127.0.0.1:{free_port()}"  # nothing listens there
 
     result = run_check(SendGridCheck(api_key="SG.abc_def.ghi-jkl", from_email=FROM, api_base=base))
 

@@ -4,13 +4,13 @@ failure it names, and back to ok once fixed. Keys never appear unmasked."""
 from __future__ import annotations
 
 import logging
-import socket
 
 import pytest
 
 from checks.base import CheckResult, Status, run_check
 from checks.stripe import StripeCheck
 from tests.fakes.stripe_server import FakeStripeServer
+from tests.fakes.ports import free_port
 
 
 def check_for(server: FakeStripeServer, key: str | None = None, **config: object) -> StripeCheck:
@@ -102,9 +102,7 @@ def test_rate_limiting_is_a_warning(stripe_server: FakeStripeServer) -> None:
 
 
 def test_an_unreachable_api_is_named() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    base = f"http://127.0.0.1:{free_port()}"  # nothing listens there
 
     result = run_check(StripeCheck(api_key="sk_test_unreachable0123456789", api_base=base))
 

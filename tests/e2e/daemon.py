@@ -3,7 +3,6 @@ for it to answer, talking to it over HTTP and stopping it."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from tests.fakes.ports import free_port
 
 HEALER = [str(Path(sys.executable).with_name("healer"))]  # the installed command, as operators run it
 ADMIN = "e2e-admin-token-0123456789abcdef"
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -14,8 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.e2e.daemon import HEALER, REPO, RunningDaemon, free_port, healer_env, running_daemon, wait_for
+from tests.e2e.daemon import HEALER, REPO, RunningDaemon, healer_env, running_daemon, wait_for
 from tests.fakes.shop_fixtures import Shop
+from tests.fakes.ports import free_port
 
 
 @pytest.fixture

@@ -31,8 +31,9 @@ from tests.dashboards import (
     selectors,
     substitute_variables,
 )
-from tests.e2e.daemon import RunningDaemon, free_port, healer_env, running_daemon, wait_for
+from tests.e2e.daemon import RunningDaemon, healer_env, running_daemon, wait_for
 from tests.fakes.shop_fixtures import Shop
+from tests.fakes.ports import free_port
 
 FAST_FOR = "1s"
 

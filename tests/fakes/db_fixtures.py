@@ -7,7 +7,6 @@ from empty tables. A missing server fails the run with the command that starts i
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -22,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.models import Base
 from healer import db
+from tests.fakes.ports import free_port
 
 PG_ADMIN_URL = os.environ.get("HEALER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 START_HINT = (
@@ -99,10 +99,7 @@ def sessions(pg_engine: Engine) -> sessionmaker[Session]:
 def unreachable_pg_url(password: str = "outage-pw-never-logged") -> str:
     """A PostgreSQL URL on 127.0.0.1 where nothing listens (a port bound, then released): a real
     database outage (connection refused) without stopping the shared server."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    return f"postgresql://healer:{password}@127.0.0.1:{port}/shop"
+    return f"postgresql://healer:{password}@127.0.0.1:{free_port()}/shop"
 
 
 def _pg_ctlcluster(action: str) -> None:

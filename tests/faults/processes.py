@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.e2e.daemon import free_port
+from tests.fakes.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ORPHAN_GRACE_SECONDS = 3.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -11,6 +10,7 @@ from fulfilment.errors import ErrorClass, StepError
 from fulfilment.payments import DisabledPayments, StripePayments, VerifiedPayment
 from fulfilment.secrets import mask_secret
 from tests.fakes.stripe_server import FakeStripeServer
+from tests.fakes.ports import free_port
 
 ORDER_ID = "3f6c2a9e-8d47-4b1a-9c55-0e2f4d6b8a10"
 
@@ -192,9 +192,7 @@ def test_hanging_server_times_out_within_the_configured_timeout(
 
 
 def test_unreachable_stripe_is_transient() -> None:
-    with socket.socket() as sock:  # a port nobody listens on once closed
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nobody listens there
     payments = StripePayments("sk_test_" + "x" * 24, api_base=f"http://127.0.0.1:{port}")
 
     err = error_of(payments, "pi_Anything00000000000000")

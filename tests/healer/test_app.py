@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import urllib.request
 import uuid
 from pathlib import Path
@@ -16,6 +15,7 @@ from fulfilment.storage import LocalStore, S3Store, make_s3_client
 from healer.app import GONE, AppContext, create_app
 from healer.config import Secret
 from tests.fakes.shop_fixtures import Shop
+from tests.fakes.ports import free_port
 
 ADMIN = "admin-token-for-tests-0123456789"
 
@@ -223,9 +223,7 @@ def test_download_whose_stored_key_is_invalid_is_404_and_logged_once_with_the_or
 def test_download_while_s3_is_unreachable_is_503_with_retry_after(
     shop: Shop, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with socket.socket() as sock:  # a port where nothing listens: S3 is down
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there: S3 is down
     client = make_s3_client(access_key_id="testing", secret_access_key="testing", region="us-east-1",
                             endpoint_url=f"http://127.0.0.1:{port}", connect_timeout=2, max_attempts=1)
     store = S3Store(client, shop.s3.bucket)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -14,6 +13,7 @@ from pathlib import Path
 from tests.fakes.s3_fixtures import MotoBucket
 from tests.fakes.sendgrid_server import SendGridServer
 from tests.fakes.stripe_server import FakeStripeServer
+from tests.fakes.ports import free_port
 
 HEALER = [sys.executable, "-m", "healer"]  # as the `healer` command runs
 REPO = Path(__file__).resolve().parents[2]
@@ -28,12 +28,6 @@ def healer_check(tmp_path: Path, *args: str, **env: str) -> subprocess.Completed
                 "AWS_EC2_METADATA_DISABLED": "true", **env}
     return subprocess.run([*HEALER, "check", *args], env=full_env, cwd=REPO, capture_output=True, text=True,
                           timeout=120)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_embedded_defaults_are_all_ok_or_disabled(tmp_path: Path) -> None:
@@ -59,7 +53,7 @@ def test_json_output_has_every_named_check_in_display_order(tmp_path: Path) -> N
 
 
 def test_a_failing_check_exits_2_and_names_the_fix(tmp_path: Path) -> None:
-    endpoint = f"http://127.0.0.1:{closed_port()}"
+    endpoint = f"http://127.0.0.1:{free_port()}"
 
     done = healer_check(tmp_path, "s3", "--json", S3_BUCKET="healer-shop", S3_ENDPOINT_URL=endpoint,
                         AWS_ACCESS_KEY_ID="AKIAEXAMPLE00000000", AWS_SECRET_ACCESS_KEY="x" * 40)

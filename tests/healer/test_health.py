@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 import time
 import uuid
@@ -31,6 +30,7 @@ from healer.services import Services
 from tests.fakes.s3_fixtures import MotoBucket
 from tests.fakes.sendgrid_server import SendGridServer
 from tests.fakes.stripe_server import FakeStripeServer
+from tests.fakes.ports import free_port
 
 
 @dataclass
@@ -70,12 +70,6 @@ def stand_in(name: str, peer: Peer | None = None, **config: Any) -> StandIn:
     """A stand-in check called `name` (the name is a class attribute, so each gets a subclass)."""
     cls = type(f"StandIn_{name}", (StandIn,), {"name": name})
     return cls(peer=peer or Peer(), **config)  # type: ignore[no-any-return]
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- threshold -----------------------------------------------------------------------------------
@@ -134,7 +128,7 @@ def test_last_success_is_the_last_probe_that_got_an_answer() -> None:
 
 
 def test_dependents_are_skipped_while_the_real_database_is_down() -> None:
-    engine = db.make_engine(f"postgresql://healer@127.0.0.1:{closed_port()}/shop")
+    engine = db.make_engine(f"postgresql://healer@127.0.0.1:{free_port()}/shop")
     orders_peer = Peer()
     monitor = HealthMonitor([
         DatabaseCheck(engine=engine, failure_threshold=1),
