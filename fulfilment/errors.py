@@ -87,3 +87,10 @@ class StepError(Exception):
 
     def __repr__(self) -> str:
         return f"StepError({self.error_class.value}, {self.message!r})"
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An unexpected error for a log line or a stored message: its class and its first line
+    (drivers and SDKs put a query, a traceback or a response body on the lines after)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:limit]

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 from tenacity.stop import stop_base
 
-from fulfilment.errors import ErrorClass, StepError
+from fulfilment.errors import ErrorClass, StepError, one_line
 from fulfilment.mailer import Mailer, download_email
 from fulfilment.models import Order, OrderEvent, OrderStatus, Outcome, Step, transaction, utcnow
 from fulfilment.payments import Payments
@@ -396,12 +396,12 @@ class Pipeline:
         except StepError as error:
             return self._fail(order, step, owner, started, error)
         except SQLAlchemyError as error:
-            return self._fail(order, step, owner, started, StepError(ErrorClass.DATABASE, _one_line(error)))
+            return self._fail(order, step, owner, started, StepError(ErrorClass.DATABASE, one_line(error, 500)))
         except MemoryError:
             return self._fail(order, step, owner, started, StepError(ErrorClass.RESOURCES, "out of memory"))
         except Exception as error:  # a bug must not lose a paid order: record, back off, retry
             log.exception("Unexpected error in step %s for order %s", step.value, order_id)
-            return self._fail(order, step, owner, started, StepError(ErrorClass.INTERNAL, _one_line(error)))
+            return self._fail(order, step, owner, started, StepError(ErrorClass.INTERNAL, one_line(error, 500)))
         return self._succeed(order, step, owner, started, done, stopping)
 
     def _execute(self, step: Step, order: Order) -> _Done:
@@ -644,7 +644,7 @@ class Pipeline:
         except SQLAlchemyError as db_error:
             # The database itself is down: the lease expires and the step is retried then.
             log.error("Could not record failure of %s for order %s: %s", step.value, order.id,
-                      _one_line(db_error))
+                      one_line(db_error, 500))
             committed = True
         if not committed:
             self._lost_lease(order.id, step)
@@ -766,10 +766,6 @@ def _log_record_retry(state: RetryCallState, order_id: uuid.UUID, step: Step) ->
     error = state.outcome.exception() if state.outcome else None
     log.log(logging.WARNING if state.attempt_number == 1 else logging.DEBUG,
             "Could not record %s for order %s (database: %s); retrying until it is back", step.value, order_id,
-            _one_line(error) if error else "?")
+            one_line(error, 500) if error else "?")
 
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
 

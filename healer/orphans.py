@@ -27,6 +27,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from fulfilment.errors import one_line
 from fulfilment.models import transaction, utcnow
 from healer import db
 from healer.config import Settings
@@ -148,7 +149,7 @@ def orphans_list_command(settings: Settings, args: OrphansListArgs, console: Con
     try:
         views = _with_sessions(settings, lambda s: list_orphans(s, include_resolved=args.all))
     except SQLAlchemyError as error:
-        errors.print(f"healer: cannot read orphan payments ({_one_line(error)}); is the schema current "
+        errors.print(f"healer: cannot read orphan payments ({one_line(error)}); is the schema current "
                      f"(`healer db upgrade`)?", markup=False, highlight=False)
         return EXIT_FAILED
     if args.json:
@@ -175,7 +176,7 @@ def orphans_resolve_command(settings: Settings, args: OrphansResolveArgs, consol
     try:
         outcome, view = _with_sessions(settings, lambda s: resolve_by_operator(s, pi, args.note))
     except SQLAlchemyError as error:
-        errors.print(f"healer: cannot resolve {pi} ({_one_line(error)}); is the schema current "
+        errors.print(f"healer: cannot resolve {pi} ({one_line(error)}); is the schema current "
                      f"(`healer db upgrade`)?", markup=False, highlight=False)
         return EXIT_FAILED
     if outcome is Resolved.UNKNOWN or view is None:
@@ -199,8 +200,3 @@ def _with_sessions(settings: Settings, work: Callable[[sessionmaker[Session]], T
         return work(db.make_session_factory(engine))
     finally:
         engine.dispose()
-
-
-def _one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]

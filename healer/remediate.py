@@ -54,7 +54,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from checks.base import CheckResult, Status
 from checks.disk import DiskCheck, Thresholds, Usage, format_bytes, measure
 from checks.docker import compose_project_label
-from fulfilment.errors import StepError
+from fulfilment.errors import StepError, one_line
 from fulfilment.models import Order, Outcome, Step, transaction, utcnow
 from fulfilment.pipeline import (
     MAX_AUDIO_BYTES,
@@ -134,7 +134,7 @@ class Audit:
         except SQLAlchemyError as error:
             # The action stands (and is counted and logged above); only its row is lost.
             log.error("Remediation %s on %s not recorded: database unavailable: %s", action.value, target,
-                      _one_line(error))
+                      one_line(error))
 
     def attempts_since(self, action: Action, target: str, results: Sequence[Result], since: datetime) -> list[float]:
         """When `action` was taken on `target` since `since` (epoch seconds), by any daemon."""
@@ -242,7 +242,7 @@ class ContainerHealer:
             client = docker.DockerClient(base_url=self.base_url, version="auto",
                                          timeout=self.policy.stop_timeout_seconds + 20)
         except DockerException as error:
-            log.warning("Container remediation skipped: Docker engine unreachable: %s", _one_line(error))
+            log.warning("Container remediation skipped: Docker engine unreachable: %s", one_line(error))
             return
         try:
             found = client.containers.list(all=True, filters={"label": self.labels}, ignore_removed=True)
@@ -253,7 +253,7 @@ class ContainerHealer:
             unhealthy = {c.name for c in containers if c.unhealthy}
             self._unhealthy_since = {n: v for n, v in self._unhealthy_since.items() if n in unhealthy}
         except (DockerException, RequestException) as error:
-            log.warning("Container remediation skipped: Docker engine error: %s", _one_line(error))
+            log.warning("Container remediation skipped: Docker engine error: %s", one_line(error))
         finally:
             client.close()
 
@@ -304,7 +304,7 @@ class ContainerHealer:
         try:
             client.api.restart(container.id, timeout=self.policy.stop_timeout_seconds)
         except (DockerException, RequestException) as error:
-            self.audit.record(Action.RESTART_CONTAINER, container.name, reason, Result.FAILURE, _one_line(error))
+            self.audit.record(Action.RESTART_CONTAINER, container.name, reason, Result.FAILURE, one_line(error))
             return
         self.audit.record(Action.RESTART_CONTAINER, container.name, reason, Result.SUCCESS,
                           f"restarted in {time.monotonic() - started:.1f}s ({count})")
@@ -323,7 +323,7 @@ class ContainerHealer:
         try:
             return self.audit.attempts_since(Action.RESTART_CONTAINER, name, acted, since)
         except SQLAlchemyError as error:
-            log.warning("Restart history of %s unavailable (counting from now): %s", name, _one_line(error))
+            log.warning("Restart history of %s unavailable (counting from now): %s", name, one_line(error))
             return []
 
     def _escalate(self, name: str, kind: str, why: str, detail: str, now: float) -> None:
@@ -512,7 +512,7 @@ class WaveformRestorer:
             with self.sessions() as session:
                 order = session.get(Order, order_id)
         except SQLAlchemyError as error:
-            log.warning("Waveform of order %s not checked: %s", order_id, _one_line(error))
+            log.warning("Waveform of order %s not checked: %s", order_id, one_line(error))
             return
         if order is None or not order.waveform_key or not order.audio_key:
             return  # no waveform was ever uploaded: nothing was lost
@@ -579,7 +579,7 @@ class PdfRestorer:
                 self._once(target, reason, Result.ESCALATED, given_up)
                 return False
         except SQLAlchemyError as error:
-            log.warning("PDF of order %s not rendered again: %s", order_id, _one_line(error))
+            log.warning("PDF of order %s not rendered again: %s", order_id, one_line(error))
             return False
         with self._lock:
             if order_id in self._running:
@@ -610,7 +610,7 @@ class PdfRestorer:
                               f"{error.error_class.value}: {error.message}")
         except Exception as error:  # noqa: BLE001 - the database, or a bug: recorded, never raised
             log.exception("Rendering the PDF of order %s again failed", order_id)
-            self.audit.record(Action.RERENDER_PDF, str(order_id), reason, Result.FAILURE, _one_line(error))
+            self.audit.record(Action.RERENDER_PDF, str(order_id), reason, Result.FAILURE, one_line(error))
         else:
             self.audit.record(Action.RERENDER_PDF, str(order_id), reason, Result.SUCCESS,
                               f"rendered again from the order's files and stored at {key}")
@@ -656,7 +656,7 @@ class OrderResumer:
                 return
             resumed = self.resume_waiting(new.name)
         except SQLAlchemyError as error:
-            log.warning("Could not resume orders waiting on %s: %s", new.name, _one_line(error))
+            log.warning("Could not resume orders waiting on %s: %s", new.name, one_line(error))
             return
         if resumed:
             self.audit.record(Action.RESUME_ORDERS, new.name, reason, Result.SUCCESS,
@@ -849,7 +849,7 @@ def remediations_command(settings: Settings, args: RemediationsArgs, console: Co
         views = list_remediations(db.make_session_factory(engine), limit=args.limit,
                                   action=Action(action) if action else None)
     except SQLAlchemyError as error:
-        console.print(f"healer: cannot read remediations ({_one_line(error)}); is the schema current "
+        console.print(f"healer: cannot read remediations ({one_line(error)}); is the schema current "
                       f"(`healer db upgrade`)?", markup=False, highlight=False)
         return EXIT_FAILED
     finally:
@@ -874,8 +874,3 @@ def _epoch(value: str | None) -> float:
         return datetime.fromisoformat(value).timestamp()
     except ValueError:
         return 0.0
-
-
-def _one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
