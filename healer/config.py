@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from fulfilment.secrets import mask_secret
 
@@ -65,6 +65,8 @@ class Settings:
     stripe_api_base: str | None
     http_host: str
     http_port: int
+    ops_host: str
+    ops_port: int
     public_base_url: str
     admin_token: Secret | None
     check_interval_seconds: float
@@ -86,6 +88,9 @@ class Settings:
     autoheal_window_seconds: float
     delay_email_after_seconds: int | None
     refund_on_failure: bool
+    max_photo_megapixels: float
+    render_memory_mb: int
+    render_timeout_seconds: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -123,8 +128,19 @@ class Settings:
         if self.sendgrid_api_key is None:
             notes.append(f"SENDGRID_API_KEY unset: writing emails as .eml files to {self.outbox_dir}")
         if self.stripe_secret_key is None:
-            notes.append("STRIPE_SECRET_KEY unset: payment verification is DISABLED")
+            notes.append("STRIPE_SECRET_KEY unset: payment verification is DISABLED (healer demo only)")
         return notes
+
+    def daemon_problems(self) -> list[str]:
+        """What stops `healer run` (and only it): a daemon that serves customers verifies every
+        payment and every webhook. `healer demo` is the one way to run without Stripe."""
+        return [
+            f"{name} is unset: `healer run` never fulfils unverified payments "
+            "(use `healer demo` to try healer without Stripe)"
+            for name, value in (("STRIPE_SECRET_KEY", self.stripe_secret_key),
+                                ("STRIPE_WEBHOOK_SECRET", self.stripe_webhook_secret))
+            if value is None
+        ]
 
     def describe(self) -> dict[str, str]:
         """Every setting, secrets masked: safe for logs and `healer` output."""
@@ -140,17 +156,49 @@ class Settings:
             out["database_url"] = mask_url_password(self.database_url.value)
         return out
 
+    def secret_values(self) -> list[str]:
+        """Every secret this configuration holds, for the log scrubber: the env secrets and any
+        password in DATABASE_URL (userinfo or `?password=`)."""
+        values = [v.value for v in vars(self).values() if isinstance(v, Secret)]
+        if self.database_url is not None:
+            values.extend(url_passwords(self.database_url.value))
+        return [v for v in values if v]
+
+
+_PASSWORD_PARAMS = ("password", "pass", "passwd", "sslpassword")
+
+
+def url_passwords(url: str) -> list[str]:
+    """The passwords a database URL carries: in its userinfo and in its query string."""
+    parts = urlsplit(url)
+    found = [parts.password] if parts.password else []
+    found.extend(value for name, value in parse_qsl(parts.query, keep_blank_values=False)
+                 if name.lower() in _PASSWORD_PARAMS)
+    return [unquote(p) for p in found] + found
+
 
 def mask_url_password(url: str) -> str:
+    """The URL with every password (userinfo, `?password=`) replaced by `***`."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@")
+    query = "&".join(
+        f"{name}=***" if name.lower() in _PASSWORD_PARAMS else f"{name}={value}"
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return parts._replace(netloc=netloc, query=query).geturl()
 
+
+# Limits of one render process (see fulfilment.render and healer.worker.RenderPool).
+DEFAULT_RENDER_MEMORY_MB = 2048
+DEFAULT_RENDER_TIMEOUT_SECONDS = 90.0
 
 # No setting means more than a year (of seconds, attempts or workers): a larger value is a typo.
 MAX_NUMBER = 366 * 86400
+
+# An admin token guards retries of paid orders: long enough that guessing it is hopeless.
+MIN_ADMIN_TOKEN_CHARS = 32
 
 _EMAIL = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+$")
 _DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
@@ -208,6 +256,21 @@ class _Reader:
     def integer(self, name: str, default: int, *, minimum: int, maximum: int = MAX_NUMBER) -> int:
         return int(self.number(name, default, minimum=minimum, maximum=maximum, integer=True))
 
+    def port(self, name: str, default: int) -> int:
+        port = self.integer(name, default, minimum=0)
+        if port > 65535:
+            raise SettingsError(f"{name}={port} is not a TCP port (0-65535)")
+        return port
+
+    def admin_token(self) -> Secret | None:
+        token = self.secret("HEALER_ADMIN_TOKEN")
+        if token is not None and len(token.value) < MIN_ADMIN_TOKEN_CHARS:
+            raise SettingsError(
+                f"HEALER_ADMIN_TOKEN is {len(token.value)} characters: it must be at least "
+                f"{MIN_ADMIN_TOKEN_CHARS} (e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            )
+        return token
+
     def url(self, name: str, default: str | None = None) -> str | None:
         value = self.raw(name)
         if value is None:
@@ -258,9 +321,13 @@ class _Reader:
         default_assets = IMAGE_ASSETS_DIR if (IMAGE_ASSETS_DIR / "templates").is_dir() else PACKAGE_ROOT
         assets_dir = Path(self.text("HEALER_ASSETS_DIR", str(default_assets))).resolve()
         host = self.text("HEALER_HTTP_HOST", "127.0.0.1")
-        port = self.integer("HEALER_HTTP_PORT", 8080, minimum=0)
-        if port > 65535:
-            raise SettingsError(f"HEALER_HTTP_PORT={port} is not a TCP port (0-65535)")
+        port = self.port("HEALER_HTTP_PORT", 8080)
+        ops_host = self.text("HEALER_OPS_HOST", "127.0.0.1")
+        ops_port = self.port("HEALER_OPS_PORT", 8081)
+        if port != 0 and port == ops_port and host == ops_host:
+            raise SettingsError(
+                f"HEALER_OPS_PORT={ops_port} is also HEALER_HTTP_PORT: the operator listener needs its own port"
+            )
         from_email = self.text("FROM_EMAIL", "posters@localhost.localdomain")
         if not _EMAIL.match(from_email):
             raise SettingsError(f"FROM_EMAIL={from_email!r} is not an email address")
@@ -320,8 +387,10 @@ class _Reader:
             stripe_api_base=self.url("STRIPE_API_BASE"),
             http_host=host,
             http_port=port,
+            ops_host=ops_host,
+            ops_port=ops_port,
             public_base_url=self.url("PUBLIC_BASE_URL") or f"http://{host}:{port}",
-            admin_token=self.secret("HEALER_ADMIN_TOKEN"),
+            admin_token=self.admin_token(),
             check_interval_seconds=self.number("HEALER_CHECK_INTERVAL_SECONDS", 30, minimum=0.1),
             worker_interval_seconds=self.number("HEALER_WORKER_INTERVAL_SECONDS", 2, minimum=0.05),
             reconcile_interval_seconds=self.number(
@@ -343,4 +412,9 @@ class _Reader:
             compose_project=self.text("HEALER_COMPOSE_PROJECT", "healer"),
             delay_email_after_seconds=self.integer("HEALER_DELAY_EMAIL_AFTER_SECONDS", 0, minimum=0) or None,
             refund_on_failure=self.flag("HEALER_REFUND_ON_FAILURE", False),
+            max_photo_megapixels=self.number("HEALER_MAX_PHOTO_MEGAPIXELS", 200, minimum=1, maximum=2000),
+            render_memory_mb=self.integer("HEALER_RENDER_MEMORY_MB", DEFAULT_RENDER_MEMORY_MB, minimum=256,
+                                          maximum=1024 * 1024),
+            render_timeout_seconds=self.number("HEALER_RENDER_TIMEOUT_SECONDS", DEFAULT_RENDER_TIMEOUT_SECONDS,
+                                               minimum=1, maximum=3600),
         )

@@ -15,7 +15,7 @@ from pathlib import Path
 from tests.fakes.ports import free_port
 
 HEALER = [str(Path(sys.executable).with_name("healer"))]  # the installed command, as operators run it
-ADMIN = "e2e-admin-token-0123456789abcdef"
+ADMIN = "e2e-admin-token-0123456789abcdef-0123"
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -14,7 +14,7 @@ SECRETS = {
     "SENDGRID_API_KEY": "SG.aaaaaaaaaaaaaaaaaaaaaa.bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
     "STRIPE_SECRET_KEY": "sk_test_51HxyzabcdefghijklmnopQRSTUV",
     "STRIPE_WEBHOOK_SECRET": "whsec_abcdefghijklmnopqrstuvwxyz123456",
-    "HEALER_ADMIN_TOKEN": "admin-token-abcdefghijklmnop",
+    "HEALER_ADMIN_TOKEN": "admin-token-abcdefghijklmnopqrstuvwxyz",
     "DATABASE_URL": "postgresql://shop:hunter2-db-password@db:5432/shop",
 }
 
