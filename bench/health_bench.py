@@ -42,8 +42,9 @@ def free_port() -> int:
 
 
 def start_daemon(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A `healer run` and the base URL of its operator listener (where the probes are)."""
     port = free_port()
-    env = dict(env, HEALER_HTTP_PORT=str(port))
+    env = dict(env, HEALER_HTTP_PORT=str(free_port()), HEALER_OPS_PORT=str(port))
     process = subprocess.Popen([sys.executable, "-m", "healer", "--log-level", "warning", "run"],
                                env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"

@@ -323,12 +323,12 @@ def endpoints(args: argparse.Namespace) -> dict[str, Any]:
         slot = Slot("healer", HEALER_RUN, env, peers.work_dir)
         incarnation = slot.start()
         try:
-            _wait_ready(incarnation.base_url)
-            cold = _timed(lambda: http("GET", incarnation.base_url + "/metrics", timeout=60))
-            health_bench.hammer(incarnation.base_url + "/livez", 100, clients)  # warm: not the baseline's cost
+            _wait_ready(incarnation.ops_url)
+            cold = _timed(lambda: http("GET", incarnation.ops_url + "/metrics", timeout=60))
+            health_bench.hammer(incarnation.ops_url + "/livez", 100, clients)  # warm: not the baseline's cost
             for path in ("/livez", "/readyz", "/health", "/metrics"):
                 started = time.perf_counter()
-                latencies = health_bench.hammer(incarnation.base_url + path, requests, clients)
+                latencies = health_bench.hammer(incarnation.ops_url + path, requests, clients)
                 wall = time.perf_counter() - started
                 p50, p99 = health_bench.summary(latencies)
                 rows.append({"endpoint": path, "p50_ms": p50, "p99_ms": p99, "requests_per_second": requests / wall})

@@ -121,11 +121,21 @@ class DatabaseCheck(Check):
         return CheckFailed(f"{fault.kind}: {said} ({self._where()})", remedy)
 
     def _where(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True)
+        url = self.engine.url
+        # libpq also takes the password as a query parameter, which hide_password leaves alone.
+        hidden = {name: "***" for name in url.query if name.lower() in _PASSWORD_PARAMETERS}
+        return url.update_query_dict(hidden).render_as_string(hide_password=True)
 
     def _scrub(self, said: str) -> str:
-        password = self.engine.url.password
-        return said.replace(str(password), "***") if password else said
+        url = self.engine.url
+        passwords = [url.password] + [v for n, v in url.query.items() if n.lower() in _PASSWORD_PARAMETERS]
+        for password in passwords:
+            for value in ([password] if isinstance(password, str) else password or ()):
+                said = said.replace(value, "***") if value else said
+        return said
+
+
+_PASSWORD_PARAMETERS = ("password", "sslpassword")
 
 
 def stored_revision(connection: Connection, version_table: str = "alembic_version") -> str | None:

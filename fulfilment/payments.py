@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import stripe
 
+from fulfilment.coalesce import Coalescer
 from fulfilment.errors import ErrorClass, StepError
 from fulfilment.secrets import mask_secret
 
@@ -36,6 +37,9 @@ _PENDING_STATUSES = frozenset({"processing"})
 # Path-safe by construction: the id ends up in the request URL.
 _PAYMENT_INTENT_ID = re.compile(r"pi_[A-Za-z0-9_]+")
 _MAX_REASON_CHARS = 300
+# However often an order's payment is asked about (a customer clicking, the worker, a retry), Stripe
+# is asked at most once per this many seconds per PaymentIntent, one request at a time.
+COALESCE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -59,8 +63,12 @@ class StripePayments:
 
     enabled = True
 
-    def __init__(self, secret_key: str, api_base: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, secret_key: str, api_base: str | None = None, timeout: float = 10.0,
+        coalesce_seconds: float = COALESCE_SECONDS,
+    ) -> None:
         self._secret_key = secret_key
+        self._retrievals: Coalescer[dict[str, Any]] = Coalescer(coalesce_seconds)
         self._api_base = api_base
         self._timeout = timeout
         self._client = stripe.StripeClient(
@@ -85,7 +93,7 @@ class StripePayments:
         self, *, order_id: str, payment_intent_id: str, amount_cents: int, currency: str
     ) -> VerifiedPayment:
         _check_input(payment_intent_id, amount_cents, currency)
-        intent = self._retrieve(order_id, payment_intent_id)
+        intent = self._retrievals.call(payment_intent_id, lambda: self._retrieve(order_id, payment_intent_id))
         _check_matches(intent, order_id, amount_cents, currency)
         _check_succeeded(intent)
         logger.info(

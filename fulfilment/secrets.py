@@ -7,7 +7,9 @@ without giving anything usable away: `AKIAIOSFODNN7EXAMPLE` -> `AKIA…MPLE`,
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Iterable
 
 ELLIPSIS = "…"
 
@@ -44,3 +46,50 @@ def _prefix(value: str) -> str:
     # whose body is URL-safe base64, a short word ending in `-` or `_` is key material.
     mode = _MODE_WORD.match(value, first.end())
     return value[: mode.end() if mode else first.end()]
+
+
+# A password in a connection string that some driver or pool message echoes: userinfo
+# (`scheme://user:PASSWORD@host`) or a query parameter (`?password=PASSWORD`), whatever the value.
+_URL_USERINFO_PASSWORD = re.compile(r"(?P<keep>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]+(?=@)", re.IGNORECASE)
+_PASSWORD_PARAMETER = re.compile(r"(?P<keep>\b(?:password|passwd|pass|sslpassword)=)[^&\s'\"]+", re.IGNORECASE)
+# Shorter values would mangle ordinary words; no real secret is this short.
+MIN_REDACTED_LENGTH = 6
+
+
+class Redactor:
+    """Masks every known secret value, and any password in a URL, in a piece of text.
+
+    One instance holds the configuration's secrets; every output boundary (logs, health, HTTP
+    error bodies, the CLI) passes text through it. Known values are replaced longest first, so a
+    secret that contains another is masked whole.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets = sorted({s for s in secrets if len(s) >= MIN_REDACTED_LENGTH}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, mask_secret(secret))
+        text = _URL_USERINFO_PASSWORD.sub(r"\g<keep>***", text)
+        return _PASSWORD_PARAMETER.sub(r"\g<keep>***", text)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that formats a record's message and arguments once, redacted: attach it to
+    a handler so that no line that handler writes can carry a secret (tracebacks included)."""
+
+    def __init__(self, redact: Redactor) -> None:
+        super().__init__()
+        self.redact = redact
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self.redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        return True

@@ -21,6 +21,7 @@ from fulfilment.errors import StepError
 from fulfilment.models import OrderStatus, Outcome
 from fulfilment.pipeline import OrderNotFound
 from fulfilment.render import PosterInputs, render_poster
+from fulfilment.secrets import RedactingFilter, Redactor
 from healer import __version__, db, orders
 from healer.audit import Action
 from healer.config import Settings, SettingsError
@@ -41,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"healer: configuration error: {error}", file=sys.stderr)  # one line, never wrapped
         return EXIT_USAGE
+    _redact_logs(Redactor(settings.secret_values()))
     try:
         return int(args.handler(settings, args) or EXIT_OK)
     except KeyboardInterrupt:
@@ -55,6 +57,13 @@ def _configure_logging(level: str) -> None:
     )
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "apscheduler.executors", "stripe"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _redact_logs(redact: Redactor) -> None:
+    """No line this process logs carries a secret: not a driver's message quoting DATABASE_URL,
+    not an SDK's error echoing a key, not a traceback."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter(redact))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -153,18 +162,23 @@ def _note(value: str) -> str:
 
 
 def _listen_address_problem(settings: Settings) -> str | None:
-    try:
-        socket.getaddrinfo(settings.http_host, settings.http_port, type=socket.SOCK_STREAM)
-    except socket.gaierror as error:
-        return f"HEALER_HTTP_HOST={settings.http_host!r} is not an address to listen on: {error.strerror}"
+    for name, host, port in (("HEALER_HTTP_HOST", settings.http_host, settings.http_port),
+                             ("HEALER_OPS_HOST", settings.ops_host, settings.ops_port)):
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as error:
+            return f"{name}={host!r} is not an address to listen on: {error.strerror}"
     return None
 
 
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     from healer.daemon import DatabaseNotMigrated, Daemon
 
+    problems = settings.daemon_problems()
     if (problem := _listen_address_problem(settings)) is not None:
-        print(f"healer: configuration error: {problem}", file=sys.stderr)
+        problems.append(problem)
+    if problems:
+        print(f"healer: configuration error: {'; '.join(problems)}", file=sys.stderr)  # one line
         return EXIT_USAGE
     try:
         Daemon(settings).serve()
@@ -274,6 +288,8 @@ def cmd_orders_list(settings: Settings, args: argparse.Namespace) -> int:
         stuck_after_seconds=settings.order_sla_seconds if args.stuck else None,
         limit=args.limit,
     )
+    redact = Redactor(settings.secret_values())
+    views = [orders.redacted(v, redact) for v in views]
     if args.json:
         print(json.dumps([v.as_dict() for v in views], indent=2))
         return EXIT_OK
@@ -291,6 +307,7 @@ def cmd_orders_show(settings: Settings, args: argparse.Namespace) -> int:
     if view is None:
         err.print(f"healer: unknown order {args.order_id}")
         return EXIT_FAILED
+    view = orders.redacted(view, Redactor(settings.secret_values()))
     if args.json:
         print(json.dumps(view.as_dict(), indent=2))
     else:

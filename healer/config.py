@@ -67,6 +67,7 @@ class Settings:
     http_port: int
     ops_host: str
     ops_port: int
+    public_rate_limit_per_minute: int
     public_base_url: str
     admin_token: Secret | None
     check_interval_seconds: float
@@ -389,6 +390,8 @@ class _Reader:
             http_port=port,
             ops_host=ops_host,
             ops_port=ops_port,
+            public_rate_limit_per_minute=self.integer("HEALER_PUBLIC_RATE_LIMIT_PER_MINUTE", 120, minimum=1,
+                                                      maximum=1_000_000),
             public_base_url=self.url("PUBLIC_BASE_URL") or f"http://{host}:{port}",
             admin_token=self.admin_token(),
             check_interval_seconds=self.number("HEALER_CHECK_INTERVAL_SECONDS", 30, minimum=0.1),

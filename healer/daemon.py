@@ -3,21 +3,27 @@ shuts down cleanly on SIGTERM (in-flight steps finish and commit; the rest wait 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import uvicorn
-from fastapi import Response
+from fastapi import FastAPI
 
 from checks.scheduler import SchedulerCheck
 from fulfilment.payments import StripePayments
 from fulfilment.models import Step
 from fulfilment.pipeline import STEP_CHECKS, Pipeline, StepResult
+from fulfilment.secrets import Redactor
 from healer import db
-from healer.app import AppContext, create_app
+from healer.http.operator import OperatorContext, create_operator_app
+from healer.http.public import PublicContext, create_public_app
+from healer.http.ratelimit import ClientRateLimit
 from healer.config import Settings
 from healer.health import build_monitor
 from healer.metrics import Metrics
@@ -36,9 +42,17 @@ class DatabaseNotMigrated(RuntimeError):
     pass
 
 
+class UnsafeConfiguration(RuntimeError):
+    """A configuration `healer run` refuses (payments unverified): one line per problem."""
+
+
 class Daemon:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, demo: bool = False) -> None:
+        """`demo`: the one mode that may run without Stripe (healer demo); it says so everywhere."""
+        if not demo and (problems := settings.daemon_problems()):
+            raise UnsafeConfiguration("; ".join(problems))
         self.settings = settings
+        self.redact = Redactor(settings.secret_values())
         self.services = Services.build(settings)
         self.render_pool = RenderPool(
             settings.assets_dir,
@@ -81,21 +95,29 @@ class Daemon:
         self.metrics.watch_jobs(self.scheduler.jobs)
         # Order counts are cached for a typical scrape interval: one query per scrape at most.
         self.metrics.watch_orders(self.services.sessions, settings.order_sla_seconds, ttl_seconds=15)
-        self.app = create_app(
-            AppContext(
-                sessions=self.services.sessions,
-                pipeline=self.pipeline,
-                store=self.services.store,
-                admin_token=settings.admin_token,
-                liveness=self.scheduler.liveness,
-                health=self.health,
-                restore_pdf=self.remediator.on_missing_download,
-            )
-        )
-        self.app.include_router(webhook_router(self.services.sessions, self.pipeline,
-                                               settings.stripe_webhook_secret, self.metrics))
-        self.app.add_api_route("/metrics", self._metrics, methods=["GET"], include_in_schema=True)
-        self.server: uvicorn.Server | None = None
+        self.public_app = create_public_app(PublicContext(
+            sessions=self.services.sessions,
+            pipeline=self.pipeline,
+            store=self.services.store,
+            public_base_url=settings.public_base_url,
+            session_lifetime=timedelta(seconds=settings.session_expiration_seconds),
+            rate_limit=ClientRateLimit(settings.public_rate_limit_per_minute),
+            restore_pdf=self.remediator.on_missing_download,
+        ))
+        self.public_app.include_router(webhook_router(self.services.sessions, self.pipeline,
+                                                      settings.stripe_webhook_secret, self.metrics))
+        self.operator_app = create_operator_app(OperatorContext(
+            sessions=self.services.sessions,
+            pipeline=self.pipeline,
+            admin_token=settings.admin_token,
+            redact=self.redact,
+            liveness=self.scheduler.liveness,
+            health=self.health,
+            metrics=self.metrics.exposition,
+            public_schema=self.public_app.openapi,
+            notices=tuple(settings.embedded_defaults()),
+        ))
+        self.servers: list[uvicorn.Server] = []
 
     def _schedule_reconciliation(self) -> None:
         """Stripe reconciliation (one daemon at a time, by lock) and the stuck-order sweep."""
@@ -121,10 +143,6 @@ class Daemon:
         self.metrics.observe_step(result)
         self.remediator.observe_step(result)  # e.g. stores a waveform redrawn from the audio
 
-    def _metrics(self) -> Response:
-        body, content_type = self.metrics.exposition()
-        return Response(body, media_type=content_type)
-
     def prepare_database(self) -> None:
         """The embedded SQLite database upgrades itself; a shared one must be upgraded on purpose."""
         engine = self.services.engine
@@ -143,37 +161,44 @@ class Daemon:
             log.warning("Embedded default: %s", note)
 
     def serve(self, on_started: Callable[[], None] | None = None) -> None:
-        """Run until SIGTERM/SIGINT (uvicorn handles both), then shut down in order."""
+        """Run both listeners until SIGTERM/SIGINT, then shut down in order."""
         self.prepare_database()
         self.announce()
-        config = uvicorn.Config(
-            self.app,
-            host=self.settings.http_host,
-            port=self.settings.http_port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=10,
-        )
-        self.server = uvicorn.Server(config)
-        # uvicorn re-raises the signal it caught once it has stopped; with our handler installed
-        # underneath, that lands here instead of killing the process before the shutdown below.
+        self.servers = [
+            _Listener(self.public_app, self.settings.http_host, self.settings.http_port),
+            _Listener(self.operator_app, self.settings.ops_host, self.settings.ops_port),
+        ]
         previous = _install_signal_handlers(self._on_signal)
         self.scheduler.start()
         if on_started is not None:
             on_started()
         try:
-            self.server.run()
+            asyncio.run(self._serve_listeners())
         finally:
             self.shutdown()
             _install_signal_handlers(previous)
 
+    async def _serve_listeners(self) -> None:
+        serving = [asyncio.ensure_future(server.serve()) for server in self.servers]
+        try:
+            # Either listener ending (stopped, or it could not bind its port) ends the daemon.
+            done, _ = await asyncio.wait(serving, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.stop()
+            await asyncio.gather(*serving, return_exceptions=True)
+        for finished in done:
+            finished.result()  # a listener that failed to start stops the daemon with its error
+
     def _on_signal(self, signum: int, _frame: object) -> None:
         log.info("Received %s: stopping", signal.Signals(signum).name)
+        if any(server.should_exit for server in self.servers) and signum == signal.SIGINT:
+            for server in self.servers:
+                server.force_exit = True  # a second Ctrl-C: do not wait for open connections
         self.stop()
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.should_exit = True
+        for server in self.servers:
+            server.should_exit = True
 
     def shutdown(self) -> None:
         log.info("healer shutting down: finishing in-flight steps (%d order(s))", self.worker.in_flight)
@@ -183,6 +208,19 @@ class Daemon:
         self.render_pool.shutdown()
         self.services.close()
         log.info("healer stopped")
+
+
+class _Listener(uvicorn.Server):
+    """One uvicorn server of the two; the daemon, not uvicorn, handles SIGTERM and SIGINT, so
+    that one signal stops both listeners (uvicorn's own handler would stop only the last one)."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        super().__init__(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                                        timeout_graceful_shutdown=10))
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def _install_signal_handlers(handler: Any) -> Any:

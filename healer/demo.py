@@ -111,7 +111,7 @@ def create_sample_orders(
 
 def run_demo(settings: Settings, *, orders: int, exit_when_done: bool) -> int:
     settings = demo_settings(settings)
-    daemon = Daemon(settings)
+    daemon = Daemon(settings, demo=True)
     daemon.prepare_database()
     templates = list_templates(settings.assets_dir)
     samples = create_sample_orders(daemon.services.sessions, daemon.services.store, templates, orders)
@@ -141,6 +141,7 @@ def _watch(daemon: Daemon, settings: Settings, samples: list[SampleOrder], exit_
 
 def _report(daemon: Daemon, settings: Settings, samples: list[SampleOrder]) -> None:
     base = settings.public_base_url
+    ops = f"http://{settings.ops_host}:{settings.ops_port}"
     table = Table("order", "status", "template", "what it shows", "PDF / last error", title="Sample orders")
     for sample in samples:
         view = orders.story(daemon.services.sessions, sample.id)
@@ -153,8 +154,9 @@ def _report(daemon: Daemon, settings: Settings, samples: list[SampleOrder]) -> N
         table.add_row(str(sample.id), view.status, view.template, sample.note, where)
     console.print(table)
     console.print(f"Emails (.eml):  {settings.outbox_dir}")
-    console.print(f"Liveness:       {base}/livez?verbose")
+    console.print(f"Health:         {ops}/health   (operator listener; liveness: {ops}/livez?verbose)")
     first = samples[0]
-    console.print(f"An order story: curl -H 'X-Session-Token: {first.session_token}' {base}/api/orders/{first.id}")
+    console.print(f"As the customer: curl -H 'X-Session-Token: {first.session_token}' {base}/api/orders/{first.id}")
+    console.print(f"Its story:      {ops}/api/orders/{first.id}")
     console.print(f"Or:             healer orders show {first.id}   (with HEALER_DATA_DIR={settings.data_dir})")
     console.print("Download links are in the emails. Press Ctrl-C to stop the daemon.")

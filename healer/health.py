@@ -21,11 +21,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
 from typing import Protocol
-from urllib.parse import unquote, urlsplit
 
 from checks.assets import AssetsCheck
 from checks.base import Check, CheckResult, Healthy, Status, run_with_timeout
@@ -38,10 +37,10 @@ from checks.registry import display_order
 from checks.s3 import LocalStoreCheck, S3Check
 from checks.sendgrid import SendGridCheck
 from checks.stripe import StripeCheck
-from fulfilment.secrets import mask_secret
+from fulfilment.secrets import Redactor
 from fulfilment.storage import make_s3_client
 from healer import db
-from healer.config import Secret, Settings
+from healer.config import Settings
 from healer.services import Services
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,6 @@ Listener = Callable[[CheckResult, CheckResult | None], None]
 
 _SUCCESS = (Status.OK, Status.WARNING)  # the peer answered; what "last success" counts
 _HELD = (Status.OK, Status.WARNING)  # statuses a failure below the threshold does not flip
-_MIN_REDACTED_LENGTH = 6  # shorter values would mangle ordinary words; checks never print them
 _HANG_REMEDY = "the peer accepts connections but does not answer: check its load and the network path"
 
 
@@ -150,15 +148,14 @@ class _Watched(Check):
 
 
 class HealthMonitor:
-    def __init__(self, checks: Sequence[Check], *, redact: Iterable[str] = ()) -> None:
+    def __init__(self, checks: Sequence[Check], *, redact: Redactor = Redactor()) -> None:
         names = [check.name for check in checks]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"more than one check named {', '.join(duplicates)}")
         by_name = {check.name: check for check in checks}
         self._checks = {name: by_name[name] for name in display_order(names)}
-        # Longest first, so a secret that contains another is masked whole.
-        self._redact = sorted({s for s in redact if len(s) >= _MIN_REDACTED_LENGTH}, key=len, reverse=True)
+        self._redact = redact
         self._lock = threading.Lock()  # guards _entries and _listeners; never held during a probe
         self._entries: dict[str, _Entry] = {}
         self._listeners: list[Listener] = []
@@ -253,10 +250,7 @@ class HealthMonitor:
 
     def _scrubbed(self, result: CheckResult) -> CheckResult:
         """Belt and braces: the checks never print a secret, and this makes sure of it."""
-        detail, remedy = result.detail, result.remedy
-        for secret in self._redact:
-            detail = detail.replace(secret, mask_secret(secret))
-            remedy = remedy.replace(secret, mask_secret(secret))
+        detail, remedy = self._redact(result.detail), self._redact(result.remedy)
         if (detail, remedy) == (result.detail, result.remedy):
             return result
         return replace(result, detail=detail, remedy=remedy)
@@ -372,7 +366,7 @@ def build_monitor(settings: Settings, services: Services, extra_checks: Sequence
         *_resource_checks(settings, services, interval),
         *extra_checks,
     ]
-    return HealthMonitor(checks, redact=secret_values(settings))
+    return HealthMonitor(checks, redact=Redactor(settings.secret_values()))
 
 
 def _resource_checks(settings: Settings, services: Services, interval: float) -> list[Check]:
@@ -469,14 +463,3 @@ def _stripe_check(settings: Settings, interval: float) -> StripeCheck:
         timeout_seconds=10.0,
         critical=False,
     )
-
-
-def secret_values(settings: Settings) -> list[str]:
-    """Every configured secret value (and the database password alone), for redaction."""
-    values = [getattr(settings, f.name).value for f in fields(settings)
-              if isinstance(getattr(settings, f.name), Secret)]
-    if settings.database_url is not None:
-        password = urlsplit(settings.database_url.value).password
-        if password:
-            values += [password, unquote(password)]
-    return values

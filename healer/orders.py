@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select
@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.models import Order, OrderEvent, OrderStatus, utcnow
 from fulfilment.pipeline import ACTIVE
+from fulfilment.secrets import Redactor
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,15 @@ def order_view(order: Order, events: list[OrderEvent] | None = None) -> OrderVie
                       e.error_class, e.message)
             for e in events or ()
         ),
+    )
+
+
+def redacted(view: OrderView, redact: Redactor) -> OrderView:
+    """The view with its error texts redacted: they come from exceptions, which may quote a secret."""
+    return replace(
+        view,
+        last_error=redact(view.last_error) if view.last_error else view.last_error,
+        events=tuple(replace(e, message=redact(e.message)) for e in view.events),
     )
 
 

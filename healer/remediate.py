@@ -727,7 +727,7 @@ class Remediator:
             log.exception("Waveform remediation failed for order %s", result.order_id)
 
     def on_missing_download(self, order_id: uuid.UUID, why: str) -> bool:
-        """healer.app: a download link's PDF is gone. True when it is being rendered again."""
+        """healer.http.public: a download link's PDF is gone. True when it is being rendered again."""
         if self.mode is RemediationMode.OFF or self.pdfs is None:
             return False
         try:

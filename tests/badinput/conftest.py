@@ -31,12 +31,14 @@ def seeded(shop: Shop) -> Seeded:
 
 @pytest.fixture
 def daemon(shop: Shop, shop_env: dict[str, str], seeded: Seeded, tmp_path: Path) -> Iterator[RunningDaemon]:
-    env = dict(shop_env, HEALER_HTTP_PORT=str(free_port()), HEALER_ADMIN_TOKEN=ADMIN, HEALER_WORKERS="1",
-               STRIPE_WEBHOOK_SECRET=shop.stripe.webhook_secret,
+    env = dict(shop_env, HEALER_HTTP_PORT=str(free_port()), HEALER_OPS_PORT=str(free_port()),
+               HEALER_ADMIN_TOKEN=ADMIN, HEALER_WORKERS="1",
+               # Hundreds of generated requests from one address: the rate limit has its own test.
+               HEALER_PUBLIC_RATE_LIMIT_PER_MINUTE="100000",
                HEALER_WORKER_INTERVAL_SECONDS="0.2", HEALER_CHECK_INTERVAL_SECONDS="2")
     running = start_daemon(env, tmp_path / "daemon.log")
     try:
-        wait_for(lambda: running.request("GET", "/readyz")[0] == 200, 60, "the daemon to be ready")
+        wait_for(lambda: running.ops("GET", "/readyz")[0] == 200, 60, "the daemon to be ready")
         wait_for(lambda: still(shop.sessions), 60, "the daemon's start-up work (reconciliation) to settle")
         yield running
     finally:

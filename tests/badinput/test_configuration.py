@@ -104,10 +104,14 @@ def test_a_value_out_of_range_stops_the_cli_naming_the_variable(
 
 
 def _healer_run(env: dict[str, str], tmp_path: Path, timeout: float = 20) -> tuple[int | str, str]:
-    """`healer run` on the embedded defaults; ("running", log) if it was still up after `timeout`."""
+    """`healer run` on the embedded defaults (but Stripe's keys); ("running", log) if it was still
+    up after `timeout`."""
     keep = {k: v for k, v in os.environ.items()
             if not k.startswith(("HEALER_", "AWS_", "S3_", "STRIPE_", "SENDGRID_", "DATABASE_URL")) and k != "COLUMNS"}
-    full = {**keep, "HEALER_DATA_DIR": str(tmp_path / "data"), "HEALER_HTTP_PORT": "0", **env}
+    full = {**keep, "HEALER_DATA_DIR": str(tmp_path / "data"), "HEALER_HTTP_PORT": "0", "HEALER_OPS_PORT": "0",
+            # Verified payments are required of `healer run`; these values are never used to call out.
+            "STRIPE_SECRET_KEY": "sk_test_configuration_tests_0123456789",
+            "STRIPE_WEBHOOK_SECRET": "whsec_configuration_tests_0123456789", **env}
     process = subprocess.Popen([sys.executable, "-m", "healer", "run"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=full)
     try:

@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
 from fulfilment.models import Order, transaction
 from fulfilment.storage import LocalStore
-from healer.app import AppContext, create_app
 from healer.samples import sample_audio, sample_photo
 from tests.badinput.helpers import Seeded, complete
 from tests.e2e.daemon import RunningDaemon
+from tests.fakes.http_fixtures import public_client
 from tests.fakes.shop_fixtures import Shop
 
 pytestmark = pytest.mark.timeout(120)
@@ -117,8 +116,7 @@ def test_on_the_local_store_a_download_whose_stored_key_climbs_out_is_refused(
     store = LocalStore(tmp_path / "store")
     token = "u" * 43
     set_columns(shop, seeded.completed, download_token=token, final_pdf_key="../../../../../../etc/passwd")
-    client = TestClient(create_app(AppContext(shop.sessions, shop.pipeline(store=store), store, None)),
-                        raise_server_exceptions=False, follow_redirects=False)
+    client = public_client(shop.sessions, shop.pipeline(store=store), store, raise_server_exceptions=False)
 
     response = client.get(f"/download/{token}")
 

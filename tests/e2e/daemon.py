@@ -22,20 +22,30 @@ REPO = Path(__file__).resolve().parents[2]
 @dataclass
 class RunningDaemon:
     process: subprocess.Popen[str]
-    base_url: str
+    base_url: str  # the public listener: customers, Stripe
+    ops_url: str  # the operator listener: probes, health, metrics, admin API
     log_path: Path
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        req = urllib.request.Request(self.base_url + path, method=method, headers=headers or {})
-        opener = urllib.request.build_opener(_NoRedirect)
-        try:
-            with opener.open(req, timeout=10) as response:
-                return response.status, dict(response.headers), response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, dict(error.headers), error.read()
+        """A request to the public listener."""
+        return _send(method, self.base_url + path, headers)
+
+    def ops(self, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        """A request to the operator listener."""
+        return _send(method, self.ops_url + path, headers)
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+
+def _send(method: str, url: str, headers: dict[str, str] | None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, method=method, headers=headers or {})
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(req, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -53,11 +63,12 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:
 
 
 def healer_env(shop_env: dict[str, str], **overrides: str) -> dict[str, str]:
-    """The shop's environment for one daemon: a free port, two workers on a fast tick, the admin
-    token; `overrides` add or replace variables."""
+    """The shop's environment for one daemon: free ports for its two listeners, two workers on a
+    fast tick, the admin token; `overrides` add or replace variables."""
     return {
         **shop_env,
         "HEALER_HTTP_PORT": str(free_port()),
+        "HEALER_OPS_PORT": str(free_port()),
         "HEALER_WORKER_INTERVAL_SECONDS": "0.2",
         "HEALER_WORKERS": "2",
         "HEALER_ADMIN_TOKEN": ADMIN,
@@ -66,17 +77,17 @@ def healer_env(shop_env: dict[str, str], **overrides: str) -> dict[str, str]:
 
 
 def start_daemon(env: dict[str, str], log_path: Path, args: list[str] | None = None) -> RunningDaemon:
-    port = int(env["HEALER_HTTP_PORT"])
+    port, ops_port = int(env["HEALER_HTTP_PORT"]), int(env["HEALER_OPS_PORT"])
     log_file = log_path.open("w")
     process = subprocess.Popen(
         HEALER + (args or ["run"]), env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True, cwd=REPO,
     )
-    daemon = RunningDaemon(process, f"http://127.0.0.1:{port}", log_path)
+    daemon = RunningDaemon(process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ops_port}", log_path)
 
     def answering() -> bool:
         assert process.poll() is None, f"daemon exited early:\n{log_path.read_text()}"
         try:
-            return daemon.request("GET", "/livez")[0] == 200
+            return daemon.ops("GET", "/livez")[0] == 200
         except OSError:
             return False
 

@@ -48,7 +48,7 @@ def test_customer_completion_through_the_running_daemon(shop: Shop, daemon: Runn
                  f"PDF generated: pdfs/final_{order_id}.pdf",
                  "Download email sent to a…@example.com"):
         assert line in log
-    status, headers, body = daemon.request("GET", "/metrics")
+    status, headers, body = daemon.ops("GET", "/metrics")
     exposition = body.decode()
     assert status == 200 and headers["content-type"].startswith("text/plain")
     assert 'healer_order_completions_total{outcome="completed"} 1.0' in exposition
@@ -90,7 +90,8 @@ def test_bad_configuration_stops_with_one_line_naming_the_variable(daemon_env: d
 
 def test_demo_completes_its_sample_orders(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HEALER_", "DATABASE_URL", "S3_", "STRIPE_", "SENDGRID_"))}
-    env.update(HEALER_DATA_DIR=str(tmp_path / "demo"), HEALER_HTTP_PORT=str(free_port()), COLUMNS="200")
+    env.update(HEALER_DATA_DIR=str(tmp_path / "demo"), HEALER_HTTP_PORT=str(free_port()),
+               HEALER_OPS_PORT=str(free_port()), COLUMNS="200")
 
     result = subprocess.run(HEALER + ["demo", "--orders", "5", "--exit-when-done"], env=env,
                             capture_output=True, text=True, timeout=240, cwd=REPO)

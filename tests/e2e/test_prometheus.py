@@ -115,7 +115,7 @@ def prometheus(daemon: RunningDaemon, tmp_path: Path) -> Iterator[Prometheus]:
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(fast_rules(tmp_path / "alerts_fast.yml"))],
         "scrape_configs": [{"job_name": "healer", "static_configs": [
-            {"targets": [daemon.base_url.removeprefix("http://")]}]}],
+            {"targets": [daemon.ops_url.removeprefix("http://")]}]}],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     log_path = tmp_path / "prometheus.log"

@@ -46,8 +46,8 @@ def test_postgresql_restarted_under_a_running_daemon_loses_no_order(shop: Shop, 
     sent = {m.message_id for m in shop.emails_to("ada@example.com")}
     for order_id in before + after:
         assert shop.order(order_id).email_message_id in sent, order_id
-    wait_for(lambda: daemon.request("GET", "/readyz")[0] == 200, 30, "the daemon to be ready again")
-    assert daemon.request("GET", "/livez")[0] == 200
+    wait_for(lambda: daemon.ops("GET", "/readyz")[0] == 200, 30, "the daemon to be ready again")
+    assert daemon.ops("GET", "/livez")[0] == 200
 
     daemon.process.send_signal(signal.SIGTERM)
     assert daemon.process.wait(timeout=30) == 0, daemon.log()

@@ -63,7 +63,9 @@ class Shop:
         return Pipeline(
             sessions=self.sessions,
             store=store or self.store,
-            payments=payments or StripePayments(self.stripe.api_key, api_base=self.stripe.url, timeout=5),
+            # Coalescing off: these tests script Stripe's answers call by call (tests/security covers it).
+            payments=payments or StripePayments(self.stripe.api_key, api_base=self.stripe.url, timeout=5,
+                                                coalesce_seconds=0),
             mailer=mailer or SendGridMailer(self.sendgrid.api_key, FROM_EMAIL, api_base=self.sendgrid.url, timeout=5),
             render=render or (lambda inputs: render_poster(self.assets_dir, inputs, preview=False)),
             public_base_url=PUBLIC_BASE_URL,
@@ -168,6 +170,7 @@ def shop_env(shop: Shop, pg_url: str, tmp_path: Path) -> dict[str, str]:
         SENDGRID_API_BASE=shop.sendgrid.url,
         FROM_EMAIL=FROM_EMAIL,
         STRIPE_SECRET_KEY=shop.stripe.api_key,
+        STRIPE_WEBHOOK_SECRET=shop.stripe.webhook_secret,
         STRIPE_API_BASE=shop.stripe.url,
         PUBLIC_BASE_URL=PUBLIC_BASE_URL,
     )

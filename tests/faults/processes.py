@@ -39,10 +39,16 @@ class Incarnation:
     ended_at: float | None = None
     killed: bool = False  # ended by SIGKILL (else by SIGTERM at the end of the run)
     orphans_after_kill: int = 0  # processes of its group still alive just after the kill
+    ops_port: int | None = None  # healer's operator listener; None: the server has one listener
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ops_url(self) -> str:
+        """Where probes, health and metrics are: healer's operator listener, else the only one."""
+        return f"http://127.0.0.1:{self.ops_port}" if self.ops_port else self.base_url
 
     def alive_at(self, moment: float) -> bool:
         return self.started_at <= moment and (self.ended_at is None or moment < self.ended_at)
@@ -78,14 +84,15 @@ class Slot:
 
     def start(self) -> Incarnation:
         with self._lock:
-            port = free_port()
+            port, ops_port = free_port(), free_port()
             log_path = self.log_dir / f"{self.name}-{len(self.incarnations) + 1}.log"
-            env = dict(self.env, HEALER_HTTP_PORT=str(port))
+            env = dict(self.env, HEALER_HTTP_PORT=str(port), HEALER_OPS_PORT=str(ops_port))
             with log_path.open("wb") as log:
                 # Its own session, so the whole process group (render workers too) can be reaped.
                 process = subprocess.Popen(self.command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                            cwd=REPO_ROOT, start_new_session=True)
-            incarnation = Incarnation(self.name, process.pid, port, time.time(), log_path, process)
+            incarnation = Incarnation(self.name, process.pid, port, time.time(), log_path, process,
+                                      ops_port=ops_port if self.command[-1] == "run" else None)
             self.incarnations.append(incarnation)
             return incarnation
 
@@ -218,7 +225,7 @@ def wait_until_answering(incarnation: Incarnation, timeout: float = 60.0) -> boo
         if incarnation.process.poll() is not None:
             return False
         try:
-            if http("GET", incarnation.base_url + "/livez", timeout=2)[0] == 200:
+            if http("GET", incarnation.ops_url + "/livez", timeout=2)[0] == 200:
                 return True
         except OSError:
             pass

@@ -22,6 +22,7 @@ import pytest
 from checks.base import Check, CheckFailed, CheckResult, CheckWarning, Status
 from checks.database import DatabaseCheck
 from checks.s3 import S3Check
+from fulfilment.secrets import Redactor
 from healer import db
 from healer.config import Settings
 from healer.health import HealthMonitor, build_monitor
@@ -317,7 +318,7 @@ def test_results_come_in_display_order_whatever_the_order_given() -> None:
 
 def test_a_secret_a_check_lets_slip_is_masked_by_the_monitor() -> None:
     secret = "sk_live_" + uuid.uuid4().hex
-    monitor = HealthMonitor([stand_in("stripe", Peer(Status.FAILING, f"key {secret} refused"))], redact=[secret])
+    monitor = HealthMonitor([stand_in("stripe", Peer(Status.FAILING, f"key {secret} refused"))], redact=Redactor([secret]))
 
     result = monitor.run("stripe")
 

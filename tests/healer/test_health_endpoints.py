@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 from checks.base import Status
 from checks.sendgrid import SendGridCheck
 from healer import db
-from healer.app import AppContext, create_app
 from healer.config import Settings
 from healer.health import HealthMonitor, build_monitor
 from healer.services import Services
+from tests.fakes.http_fixtures import operator_client
 from tests.fakes.s3_fixtures import MotoBucket
 from tests.fakes.sendgrid_server import SendGridServer
 from tests.fakes.stripe_server import FakeStripeServer
@@ -35,9 +35,7 @@ def services(tmp_path: Path) -> Iterator[Services]:
 
 
 def client_for(services: Services, monitor: HealthMonitor | None) -> TestClient:
-    ctx = AppContext(services.sessions, services.pipeline(lambda _inputs: b""), services.store, None,
-                     health=monitor)
-    return TestClient(create_app(ctx))
+    return operator_client(services.sessions, services.pipeline(lambda _inputs: b""), health=monitor)
 
 
 @pytest.fixture
@@ -159,7 +157,7 @@ def test_health_of_one_check_and_404_for_unknown_names(services: Services, monit
 
 
 def test_health_without_a_monitor_is_empty(services: Services) -> None:
-    assert client_for(services, None).get("/health").json() == {"status": "ok", "checks": {}}
+    assert client_for(services, None).get("/health").json() == {"status": "ok", "checks": {}, "notices": []}
 
 
 # -- a hung peer -----------------------------------------------------------------------------------

@@ -18,11 +18,12 @@ from sqlalchemy import update
 from fulfilment.errors import StepError
 from fulfilment.models import Order, OrderStatus, Outcome, Step, transaction
 from fulfilment.pipeline import Pipeline, final_pdf_key
-from healer.app import BEING_RESTORED, GONE, AppContext, create_app
 from healer.audit import Action, Remediation, Result
 from healer.config import RemediationMode
+from healer.http.public import BEING_RESTORED, GONE
 from healer.metrics import Metrics
 from healer.remediate import Audit, PdfRestorer, Remediator
+from tests.fakes.http_fixtures import public_client
 from tests.fakes.shop_fixtures import Shop
 
 OWNER = "test-worker"
@@ -69,9 +70,8 @@ def make_rig(shop: Shop) -> Iterator[Callable[..., Rig]]:
         audit = Audit(shop.sessions, metrics, mode)
         restorer = PdfRestorer(pipeline.rerender, audit, max_attempts=max_attempts, render_blocked=render_blocked)
         remediator = Remediator(audit, pdfs=restorer)
-        app = create_app(AppContext(shop.sessions, pipeline, shop.store, None,
-                                    restore_pdf=remediator.on_missing_download))
-        made.append(Rig(shop, pipeline, metrics, TestClient(app, follow_redirects=False), remediator))
+        client = public_client(shop.sessions, pipeline, shop.store, restore_pdf=remediator.on_missing_download)
+        made.append(Rig(shop, pipeline, metrics, client, remediator))
         return made[-1]
 
     yield make
@@ -180,7 +180,7 @@ def test_a_refunded_orders_lost_pdf_is_not_rendered_again(shop: Shop, make_rig: 
     with transaction(shop.sessions) as session:
         session.execute(update(Order).where(Order.id == order_id).values(status=OrderStatus.REFUNDED.value))
 
-    assert r.download(order_id)[0] == 404
+    assert r.download(order_id)[0] == 410  # gone for good: a refunded order has no poster to give
     assert r.rows() == []
 
 

@@ -1,0 +1,7 @@
+"""HTTP: two listeners with two apps, so that what customers can reach is only what they need.
+
+- `public` (HEALER_HTTP_HOST/PORT): customers, Stripe and SendGrid: completion, the customer's view
+  of an order, download links, webhooks. Everything else is 404 there: no health, metrics or docs.
+- `operator` (HEALER_OPS_HOST/PORT, a private network): probes, health, metrics, the operator view
+  of orders and the admin API, and both OpenAPI schemas.
+"""
