@@ -4,7 +4,9 @@
 transaction, and its result (new status + one `order_events` row) is committed in one transaction
 guarded by the lease, so a worker that lost its lease can never overwrite another's progress.
 Work is claimed with a compare-and-set UPDATE (owner + expiry): several daemons can share one
-database, and an order held by a dead worker is picked up again once its lease expires.
+database, and an order held by a dead worker is picked up again once its lease expires. Lease
+expiry and due times are on the database's clock (fulfilment.leases), so daemons whose clocks
+disagree still agree on who holds what, and a lease is renewed while a step runs.
 
 This module is the one boundary where step failures are caught, classified and scheduled.
 """
@@ -19,7 +21,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import PurePosixPath
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
@@ -29,6 +31,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponent
 from tenacity.stop import stop_base
 
 from fulfilment.errors import ErrorClass, StepError, one_line
+from fulfilment.leases import LeaseKeeper, database_time, db_later, db_now, renew_lease
 from fulfilment.mailer import Mailer, download_email
 from fulfilment.models import Order, OrderEvent, OrderStatus, Outcome, Step, transaction, utcnow
 from fulfilment.payments import Payments
@@ -154,21 +157,22 @@ class Pipeline:
         self.render = render
         self.public_base_url = public_base_url.rstrip("/")
         self.retry_policy = retry
-        self.lease = timedelta(seconds=lease_seconds)
+        self.lease_seconds = lease_seconds
         self.gate = gate
-        self.gate_wait = timedelta(seconds=gate_wait_seconds)
+        self.gate_wait_seconds = gate_wait_seconds
         self.observe = observe
+        # The daemon's clock stamps facts (story lines, when a payment was verified or an email
+        # sent); who holds a lease and when an order is due are on the database's clock.
         self.clock = clock
 
     # -- queue ---------------------------------------------------------------------------------
 
     def claim(self, owner: str, limit: int, exclude: Collection[uuid.UUID] = ()) -> list[uuid.UUID]:
         """Lease up to `limit` due orders to `owner`, oldest due first."""
-        now = self.clock()
         with self._transaction() as session:
             candidates = session.scalars(
                 select(Order.id)
-                .where(Order.status.in_(ACTIVE), Order.next_attempt_at <= now, _lease_free(owner, now))
+                .where(Order.status.in_(ACTIVE), Order.next_attempt_at <= db_now(), _lease_free(owner))
                 .order_by(Order.next_attempt_at)
                 .limit(limit + len(exclude))
             ).all()
@@ -182,12 +186,11 @@ class Pipeline:
 
     def claim_order(self, order_id: uuid.UUID, owner: str) -> bool:
         """Compare-and-set: take the lease only if nobody else holds a live one."""
-        now = self.clock()
         with self._transaction() as session:
             taken = session.execute(
                 update(Order)
-                .where(Order.id == order_id, Order.status.in_(ACTIVE), _lease_free(owner, now))
-                .values(lease_owner=owner, lease_expires_at=now + self.lease)
+                .where(Order.id == order_id, Order.status.in_(ACTIVE), _lease_free(owner))
+                .values(lease_owner=owner, lease_expires_at=db_later(self.lease_seconds))
             )
             return bool(taken.rowcount == 1)  # type: ignore[attr-defined]
 
@@ -235,7 +238,8 @@ class Pipeline:
             if order is None:
                 raise OrderNotFound(str(order_id))
             status = order.order_status
-            if order.lease_expires_at is not None and order.lease_expires_at > self.clock():
+            now = database_time(session)  # the clock the lease was written on
+            if order.lease_expires_at is not None and order.lease_expires_at > now:
                 log.warning("Order %s not re-queued: %s holds it right now", order_id, order.lease_owner)
                 return status
             if status is OrderStatus.NEEDS_ATTENTION:
@@ -247,7 +251,7 @@ class Pipeline:
                 return status
             order.status = status.value
             order.attempts = 0
-            order.next_attempt_at = self.clock()
+            order.next_attempt_at = now
             self._add_event(session, order_id, NEXT_STEP[status], Outcome.REQUEUED, None, reason)
         log.info("Order %s re-queued at %s: %s", order_id, status.value, reason)
         return status
@@ -269,7 +273,7 @@ class Pipeline:
                    or_(Order.stripe_payment_intent_id.is_(None),
                        Order.stripe_payment_intent_id == payment_intent_id))
             .values(status=OrderStatus.PAID.value, paid_at=paid_at, payment_verified_at=now,
-                    stripe_payment_intent_id=payment_intent_id, attempts=0, next_attempt_at=now,
+                    stripe_payment_intent_id=payment_intent_id, attempts=0, next_attempt_at=db_now(),
                     last_error_step=None, last_error_class=None, last_error=None,
                     # A worker mid-verification must not overwrite this with its stale answer.
                     lease_owner=None, lease_expires_at=None)
@@ -324,9 +328,9 @@ class Pipeline:
                 .where(
                     Order.status.in_(statuses),
                     Order.last_error.startswith(WAITING_PREFIX, autoescape=True),
-                    Order.next_attempt_at > self.clock(),
+                    Order.next_attempt_at > db_now(),
                 )
-                .values(next_attempt_at=self.clock())
+                .values(next_attempt_at=db_now())
             )
             count = int(resumed.rowcount or 0)  # type: ignore[attr-defined]
         if count:
@@ -338,7 +342,7 @@ class Pipeline:
         if only_if_idle:  # do not cut a running backoff short because the customer clicked again
             condition.append(Order.next_attempt_at.is_(None))
         with self._transaction() as session:
-            session.execute(update(Order).where(*condition).values(next_attempt_at=self.clock()))
+            session.execute(update(Order).where(*condition).values(next_attempt_at=db_now()))
 
     def get(self, order_id: uuid.UUID) -> Order:
         with self.sessions() as session:
@@ -383,7 +387,7 @@ class Pipeline:
         order = self.get(order_id)
         if order.lease_owner != owner or order.order_status not in NEXT_STEP:
             return None
-        if order.lease_expires_at is not None and order.lease_expires_at <= self.clock():
+        if not self._renew(order, owner):
             return None  # ours no longer: another daemon may claim it any moment, so start nothing
         step = NEXT_STEP[order.order_status]
         if step is Step.VERIFY_PAYMENT and not self.payments.enabled:
@@ -392,7 +396,8 @@ class Pipeline:
             return self._wait(order, step, owner, reason)
         started = time.monotonic()
         try:
-            done = self._execute(step, order)
+            with self._keeping_lease(order, owner, step):
+                done = self._execute(step, order)
         except StepError as error:
             return self._fail(order, step, owner, started, error)
         except SQLAlchemyError as error:
@@ -403,6 +408,19 @@ class Pipeline:
             log.exception("Unexpected error in step %s for order %s", step.value, order_id)
             return self._fail(order, step, owner, started, StepError(ErrorClass.INTERNAL, one_line(error, 500)))
         return self._succeed(order, step, owner, started, done, stopping)
+
+    def _renew(self, order: Order, owner: str) -> bool:
+        """Renew-or-fail before a step starts: the lease must still be live on the database's
+        clock, and a step that starts gets a full lease."""
+        with self._transaction() as session:
+            return renew_lease(session, order.id, owner, order.order_status, self.lease_seconds,
+                               only_if_live=True)
+
+    def _keeping_lease(self, order: Order, owner: str, step: Step) -> LeaseKeeper:
+        # Renewed while the step's own work runs, not while its result is recorded: that commit
+        # stamps a fresh lease itself, and moves the order past the status renewals are guarded by.
+        return LeaseKeeper(self.sessions, order.id, owner, order.order_status, self.lease_seconds,
+                           doing=step.value)
 
     def _execute(self, step: Step, order: Order) -> _Done:
         return {
@@ -579,7 +597,7 @@ class Pipeline:
             nonlocal attempts
             attempts += 1
             now = self.clock()
-            if self._commit(order.id, owner, step, self._done_values(done, now), Outcome.OK, started, done.message,
+            if self._commit(order.id, owner, step, self._done_values(done), Outcome.OK, started, done.message,
                             from_status=order.order_status):
                 return now
             return now if attempts > 1 and self._recorded_by(order.id, step, owner) else None
@@ -596,12 +614,12 @@ class Pipeline:
             log.info("Recorded %s for order %s after %d attempts", step.value, order.id, attempts)
         return recorded_at
 
-    def _done_values(self, done: _Done, now: datetime) -> dict[str, object]:
+    def _done_values(self, done: _Done) -> dict[str, object]:
         values = dict(done.values)
         values.update(status=done.status.value, attempts=0, last_error_step=None, last_error_class=None,
                       last_error=None)
         if done.status in NEXT_STEP:
-            values.update(next_attempt_at=now, lease_expires_at=now + self.lease)
+            values.update(next_attempt_at=db_now(), lease_expires_at=db_later(self.lease_seconds))
         else:
             values.update(next_attempt_at=None, lease_owner=None, lease_expires_at=None)
         return values
@@ -634,7 +652,7 @@ class Pipeline:
                       attempts, step.value, error.error_class.value, error.message)
         else:
             delay = self.retry_policy.delay(attempts)
-            values["next_attempt_at"] = self.clock() + timedelta(seconds=delay)
+            values["next_attempt_at"] = db_later(delay)
             outcome, status = Outcome.FAILED, order.order_status
             log.warning("Step %s failed for order %s (attempt %d, retry in %.0fs): %s: %s", step.value,
                         order.id, attempts, delay, error.error_class.value, error.message)
@@ -657,7 +675,7 @@ class Pipeline:
     def _wait(self, order: Order, step: Step, owner: str, reason: str) -> StepResult:
         message = f"{WAITING_PREFIX}{reason}"
         values: dict[str, object] = {
-            "next_attempt_at": self.clock() + self.gate_wait,
+            "next_attempt_at": db_later(self.gate_wait_seconds),
             "lease_owner": None,
             "lease_expires_at": None,
             "last_error_step": step.value,
@@ -738,10 +756,10 @@ def awaiting_payment_clause() -> ColumnElement[bool]:
     )
 
 
-def _lease_free(owner: str, now: datetime) -> ColumnElement[bool]:
+def _lease_free(owner: str) -> ColumnElement[bool]:
     return or_(
         Order.lease_expires_at.is_(None),
-        Order.lease_expires_at < now,
+        Order.lease_expires_at < db_now(),
         Order.lease_owner == owner,  # our own, left behind by a step whose commit failed
     )
 
