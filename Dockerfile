@@ -1,6 +1,4 @@
 # The healer daemon, as docker-compose.yml runs it. Build: `docker build -t healer .`
-# Runtime dependencies are installed at the versions pinned in requirements.lock (used as
-# constraints, so the test-only packages in the lock stay out of the image).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -10,16 +8,23 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /src
 
-# Dependencies first: this layer is rebuilt only when the lock or the dependency list changes.
-COPY pyproject.toml requirements.lock ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > runtime-requirements.txt \
-    && pip install -r runtime-requirements.txt -c requirements.lock
+# Dependencies first: this layer is rebuilt only when the lock changes.
+#
+# From requirements-runtime.lock, not requirements.lock: that one also pins the test tools
+# (pytest, moto, schemathesis...), which have no place in the image, and pip's hash-checking mode
+# cannot use a lock as constraints (`-c`) to pick the runtime subset out of it. scripts/lock.sh
+# makes both locks from pyproject.toml with one resolver, the runtime lock constrained by the full
+# one, so the image runs exactly the versions the tests ran. --require-hashes: every file pip
+# downloads must match a sha256 in the lock; --no-deps: nothing outside the lock gets in. The lock
+# holds the build backend (setuptools, wheel) too, so installing healer below needs no index.
+COPY requirements-runtime.lock ./
+RUN pip install --require-hashes --no-deps -r requirements-runtime.lock
 
+COPY pyproject.toml ./
 COPY healer ./healer
 COPY checks ./checks
 COPY fulfilment ./fulfilment
-RUN pip install --no-deps . && rm -rf /src
+RUN pip install --no-deps --no-build-isolation --no-index . && rm -rf /src
 
 # Poster assets, read at run time from /app (the default HEALER_ASSETS_DIR in the image).
 WORKDIR /app
@@ -31,16 +36,23 @@ COPY backgrounds ./backgrounds
 RUN useradd --system --user-group --uid 10001 --home-dir /var/lib/healer --create-home healer
 USER healer
 
+# Two listeners. HEALER_HTTP_*: the public one (completion API, downloads, Stripe webhook).
+# HEALER_OPS_*: the operator one (/livez, /readyz, /health, /metrics, /docs, admin API). Both listen
+# on every interface of the container, so that Prometheus on the compose network can scrape 8081;
+# only 8080 is exposed and published. Never publish 8081 (`-p 8081:8081`) to the internet.
 ENV HEALER_HTTP_HOST=0.0.0.0 \
     HEALER_HTTP_PORT=8080 \
+    HEALER_OPS_HOST=0.0.0.0 \
+    HEALER_OPS_PORT=8081 \
     HEALER_DATA_DIR=/var/lib/healer \
     HEALER_ASSETS_DIR=/app
 VOLUME ["/var/lib/healer"]
 EXPOSE 8080
 
-# /livez: the process answers and its scheduler jobs are succeeding (a wedged worker fails it).
+# /livez, on the operator port: the process answers and its scheduler jobs are succeeding (a
+# wedged worker fails it).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/livez' % os.environ.get('HEALER_HTTP_PORT', '8080'), timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/livez' % os.environ.get('HEALER_OPS_PORT', '8081'), timeout=4)"]
 
 # Migrate, then replace the shell with the daemon so it gets SIGTERM and stops cleanly.
 CMD ["sh", "-c", "healer db upgrade && exec healer run"]

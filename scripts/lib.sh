@@ -8,14 +8,16 @@ quiet_pip() {
     .venv/bin/pip --quiet "$@" 2> >(grep -v "^WARNING: Location 'file://" >&2)
 }
 
-# A virtualenv in .venv with the pinned dependencies and healer itself (editable).
+# A virtualenv in .venv with the pinned dependencies and healer itself (editable). Every file pip
+# installs from the lock must match one of its sha256 hashes (scripts/lock.sh regenerates it);
+# pip itself is upgraded first, outside the lock, and healer is installed from this tree.
 ensure_python_env() {
     local stamp=.venv/.installed-$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-16)
     if [ -f "$stamp" ]; then return; fi
     log "installing Python packages from requirements.lock into .venv"
     python3 -m venv .venv
     quiet_pip install --upgrade pip
-    quiet_pip install -r requirements.lock
+    quiet_pip install --require-hashes -r requirements.lock
     quiet_pip install --no-deps -e .
     rm -f .venv/.installed-* && touch "$stamp"
 }

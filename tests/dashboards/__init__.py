@@ -12,9 +12,11 @@ the syntax for real.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,6 +64,7 @@ _INSTALL = {
     "prometheus": "apt-get install prometheus",
     "amtool": "apt-get install prometheus-alertmanager",
     "docker-compose": "apt-get install docker-compose",
+    "haproxy": "apt-get install haproxy",
 }
 
 
@@ -75,8 +78,58 @@ def require_tool(name: str) -> str:
     return path
 
 
-def run_tool(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False)
+def run_tool(
+    args: list[str], timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False, env=env)
+
+
+# -- the compose stack -------------------------------------------------------------------------
+
+COMPOSE_FILE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "Dockerfile"
+
+
+def compose_command() -> list[str]:
+    """`docker compose` (the v2 plugin) when the docker CLI has it, else `docker-compose` (v1)."""
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0:
+        return [docker, "compose"]
+    return [require_tool("docker-compose")]
+
+
+def compose_variables() -> set[str]:
+    """Every variable docker-compose.yml interpolates (`${NAME...}`; `$$` is a literal dollar)."""
+    text = COMPOSE_FILE.read_text().replace("$$", "")
+    return set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text))
+
+
+def required_compose_variables() -> set[str]:
+    """The variables docker-compose.yml refuses to run without (`${NAME:?message}`)."""
+    return set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?", COMPOSE_FILE.read_text().replace("$$", "")))
+
+
+def compose_env(**overrides: str | None) -> dict[str, str]:
+    """The environment for `compose config`: this process's, less every variable the file reads
+    (the machine's own must not decide the test), plus a stand-in for each required one. An
+    override of None leaves that variable unset."""
+    env = {k: v for k, v in os.environ.items() if k not in compose_variables()}
+    values: dict[str, str | None] = {name: f"{name.lower().replace('_', '-')}-test-value"
+                                     for name in required_compose_variables()}
+    values.update(overrides)
+    env.update({k: v for k, v in values.items() if v is not None})
+    return env
+
+
+def run_compose_config(env: dict[str, str], env_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`compose config` on docker-compose.yml. `env_file` replaces the `.env` beside it (a
+    developer's real one must not decide the test): by default an empty one."""
+    with tempfile.TemporaryDirectory(prefix="healer-compose-") as empty:
+        if env_file is None:
+            env_file = Path(empty) / "empty.env"
+            env_file.write_text("")
+        return run_tool(compose_command() + ["--file", str(COMPOSE_FILE), "--env-file", str(env_file), "config"],
+                        env=env)
 
 
 # -- dashboards --------------------------------------------------------------------------------

@@ -3,15 +3,16 @@ runs is health-checked, the configuration it mounts exists and is valid for its 
 Dockerfile builds the daemon the way docs/operations.md describes.
 
 No engine is needed: `config` only reads and normalises the file, and the Dockerfile is read, not
-built (building needs the base image from a registry this machine cannot reach).
+built (building needs the base image from a registry this machine cannot reach). The stack needs
+its secrets set (`${VAR:?}`): `config` runs with a stand-in for each. What keeps the stack safe
+(the socket proxy, the unpublished operator port, no default secrets, pinned images, hashed locks)
+is tested in tests/security/test_deployment.py.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
-import shutil
-import subprocess
 import tomllib
 from functools import cache
 from typing import Any
@@ -19,23 +20,24 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.dashboards import ALERTMANAGER_CONFIG, PROMETHEUS_CONFIG, REPO, require_tool, run_tool
+from tests.dashboards import (
+    ALERTMANAGER_CONFIG,
+    PROMETHEUS_CONFIG,
+    REPO,
+    compose_env,
+    require_tool,
+    run_compose_config,
+    run_tool,
+)
 
 ONE_SHOT = {"minio-init"}  # runs once and exits: nothing to health-check
 AUTOHEAL = {"minio", "prometheus", "alertmanager", "grafana"}  # safe for healer to restart
-
-
-def compose_command() -> list[str]:
-    """`docker compose` (the v2 plugin) when the docker CLI has it, else `docker-compose` (v1)."""
-    docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0:
-        return [docker, "compose"]
-    return [require_tool("docker-compose")]
+SOCKET_PROXY = "docker-socket-proxy"
 
 
 @cache
 def compose_config() -> dict[str, Any]:
-    result = run_tool(compose_command() + ["--file", str(REPO / "docker-compose.yml"), "config"])
+    result = run_compose_config(compose_env())
     assert result.returncode == 0, result.stdout + result.stderr
     return dict(yaml.safe_load(result.stdout))
 
@@ -61,7 +63,8 @@ def test_compose_accepts_the_stack() -> None:
 def test_the_stack_has_the_shops_production_shape() -> None:
     found = services()
 
-    assert {"postgres", "minio", "minio-init", "healer", "prometheus", "alertmanager", "grafana"} <= set(found)
+    assert {"postgres", "minio", "minio-init", "healer", SOCKET_PROXY, "prometheus", "alertmanager",
+            "grafana"} <= set(found)
     assert found["postgres"]["image"].startswith("postgres:")
     assert found["healer"]["build"]["context"] == str(REPO)
     assert found["healer"]["build"]["dockerfile"] == "Dockerfile"
@@ -93,6 +96,7 @@ def test_the_daemon_listens_on_all_interfaces_and_waits_for_its_peers() -> None:
     assert healer["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert healer["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
     assert "/livez" in " ".join(healer["healthcheck"]["test"])
+    assert "HEALER_OPS_PORT" in " ".join(healer["healthcheck"]["test"])  # the operator listener
 
 
 def test_the_monitoring_services_mount_this_repositorys_configuration() -> None:
@@ -120,6 +124,9 @@ def test_prometheus_config_is_valid_and_loads_the_rules() -> None:
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     assert config["rule_files"] == ["alerts.yml"]
     assert config["scrape_configs"][0]["job_name"] == "healer"
+    # The operator listener, over the compose network: the public one (8080) serves no /metrics.
+    assert config["scrape_configs"][0]["static_configs"] == [{"targets": ["healer:8081"]}]
+    assert services()["healer"]["environment"]["HEALER_OPS_PORT"] == "8081"
 
 
 def test_alertmanager_config_is_valid() -> None:
@@ -138,8 +145,9 @@ def test_the_image_installs_the_locked_versions_and_copies_the_assets_to_app() -
     runs = " ".join(instructions("RUN"))
     copies = instructions("COPY")
 
-    assert "-c requirements.lock" in runs
-    assert any("requirements.lock" in c for c in copies)
+    assert "pip install --require-hashes --no-deps -r requirements-runtime.lock" in runs
+    assert "--no-build-isolation --no-index ." in runs  # healer itself: nothing from an index
+    assert any("requirements-runtime.lock" in c for c in copies)
     assert "/app" in instructions("WORKDIR")
     for assets in ("fonts", "templates", "backgrounds"):
         assert f"{assets} ./{assets}" in copies, assets
@@ -149,19 +157,23 @@ def test_the_image_migrates_then_runs_the_daemon_with_a_livez_healthcheck() -> N
     env = " ".join(instructions("ENV"))
 
     assert "HEALER_HTTP_HOST=0.0.0.0" in env
+    assert "HEALER_OPS_HOST=0.0.0.0" in env and "HEALER_OPS_PORT=8081" in env
     assert "HEALER_ASSETS_DIR=/app" in env
     assert "/livez" in instructions("HEALTHCHECK")[0]
+    assert "HEALER_OPS_PORT" in instructions("HEALTHCHECK")[0]
     assert re.search(r"healer db upgrade && exec healer run", instructions("CMD")[0])
 
 
-def test_every_runtime_dependency_is_pinned_in_the_lock() -> None:
-    """The image installs pyproject's dependencies constrained by the lock: each must be pinned."""
+@pytest.mark.parametrize("lock", ["requirements.lock", "requirements-runtime.lock"])
+def test_every_runtime_dependency_is_pinned_in_the_lock(lock: str) -> None:
+    """.venv installs requirements.lock, the image requirements-runtime.lock: each pins every
+    dependency pyproject.toml names (hash-checking mode installs nothing unpinned)."""
     def normal(name: str) -> str:
         return re.sub(r"[-_.]+", "-", name).lower()
 
     dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    pinned = {normal(line.split("==")[0]) for line in (REPO / "requirements.lock").read_text().splitlines()
-              if "==" in line and not line.startswith("#")}
+    pinned = {normal(line.split("==")[0]) for line in (REPO / lock).read_text().splitlines()
+              if "==" in line and not line.startswith((" ", "#"))}
     names = {normal(re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]) for d in dependencies}
 
     assert names - pinned == set()
@@ -179,9 +191,10 @@ def test_everything_the_dockerfile_copies_is_in_the_build_context() -> None:
         assert package in sources
 
 
-@pytest.mark.parametrize("name", sorted(AUTOHEAL | {"healer", "postgres"}))
+@pytest.mark.parametrize("name", sorted(AUTOHEAL | {"healer", "postgres", SOCKET_PROXY}))
 def test_healthchecks_use_a_command_the_image_has(name: str) -> None:
-    """Slim images have no curl: healer probes with Python, the Prometheus family with busybox wget."""
+    """Slim images have no curl: healer probes with Python, the Prometheus family and the socket
+    proxy (Alpine) with busybox wget."""
     test = services()[name]["healthcheck"]["test"]
     command = test[1] if test[0] in ("CMD", "CMD-SHELL") else test[0]
 

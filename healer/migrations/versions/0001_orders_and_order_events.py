@@ -70,6 +70,32 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Dropping these tables destroys every order and its story: customers' paid posters, their
+    # download links, the payment each was verified against. Only an empty schema goes quietly.
+    from alembic import context
+    from alembic.util import CommandError
+
+    how = (
+        "To go back to an older release, run that release against this schema, or restore the "
+        "database from a backup taken before `healer db upgrade`. If the orders really must go, save "
+        "them first (`pg_dump --data-only -t orders -t order_events`), delete them yourself, then "
+        "downgrade again."
+    )
+    if context.is_offline_mode():
+        raise CommandError(
+            "Refusing to generate SQL that drops the orders and order_events tables: offline (--sql) "
+            "mode cannot tell whether they hold orders, and dropping them would destroy every order. " + how
+        )
+    bind = op.get_bind()
+    orders = bind.execute(sa.text('SELECT count(*) FROM orders')).scalar_one()
+    events = bind.execute(sa.text('SELECT count(*) FROM order_events')).scalar_one()
+    if orders or events:
+        raise CommandError(
+            f"Refusing to downgrade revision 0001: it would drop the orders and order_events tables, "
+            f"destroying {orders} order(s) and {events} order event(s). Nothing was changed: the whole "
+            f"downgrade is rolled back. " + how
+        )
+
     with op.batch_alter_table('order_events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_order_events_order_id'))
 

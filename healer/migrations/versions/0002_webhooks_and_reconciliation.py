@@ -79,6 +79,32 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # orphan_payments holds money facts: customers who paid with no order to fulfil, each still to be
+    # refunded or claimed. Dropping it forgets them (reconciliation reads Stripe 3 days back only),
+    # so the downgrade refuses while it holds any. The other tables are healer's own bookkeeping:
+    # event ids (replays are handled idempotently anyway), the reconcile cursor and history, and
+    # which orders got a "delayed" email.
+    from alembic import context
+    from alembic.util import CommandError
+
+    how = (
+        "Deal with them first (`healer orphans list --all --json`: refund or claim each), or save "
+        "them (`pg_dump --data-only -t orphan_payments`) and delete them yourself, then downgrade "
+        "again; or restore the database from a backup taken before `healer db upgrade`."
+    )
+    if context.is_offline_mode():
+        raise CommandError(
+            "Refusing to generate SQL that drops the orphan_payments table: offline (--sql) mode cannot "
+            "tell whether it records payments without an order. " + how
+        )
+    orphans = op.get_bind().execute(sa.text('SELECT count(*) FROM orphan_payments')).scalar_one()
+    if orphans:
+        raise CommandError(
+            f"Refusing to downgrade revision 0002: it would drop the orphan_payments table, forgetting "
+            f"{orphans} payment(s) that no order claims (customers' money to refund or match). Nothing "
+            f"was changed: the whole downgrade is rolled back. " + how
+        )
+
     op.drop_table('order_notices')
     op.drop_table('orphan_payments')
     op.drop_table('reconcile_state')

@@ -26,6 +26,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if op.get_context().dialect.name == 'sqlite':
+        # SQLite commits the CREATE of the batch's copy at once: a downgrade refused further down
+        # (0001 keeps orders) rolls the rest back and leaves this empty copy, which would stop the
+        # next attempt. It never holds data a finished downgrade needs.
+        op.execute('DROP TABLE IF EXISTS _alembic_tmp_orphan_payments')
     with op.batch_alter_table('orphan_payments') as batch:  # SQLite: a table copy, where needed
         batch.drop_column('resolution')
         batch.drop_column('resolved_at')
