@@ -16,6 +16,10 @@ that succeeds late is still found, while an abandoned checkout costs about ten r
 
 Stripe rate limits (429), 5xx and network errors are retried with exponential backoff, honouring
 Retry-After. One daemon reconciles at a time: a PostgreSQL advisory lock, or a lease row on SQLite.
+
+Leases are on the database's clock (fulfilment.leases): an order's, when deciding whether it is
+stuck, and the SQLite reconcile lease. The reconciler's own clock (`clock`) measures the window,
+the SLA and checkout ages against Stripe's and the daemon's timestamps, and stamps the run records.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from fulfilment.leases import db_later, db_now
 from fulfilment.models import Order, OrderStatus, transaction, utcnow
 from fulfilment.payments import StripePayments
 from fulfilment.pipeline import ACTIVE, Pipeline, awaiting_payment_clause
@@ -259,7 +264,7 @@ class Reconciler:
         order_ids = {oid for p in payments if (oid := parse_order_id(p.metadata_order_id))}
         with self.sessions() as session:
             return list(session.execute(
-                select(*order_columns()).where(or_(
+                select(*_matching_columns()).where(or_(
                     Order.id.in_(order_ids),
                     Order.stripe_payment_intent_id.in_([p.id for p in payments]),
                 ))
@@ -283,11 +288,12 @@ class Reconciler:
         return None
 
     def _stuck(self, order: Row[Any], now: datetime) -> bool:
-        # The same test as healer.stuck's query, on the row the page's query already fetched.
+        # The same test as healer.stuck's query, on the row the page's query already fetched:
+        # the SLA on our clock, the lease as the database judged it when it read the row.
         return bool(
             order.status in ACTIVE and order.paid_at is not None
             and order.paid_at < now - timedelta(seconds=self.config.sla_seconds)
-            and (order.lease_expires_at is None or order.lease_expires_at < now)
+            and order.lease_free
             and order.next_attempt_at is None
         )
 
@@ -393,7 +399,7 @@ class Reconciler:
         c = self.config
         with self.sessions() as session:
             rows = session.execute(
-                select(*order_columns(), Order.created_at)
+                select(*_matching_columns(), Order.created_at)
                 .where(awaiting_payment_clause(),  # incl. orders that gave up at verification
                        Order.stripe_payment_intent_id.is_not(None),
                        Order.next_attempt_at.is_(None),  # queued ones are verified by the worker
@@ -532,6 +538,14 @@ def crossed_checkpoint(age: float, since_last_run: float | None, first: float) -
     return False
 
 
+def _matching_columns() -> tuple[Any, ...]:
+    """healer.webhooks' columns for matching a payment to an order, and `lease_free`: nobody holds
+    the order's lease. The database says so, on the clock the lease was written on: ours may be
+    off (fulfilment.leases)."""
+    free = or_(Order.lease_expires_at.is_(None), Order.lease_expires_at < db_now())
+    return (*order_columns(), free.label("lease_free"))
+
+
 def _covered(intents: list[dict[str, Any]], window_start: datetime, now: datetime) -> float:
     """How far back (newest first) the listing has got, as a share of the window."""
     if not intents:
@@ -599,26 +613,26 @@ class AdvisoryLock:
 
 
 class LeaseLock:
-    """For SQLite: a lease on the reconcile state row (owner + expiry, compare-and-set)."""
+    """For SQLite: a lease on the reconcile state row (owner + expiry, compare-and-set), on the
+    database's clock like every lease, so a daemon whose clock is off neither takes the lease
+    while its holder reconciles nor writes one that is born expired (fulfilment.leases)."""
 
     def __init__(self, sessions: sessionmaker[Session], owner: str,
-                 lease_seconds: int = LEASE_SECONDS, clock: Callable[[], datetime] = utcnow) -> None:
+                 lease_seconds: int = LEASE_SECONDS) -> None:
         self.sessions = sessions
         self.owner = owner
-        self.lease = timedelta(seconds=lease_seconds)
-        self.clock = clock
+        self.lease_seconds = lease_seconds
 
     def acquire(self) -> bool:
-        now = self.clock()
         with transaction(self.sessions) as session:
             insert_once(session, ReconcileState, name=STATE)
             taken = session.execute(
                 update(ReconcileState)
                 .where(ReconcileState.name == STATE, or_(
                     ReconcileState.lease_expires_at.is_(None),
-                    ReconcileState.lease_expires_at < now,
+                    ReconcileState.lease_expires_at < db_now(),
                     ReconcileState.lease_owner == self.owner))
-                .values(lease_owner=self.owner, lease_expires_at=now + self.lease)
+                .values(lease_owner=self.owner, lease_expires_at=db_later(self.lease_seconds))
             )
             return bool(taken.rowcount == 1)  # type: ignore[attr-defined]
 

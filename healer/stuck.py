@@ -12,6 +12,13 @@ pipeline: a re-queued order whose next step depends on a failing check waits wit
 Two optional, off-by-default policies ride on the same sweep: a "your poster is delayed" email
 once an order is past a longer SLA (once per order), and a refund of an order that has given up
 for good (idempotent: one `Idempotency-Key` per order, so a retried or concurrent refund is one).
+
+Leases, here as everywhere, are on the database's clock (fulfilment.leases): whether a lease is
+live, and when a refund's hold runs out, is the database's to say, so a daemon whose clock is off
+neither takes an order another daemon holds nor writes a hold that is born expired. The SLA and
+the grace periods are measured from facts (when a payment was made, when an order gave up),
+stamped by Stripe or a daemon's clock, and stay on the daemon's clock (`clock`), as do the story
+lines it writes.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, u
 from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.errors import StepError
+from fulfilment.leases import db_later, db_now
 from fulfilment.mailer import Email, Mailer, single_line
 from fulfilment.models import Order, OrderEvent, OrderStatus, Outcome, transaction, utcnow
 from fulfilment.pipeline import ACTIVE, NEXT_STEP, Pipeline
@@ -38,6 +46,9 @@ log = logging.getLogger(__name__)
 
 # An operator's working day to fix the cause and retry before the money goes back on its own.
 REFUND_GRACE_SECONDS = 86_400
+# How long a refund holds its order: far longer than one Stripe call, short enough that a daemon
+# dying mid-refund leaves the order to the next sweep soon.
+REFUND_HOLD_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -75,11 +86,13 @@ def find_stuck(
 
 
 def _stuck(now: datetime, sla_seconds: int) -> tuple[ColumnElement[bool], ...]:
+    # `now` is the daemon's clock, for the SLA only (paid_at is a fact, not a lease); whether
+    # somebody works on the order is judged on the clock its lease was written on.
     return (
         Order.status.in_(ACTIVE),
         Order.paid_at.is_not(None),
         Order.paid_at < now - timedelta(seconds=sla_seconds),
-        or_(Order.lease_expires_at.is_(None), Order.lease_expires_at < now),
+        or_(Order.lease_expires_at.is_(None), Order.lease_expires_at < db_now()),
         # Never queued: nobody will ever take it. An order in backoff is not stuck, it waits its
         # retry (re-queueing it would burn its attempts in minutes); a due one the worker takes.
         Order.next_attempt_at.is_(None),
@@ -223,7 +236,7 @@ def refund_failed_orders(
         ).all()
     refunded = []
     for row in rows:
-        if not _hold_for_refund(sessions, row.id, now):
+        if not _hold_for_refund(sessions, row.id):
             continue
         if _refund(sessions, pipeline, client, row.id, row.stripe_payment_intent_id):
             refunded.append(row.id)
@@ -241,14 +254,15 @@ def _release_refund_hold(sessions: sessionmaker[Session], order_id: uuid.UUID) -
                         .values(lease_owner=None, lease_expires_at=None))
 
 
-def _hold_for_refund(sessions: sessionmaker[Session], order_id: uuid.UUID, now: datetime) -> bool:
-    """Lease the order to the refund first: an operator's retry meanwhile is refused, not raced."""
+def _hold_for_refund(sessions: sessionmaker[Session], order_id: uuid.UUID) -> bool:
+    """Lease the order to the refund first: an operator's retry meanwhile is refused, not raced.
+    Another daemon's live hold (on the database's clock) means that daemon is refunding it."""
     with transaction(sessions) as session:
         held = session.execute(
             update(Order)
             .where(Order.id == order_id, Order.status == OrderStatus.NEEDS_ATTENTION.value,
-                   or_(Order.lease_expires_at.is_(None), Order.lease_expires_at < now))
-            .values(lease_owner=REFUND_HOLDER, lease_expires_at=now + timedelta(minutes=10))
+                   or_(Order.lease_expires_at.is_(None), Order.lease_expires_at < db_now()))
+            .values(lease_owner=REFUND_HOLDER, lease_expires_at=db_later(REFUND_HOLD_SECONDS))
         )
         return bool(held.rowcount == 1)  # type: ignore[attr-defined]
 

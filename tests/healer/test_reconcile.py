@@ -18,6 +18,7 @@ from alembic.migration import MigrationContext
 from rich.console import Console
 from sqlalchemy import Engine, event, select, update
 
+from fulfilment.leases import db_later
 from fulfilment.models import Base, Order, transaction, utcnow
 from fulfilment.payments import StripePayments
 from healer import db
@@ -380,14 +381,14 @@ def test_one_reconciler_at_a_time_on_postgresql(shop: Shop, pg_url: str) -> None
 
 def test_lease_lock_on_sqlite_lets_one_owner_in_until_it_expires(sqlite_engine: Engine) -> None:
     sessions = db.make_session_factory(sqlite_engine)
-    now = [utcnow()]
-    one = LeaseLock(sessions, "daemon-1", lease_seconds=60, clock=lambda: now[0])
-    two = LeaseLock(sessions, "daemon-2", lease_seconds=60, clock=lambda: now[0])
+    one = LeaseLock(sessions, "daemon-1", lease_seconds=60)
+    two = LeaseLock(sessions, "daemon-2", lease_seconds=60)
 
     assert one.acquire() and not two.acquire()
     one.release()
     assert two.acquire() and not one.acquire()
-    now[0] += timedelta(seconds=61)  # daemon-2 died holding it
+    with transaction(sessions) as session:  # daemon-2 died holding it; its lease runs out
+        session.execute(update(ReconcileState).values(lease_expires_at=db_later(-1)))
     assert one.acquire()
 
 
