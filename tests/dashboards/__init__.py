@@ -43,7 +43,7 @@ ALERTS_TEST = PROMETHEUS_DIR / "alerts_test.yml"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 ALERTMANAGER_CONFIG = DASHBOARDS / "alertmanager" / "alertmanager.yml"
 OPERATIONS_DOC = REPO / "docs" / "operations.md"
-DESIGN = REPO.parent / "shared" / "DESIGN.md"
+DESIGN = REPO / "docs" / "design.md"  # the project's copy of the design contract
 
 DATASOURCE_UID = "healer-prometheus"
 RUNBOOK_BASE = "https://github.com/shop/healer/blob/main/docs/operations.md#"
@@ -198,10 +198,8 @@ def alert_rules() -> list[dict[str, Any]]:
 
 
 def design_metric_names() -> set[str]:
-    """The metric names DESIGN.md's Metrics paragraph makes public."""
-    if not DESIGN.is_file():
-        pytest.fail(f"{DESIGN} not found: the tests read the design's metric names from it "
-                    f"(shared/ must sit beside the repository)", pytrace=False)
+    """The metric names the design's Metrics paragraph makes public (some of them come with
+    issues not done yet: see `test_every_exported_metric_of_the_design_is_on_a_dashboard`)."""
     text = DESIGN.read_text()
     paragraph = text[text.index("Metrics (prefix"):]
     paragraph = paragraph[: paragraph.index("\n\n")]
