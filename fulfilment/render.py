@@ -4,8 +4,14 @@
 picklable data, and only `StepError` ever leaves it:
 - `asset_missing` when a font, template or background file is missing or unreadable (names the path),
 - `render_error` for an invalid template (names file and field) or a failure inside ReportLab,
-- `bad_input` for what the customer sent: a damaged or oversized photo or audio, text the font
-  cannot draw, or no waveform source at all.
+- `bad_input` for what the customer sent: a damaged or oversized photo or audio, a photo that is
+  not a JPEG, PNG or WebP, text the font cannot draw, no waveform source at all, or a render that
+  runs out of the memory its process may use (`RenderLimits.memory_mb`).
+
+A photo's format and pixel count are read from its first bytes by this module, before Pillow or
+any decoder sees the file, so a decompression bomb costs a few bytes of parsing. The memory cap and
+the time limit themselves are the caller's to enforce (healer runs each render in a process with
+an rlimit and a deadline); this module only names the cap when a render runs into it.
 
 The same inputs always give the same bytes (fixed dates and ids, `invariant=1`), so a render
 repeated after a crash overwrites the file with an identical one. Finals embed the customer's JPEG
@@ -20,6 +26,7 @@ import hashlib
 import io
 import logging
 import math
+import struct
 import threading
 import time
 import unicodedata
@@ -58,6 +65,7 @@ log = logging.getLogger(__name__)
 WATERMARK_TEXT = "PREVIEW"
 _LEADING = 1.2  # line pitch as a multiple of the font size
 _PREVIEW_JPEG_QUALITY = 80
+PRINT_DPI = 300  # what a print needs of a photo; a JPEG re-encoded for the page is decoded no finer
 _RL_CONFIG_LOCK = threading.Lock()
 
 Rect = tuple[float, float, float, float]  # x, y, width, height in PDF points, origin bottom-left
@@ -80,11 +88,19 @@ class RenderLimits:
     """What one render may take on; beyond these an input is refused as `bad_input`."""
 
     max_photo_bytes: int = 50 * 2**20
-    # Under Pillow's own decompression-bomb warning (89 MP); a 50 MP phone photo still passes.
-    max_photo_pixels: int = 80_000_000
+    # Today's largest phone photos are 200 MP. Checked from the header; a JPEG is never decoded at
+    # full size (embedded as it is, checked at 1/8 scale), and a PNG or WebP too large to decode
+    # under the memory cap is stopped by the cap. Pillow's own check (DecompressionBombError at
+    # twice its MAX_IMAGE_PIXELS, 89 MP by default) must be raised to this in the process that
+    # renders, or it refuses such a photo first: healer.render_process does.
+    max_photo_pixels: int = 200_000_000
     max_audio_bytes: int = MAX_AUDIO_BYTES
     max_audio_seconds: float = MAX_AUDIO_SECONDS
     preview_photo_px: int = 1600  # long side of the photo in a preview
+    # The memory cap of the process the render runs in, enforced by whoever runs it; None: none.
+    # With a cap, running out of memory is the input's fault (`bad_input`); without one, the
+    # machine's (`resources`, retried).
+    memory_mb: int | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +120,7 @@ def render_poster(
     except StepError:
         raise
     except MemoryError:
-        raise StepError(ErrorClass.RESOURCES, "out of memory while rendering the poster") from None
+        raise out_of_memory(limits, "rendering the poster") from None
     except Exception as exc:
         log.exception("renderer failed on template %s", inputs.template)
         raise StepError(ErrorClass.RENDER_ERROR, f"renderer failed: {type(exc).__name__}: {exc}") from exc
@@ -115,6 +131,17 @@ def render_poster(
     return pdf
 
 
+def out_of_memory(limits: RenderLimits, doing: str) -> StepError:
+    """A MemoryError while `doing` something, classified by whether a cap of ours caused it."""
+    if limits.memory_mb is None:  # no cap of ours: the machine itself is short of memory
+        return StepError(ErrorClass.RESOURCES, f"out of memory while {doing}")
+    return StepError(
+        ErrorClass.BAD_INPUT,
+        f"{doing} went over the render memory limit of {limits.memory_mb} MB: "
+        "the photo or audio needs more memory than a render may use",
+    )
+
+
 def _render(assets_dir: Path, inputs: PosterInputs, preview: bool, limits: RenderLimits) -> bytes:
     template = load_template(assets_dir, inputs.template)
     title_font = load_font(assets_dir / FONTS_DIR / template.title.font)
@@ -122,7 +149,7 @@ def _render(assets_dir: Path, inputs: PosterInputs, preview: bool, limits: Rende
     background = _load_background(assets_dir, template)
     title = fit_text(inputs.title, title_font, template, template.title, "title")
     subtitle = fit_text(inputs.subtitle, subtitle_font, template, template.subtitle, "subtitle")
-    photo = load_photo(inputs.photo, limits, preview=preview)
+    photo = load_photo(inputs.photo, limits, preview=preview, spec=template.photo)
     peaks = _peaks(inputs, limits)
     with _binary_streams():
         return _draw(template, background, photo, peaks, title, subtitle, preview)
@@ -294,8 +321,12 @@ class Photo:
         return (self.height, self.width) if self.orientation >= 5 else (self.width, self.height)
 
 
-def load_photo(data: bytes, limits: RenderLimits, *, preview: bool) -> Photo:
-    """Check the photo from its header before anything is decoded, then prepare it for the page."""
+def load_photo(data: bytes, limits: RenderLimits, *, preview: bool, spec: PhotoSpec | None = None) -> Photo:
+    """Check the photo from its header before anything is decoded, then prepare it for the page.
+
+    `spec` is the template's photo box: a JPEG that cannot be embedded as it is gets decoded only
+    at the resolution the box needs in print.
+    """
     if not data:
         raise StepError(ErrorClass.BAD_INPUT, "photo is empty")
     if len(data) > limits.max_photo_bytes:
@@ -303,27 +334,47 @@ def load_photo(data: bytes, limits: RenderLimits, *, preview: bool) -> Photo:
             ErrorClass.BAD_INPUT,
             f"photo is {len(data) / 2**20:.1f} MiB, over the limit of {limits.max_photo_bytes / 2**20:.0f} MiB",
         )
-    try:
-        image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise StepError(ErrorClass.BAD_INPUT, f"photo is over the pixel limit: {exc}") from None
-    except UnidentifiedImageError:
-        raise StepError(ErrorClass.BAD_INPUT, "photo is not a readable image (unknown or corrupt format)") from None
-    except (OSError, ValueError) as exc:
-        raise StepError(ErrorClass.BAD_INPUT, f"photo is not a readable image: {exc}") from None
-    width, height = image.size
-    if width * height > limits.max_photo_pixels:
+    header = read_photo_header(data)
+    if header.pixels > limits.max_photo_pixels:
         raise StepError(
             ErrorClass.BAD_INPUT,
-            f"photo is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels), "
+            f"photo is {header.width}x{header.height} pixels ({header.pixels / 1e6:.0f} megapixels), "
             f"over the pixel limit of {limits.max_photo_pixels / 1e6:.0f} megapixels",
         )
+    image = _open_photo(data, header, limits)
+    width, height = image.size  # before a draft scales it down
     orientation = _orientation(image)
     try:
-        reader = _preview_reader(image, limits.preview_photo_px) if preview else _final_reader(image, data)
+        if preview:
+            reader = _preview_reader(image, limits.preview_photo_px)
+        else:
+            reader = _final_reader(image, data, _print_size(image, orientation, spec))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise StepError(ErrorClass.BAD_INPUT, f"photo is damaged: {exc}") from None
+        raise StepError(ErrorClass.BAD_INPUT, _undecodable(exc, limits)) from None
     return Photo(reader, width, height, orientation)
+
+
+def _open_photo(data: bytes, header: PhotoHeader, limits: RenderLimits) -> Image.Image:
+    """Pillow reads the header again (decoding nothing yet), limited to the format we sniffed."""
+    try:
+        return Image.open(io.BytesIO(data), formats=[header.format])
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, where the caller left it lower
+        raise StepError(ErrorClass.BAD_INPUT, f"photo is over the pixel limit: {exc}") from None
+    except UnidentifiedImageError:
+        raise StepError(ErrorClass.BAD_INPUT, f"photo is not a readable {header.format} image") from None
+    except (OSError, ValueError) as exc:  # libwebp allocates the whole canvas here
+        raise StepError(ErrorClass.BAD_INPUT, _undecodable(exc, limits)) from None
+
+
+def _undecodable(exc: Exception, limits: RenderLimits) -> str:
+    if limits.memory_mb is None:
+        return f"photo is damaged: {exc}"
+    # libjpeg and libwebp report an allocation refused under the memory cap as a broken stream,
+    # not as a MemoryError: under a cap, either may be the cause, so the message names both.
+    return (
+        f"photo could not be decoded: {exc} (the file is damaged, or it needs more than the render "
+        f"memory limit of {limits.memory_mb} MB)"
+    )
 
 
 def _orientation(image: Image.Image) -> int:
@@ -334,9 +385,24 @@ def _orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _final_reader(image: Image.Image, data: bytes) -> ImageReader:
+def _print_size(image: Image.Image, orientation: int, spec: PhotoSpec | None) -> tuple[int, int]:
+    """The stored image's size that fills the photo box at PRINT_DPI; never more than it has."""
+    if spec is None:
+        return image.size
+    box_w, box_h = (spec.box.width_mm / 25.4 * PRINT_DPI, spec.box.height_mm / 25.4 * PRINT_DPI)
+    if orientation >= 5:  # stored sideways: the box's width lies along the stored image's height
+        box_w, box_h = box_h, box_w
+    choose = max if spec.fit is Fit.COVER else min
+    scale = min(1.0, choose(box_w / image.width, box_h / image.height))
+    return max(1, math.ceil(image.width * scale)), max(1, math.ceil(image.height * scale))
+
+
+def _final_reader(image: Image.Image, data: bytes, print_size: tuple[int, int]) -> ImageReader:
     jpeg = _embeddable_jpeg(image, data)
     if jpeg is None:
+        # JPEG only (a no-op for other formats): decode at the scale the print needs, so a 200 MP
+        # photo that must be re-encoded does not cost 600 MB of RGB.
+        image.draft(None, print_size)
         return ImageReader(_printable(image))
     # Decoding at 1/8 scale reads every scan, so a truncated file is caught here and cheaply.
     image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
@@ -411,6 +477,98 @@ class _JpegReader(ImageReader):
 
     def getRGBData(self) -> bytes:  # ReportLab's name and signature
         return self._jpeg_bytes
+
+
+# ------------------------------------------------------------------------------- photo header
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG frame headers (SOF0..SOF15) carry the size; C4, C8 and CC are other segments.
+_JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # markers without a length
+# Formats customers send that are refused, named so the refusal says what the file is.
+_OTHER_MAGIC = (
+    (b"GIF8", "a GIF"), (b"BM", "a BMP"), (b"II*\0", "a TIFF"), (b"MM\0*", "a TIFF"), (b"8BPS", "a PSD"),
+    (b"%PDF", "a PDF"), (b"<?xml", "an XML (SVG?)"), (b"<svg", "an SVG"), (b"\0\0\1\0", "an ICO"),
+)
+_ISO_BRANDS = {b"heic": "a HEIC", b"heix": "a HEIC", b"mif1": "a HEIF", b"msf1": "a HEIF", b"avif": "an AVIF"}
+
+
+@dataclass(frozen=True)
+class PhotoHeader:
+    format: str  # Pillow's name: "JPEG" (an MPO, a phone's JPEG with extras, too), "PNG" or "WEBP"
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def read_photo_header(data: bytes) -> PhotoHeader:
+    """Format and pixel size from the file's first bytes, before any decoder sees it."""
+    if data.startswith(_PNG_SIGNATURE):
+        fmt, size = "PNG", _png_size(data)
+    elif data.startswith(b"\xff\xd8\xff"):
+        fmt, size = "JPEG", _jpeg_size(data)
+    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        fmt, size = "WEBP", _webp_size(data)
+    else:
+        raise StepError(ErrorClass.BAD_INPUT, f"photo is {_other_format(data)} file, not a JPEG, PNG or WebP image")
+    if size is None or min(size) <= 0:
+        raise StepError(ErrorClass.BAD_INPUT, f"photo is not a readable {fmt} image: its header is damaged")
+    return PhotoHeader(fmt, *size)
+
+
+def _other_format(data: bytes) -> str:
+    for magic, name in _OTHER_MAGIC:
+        if data.startswith(magic):
+            return name
+    if data[4:8] == b"ftyp":  # ISO base media: HEIC/HEIF/AVIF from phones
+        return _ISO_BRANDS.get(data[8:12], "an ISO media")
+    return "an unknown kind of"
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if data[12:16] != b"IHDR" or len(data) < 24:
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Walk the segments from SOI to the first frame header; nothing past it is read."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF or marker in _JPEG_STANDALONE:  # a fill byte, or a marker without length
+            pos += 1 if marker == 0xFF else 2
+            continue
+        if marker in _JPEG_FRAMES:
+            if pos + 9 > len(data):
+                return None
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return width, height
+        if marker in (0xDA, 0xD9):  # scan data or the end before any frame header
+            return None
+        length = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        if length < 2:
+            return None
+        pos += 2 + length
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:  # extended: the canvas size, 24 bits each, minus one
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:  # lossless: 14 bits each, minus one
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":  # lossy key frame
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    return None
 
 
 # -------------------------------------------------------------------------------------- waveform

@@ -33,11 +33,13 @@ TEMPLATES_DIR = "templates"
 FONTS_DIR = "fonts"
 BACKGROUNDS_DIR = "backgrounds"
 
+# Identifiers are matched whole, with `fullmatch`: `$` also matches before a trailing newline, so
+# `match` would take "a4-portrait\n" for a template name (and a newline into a file name).
 # Template names come from the orders table: they must never reach the file system as a path.
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
 # A file name inside an asset directory, never a path that could leave it.
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -126,7 +128,7 @@ class Template:
 
 
 def template_path(assets_dir: Path, name: str) -> Path:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise StepError(ErrorClass.BAD_INPUT, f"template name {name!r} is not a valid template name")
     return assets_dir / TEMPLATES_DIR / f"{name}.toml"
 
@@ -138,7 +140,7 @@ def list_templates(assets_dir: Path) -> list[str]:
         raise StepError(ErrorClass.ASSET_MISSING, f"templates directory {directory} is missing")
     names = []
     for path in sorted(directory.glob("*.toml")):
-        if _NAME.match(path.stem):
+        if _NAME.fullmatch(path.stem):
             names.append(path.stem)
         else:  # an order could never name it: say so rather than let it look installed
             log.warning("ignoring template file %s: names are lower-case letters, digits, - and _", path)
@@ -150,10 +152,21 @@ def load_template(assets_dir: Path, name: str) -> Template:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise StepError(ErrorClass.ASSET_MISSING, f"template file {path} is missing") from None
+        raise _missing(path) from None
     except OSError as exc:
         raise StepError(ErrorClass.ASSET_MISSING, f"template file {path} is unreadable: {exc}") from None
     return parse_template(name, path, raw)
+
+
+def _missing(path: Path) -> StepError:
+    """No file for a template the order names: the order asks for what the shop does not have.
+
+    That is the order's fault (`bad_input`, not retried) while the templates directory is there;
+    without the directory nothing can render, which is the assets' fault (retried once fixed).
+    """
+    if path.parent.is_dir():
+        return StepError(ErrorClass.BAD_INPUT, f"unknown template {path.stem!r}: there is no template file {path}")
+    return StepError(ErrorClass.ASSET_MISSING, f"template file {path} is missing (no directory {path.parent})")
 
 
 def parse_template(name: str, path: Path, raw: bytes) -> Template:
@@ -348,7 +361,7 @@ class _Section:
 
     def color(self, key: str, *, default: Any = _REQUIRED) -> str:
         value = self.text(key, default=default)
-        if not _COLOR.match(value):
+        if not _COLOR.fullmatch(value):
             raise self._fail(key, f'must be a colour like "#1A2B3C", got {value!r}')
         return value.upper()
 
@@ -364,7 +377,7 @@ class _Section:
         value = self._get(key, default)
         if value is None and default is None:
             return None
-        if not isinstance(value, str) or not _FILE_NAME.match(value):
+        if not isinstance(value, str) or not _FILE_NAME.fullmatch(value):
             raise self._fail(key, f"must be a file name without directories, got {value!r}")
         return value
 

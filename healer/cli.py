@@ -20,7 +20,7 @@ from checks.registry import UnknownCheck, resolve
 from fulfilment.errors import StepError
 from fulfilment.models import OrderStatus, Outcome
 from fulfilment.pipeline import OrderNotFound
-from fulfilment.render import PosterInputs, render_poster
+from fulfilment.render import PosterInputs
 from fulfilment.secrets import RedactingFilter, Redactor
 from healer import __version__, db, orders
 from healer.audit import Action
@@ -330,10 +330,13 @@ def print_story(view: OrderView) -> None:
 
 
 def cmd_orders_complete(settings: Settings, args: argparse.Namespace) -> int:
-    from healer.worker import worker_identity
+    from healer.worker import RenderPool, worker_identity
 
     services = _services(settings)
-    pipeline = services.pipeline(lambda inputs: render_poster(settings.assets_dir, inputs, preview=False))
+    # In a render process under the render limits, as the daemon does: the uploads are a customer's.
+    pipeline = services.pipeline(RenderPool(
+        settings.assets_dir, 1, settings.scratch_dir, timeout_seconds=settings.render_timeout_seconds,
+        memory_mb=settings.render_memory_mb, max_photo_megapixels=settings.max_photo_megapixels))
     order_id = args.order_id
     try:
         if pipeline.get(order_id).order_status is OrderStatus.NEEDS_ATTENTION:
@@ -419,7 +422,12 @@ def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
             audio=args.audio.read_bytes() if args.audio else None,
             audio_name=args.audio.name if args.audio else "",
         )
-        pdf = render_poster(settings.assets_dir, inputs, preview=args.preview)
+        from healer.worker import RenderPool
+
+        pdf = RenderPool(
+            settings.assets_dir, 1, settings.scratch_dir, timeout_seconds=settings.render_timeout_seconds,
+            memory_mb=settings.render_memory_mb, max_photo_megapixels=settings.max_photo_megapixels,
+        ).render(inputs, preview=args.preview)
     except OSError as error:
         err.print(f"healer: cannot read {error.filename}: {error.strerror}", markup=False)
         return EXIT_FAILED

@@ -192,7 +192,15 @@ def mask_url_password(url: str) -> str:
 
 
 # Limits of one render process (see fulfilment.render and healer.worker.RenderPool).
+# Measured on the 2-core dev machine (final A4 render in a fresh render process, RLIMIT_DATA cap):
+# peak RSS 68 MiB for a 12 MP JPEG, 218 MiB for a 12 MP PNG, 132 MiB for a 200 MP baseline JPEG
+# (embedded as it is; fits a 256 MB cap), 651 MiB for a 200 MP progressive JPEG (libjpeg holds
+# every coefficient; needs a 768 MB cap), 1195 MiB for a 100 MP PNG (fits 1536 MB). 2048 MB is 3x
+# the heaviest 200 MP JPEG; a larger PNG or WebP is refused by the cap.
 DEFAULT_RENDER_MEMORY_MB = 2048
+# Same renders: 0.1 s (12 MP JPEG), 0.5 s (200 MP JPEG), 2.3 s (progressive), 3.7 s (12 MP PNG),
+# 31 s (100 MP PNG, the slowest that fits the memory cap); a render process starts in 0.2 s.
+# 90 s is about 3x the slowest; it is also the default lease's 0.75 (healer.daemon takes the lower).
 DEFAULT_RENDER_TIMEOUT_SECONDS = 90.0
 
 # No setting means more than a year (of seconds, attempts or workers): a larger value is a typo.

@@ -12,8 +12,9 @@ the health monitor, `Remediator.observe_step` watches order steps) and refuses w
   never started by us: the engine's restart policy owns exited containers, and an OOM kill would
   only repeat. It needs its own opt-in (HEALER_AUTOHEAL_DOCKER=on): it needs the Docker socket.
 - regenerate_waveform: a render that ran without the shop's waveform image (lost, expired) drew
-  the wave from the audio; the PNG is then regenerated from the audio and written to the order's
-  permanent waveform key, so the order's files are whole again.
+  the wave from the audio; the PNG is then regenerated from the audio (in a render process, under
+  the render limits) and written to the order's permanent waveform key, so the order's files are
+  whole again.
 - resume_orders: a check turned green again; orders waiting on it go now, not at their next poll.
 - free_scratch: the disk check warns or fails and the scratch file system is below the disk
   check's warning level: old regular files under the scratch directory, and nothing else
@@ -31,6 +32,7 @@ import json
 import logging
 import os
 import stat
+import tempfile
 import threading
 import time
 import uuid
@@ -65,12 +67,12 @@ from fulfilment.pipeline import (
     permanent_key,
 )
 from fulfilment.storage import ObjectStore
-from fulfilment.waveform import waveform_png
 from healer import db
 from healer.audit import Action, Remediation, Result
 from healer.config import RemediationMode, Settings
 from healer.metrics import Metrics
 from healer.services import Services
+from healer.worker import RenderPool
 
 log = logging.getLogger(__name__)
 
@@ -500,12 +502,21 @@ def _freed(files: list[ScratchFile], usage: Usage, *, dry_run: bool) -> str:
 
 
 class WaveformRestorer:
-    """After a render without the shop's waveform image, writes one regenerated from the audio."""
+    """After a render without the shop's waveform image, writes one regenerated from the audio.
 
-    def __init__(self, sessions: sessionmaker[Session], store: ObjectStore, audit: Audit) -> None:
+    The audio is the customer's: it is decoded in a render process under the render limits, never
+    in the daemon. Without a `renderer`, the restorer keeps a one-process RenderPool of its own on
+    the default limits (waveforms need neither assets nor scratch space); its process starts on
+    the first waveform to redraw.
+    """
+
+    def __init__(
+        self, sessions: sessionmaker[Session], store: ObjectStore, audit: Audit, renderer: RenderPool | None = None
+    ) -> None:
         self.sessions = sessions
         self.store = store
         self.audit = audit
+        self.renderer = renderer or RenderPool(Path(), 1, Path(tempfile.gettempdir()))
 
     def after_render(self, order_id: uuid.UUID) -> None:
         try:
@@ -526,7 +537,7 @@ class WaveformRestorer:
                 self.audit.record(Action.REGENERATE_WAVEFORM, str(order_id), reason, Result.DRY_RUN,
                                   f"would write {key} from {audio_key}")
                 return
-            png = waveform_png(self.store.get(audio_key, MAX_AUDIO_BYTES), audio_name=audio_key)
+            png = self.renderer.waveform_png(self.store.get(audio_key, MAX_AUDIO_BYTES), audio_key)
             self.store.put(key, png, "image/png")
         except StepError as error:
             self.audit.record(Action.REGENERATE_WAVEFORM, str(order_id), reason, Result.FAILURE,
@@ -534,6 +545,9 @@ class WaveformRestorer:
         else:
             self.audit.record(Action.REGENERATE_WAVEFORM, str(order_id), reason, Result.SUCCESS,
                               f"wrote {key} ({len(png)} bytes) from {audio_key}")
+
+    def shutdown(self) -> None:
+        self.renderer.shutdown()
 
 
 # -- rerender_pdf ---------------------------------------------------------------------------------
@@ -739,6 +753,8 @@ class Remediator:
     def shutdown(self) -> None:
         if self.pdfs is not None:
             self.pdfs.shutdown()
+        if self.waveforms is not None:
+            self.waveforms.shutdown()
 
     def describe(self) -> str:
         """One line for the start-up banner."""
@@ -784,7 +800,9 @@ def build_remediator(
         audit,
         containers=containers,
         scratch=ScratchSweeper(settings.scratch_dir, policy, audit),
-        waveforms=WaveformRestorer(services.sessions, services.store, audit),
+        waveforms=WaveformRestorer(services.sessions, services.store, audit, RenderPool(
+            settings.assets_dir, 1, settings.scratch_dir, timeout_seconds=settings.render_timeout_seconds,
+            memory_mb=settings.render_memory_mb, max_photo_megapixels=settings.max_photo_megapixels)),
         orders=OrderResumer(services.sessions, resume_waiting, audit) if resume_waiting else None,
         pdfs=PdfRestorer(rerender, audit, render_blocked=render_blocked) if rerender else None,
     )

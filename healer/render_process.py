@@ -4,24 +4,42 @@ Render processes are spawned (see healer.worker.RenderPool): each imports only w
 so this module stays apart from healer.worker, whose imports (the pipeline, the database layer,
 the S3, Stripe and SendGrid clients) a render process has no use for. A render process holds
 ReportLab, Pillow and numpy; about a third of the memory of the daemon's full import.
+
+Each render process is bounded (`start_render_process`, the pool's initializer): its memory by an
+rlimit, so a photo or a recording too large to render fails there with a MemoryError (`bad_input`)
+and the daemon never notices; its time by the pool, which stops the process at the deadline.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
 import tempfile
 from pathlib import Path
 
+from PIL import Image
+
 from fulfilment.errors import ErrorClass, StepError
-from fulfilment.render import PosterInputs, render_poster
+from fulfilment.render import PosterInputs, RenderLimits, out_of_memory, render_poster
+from fulfilment.waveform import peaks_from_audio, waveform_png
 
 PR_SET_PDEATHSIG = 1
 
 
+def start_render_process(memory_mb: int | None, max_photo_pixels: int) -> None:
+    """The pool's initializer: tie the process to the daemon, cap its memory, size Pillow's check."""
+    die_with_parent()
+    if memory_mb is not None:
+        cap_memory(memory_mb)
+    # Pillow refuses twice this and warns above it; render_poster checks the header against the
+    # setting itself, first. Left at Pillow's default (89 MP), a 200 MP phone photo is refused.
+    Image.MAX_IMAGE_PIXELS = max_photo_pixels
+
+
 def die_with_parent() -> None:
-    """The pool's initializer: end when the daemon ends, even if it was SIGKILLed (Linux)."""
+    """End when the daemon ends, even if it was SIGKILLed (Linux)."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -29,13 +47,31 @@ def die_with_parent() -> None:
         pass
 
 
-def render_to_scratch(assets_dir: Path, inputs: PosterInputs, scratch_dir: Path) -> str:
-    """Render the final poster into a scratch file and return its path.
+def cap_memory(memory_mb: int) -> None:
+    """Limit what this process may allocate; past it, allocations fail (MemoryError in Python).
+
+    RLIMIT_DATA, not RLIMIT_AS: since Linux 4.7 it counts the heap and every private writable
+    mapping, which is what decoding and drawing allocate, but not shared libraries nor the address
+    space glibc (64 MB malloc arenas) and OpenBLAS (per-thread buffers) reserve without using,
+    which grow with the number of cores. Measured here after the render imports: 99 MiB of data,
+    168 MiB of address space; the cap means about the same on a 2-core and a 64-core machine.
+    """
+    limit = memory_mb * 2**20
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)  # an unprivileged process cannot raise its hard limit
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+
+def render_to_scratch(
+    assets_dir: Path, inputs: PosterInputs, scratch_dir: Path, limits: RenderLimits, preview: bool = False
+) -> str:
+    """Render the poster into a scratch file and return its path.
 
     The PDF travels back through the file, not the pool's pipe; a full scratch disk is a
     `resources` failure (gated on the disk check, and cleaned by remediation), not a crash.
     """
-    pdf = render_poster(assets_dir, inputs, preview=False)
+    pdf = render_poster(assets_dir, inputs, preview=preview, limits=limits)
     path = None
     try:
         scratch_dir.mkdir(parents=True, exist_ok=True)
@@ -47,3 +83,14 @@ def render_to_scratch(assets_dir: Path, inputs: PosterInputs, scratch_dir: Path)
             Path(path).unlink(missing_ok=True)  # a half-written file would only fill it further
         raise StepError(ErrorClass.RESOURCES, f"cannot write the render to {scratch_dir}: {error.strerror}") from None
     return path
+
+
+def draw_waveform(audio: bytes, audio_name: str, limits: RenderLimits) -> bytes:
+    """A waveform PNG redrawn from the customer's audio: decoding it is as bounded as a render."""
+    try:
+        peaks = peaks_from_audio(
+            audio, audio_name, max_bytes=limits.max_audio_bytes, max_seconds=limits.max_audio_seconds
+        )
+        return waveform_png(peaks)
+    except MemoryError:
+        raise out_of_memory(limits, "drawing the waveform from the audio") from None

@@ -388,10 +388,15 @@ def test_compressed_audio_draws_the_waveform(sample_inputs: PosterInputs, fmt: s
 # ------------------------------------------------------------------------------ bounded inputs
 
 
-@pytest.mark.parametrize("size", [(10_000, 8_500), (30_000, 30_000)], ids=["85MP", "900MP"])
-def test_a_decompression_bomb_photo_is_refused_from_its_header(sample_inputs: PosterInputs, size) -> None:
-    error = bad_input(REPO_ROOT, replace(sample_inputs, photo=png_header_only(*size)))
-    assert "over the pixel limit" in error.message
+@pytest.mark.parametrize(
+    ("size", "limit"), [((10_000, 8_500), 80_000_000), ((30_000, 30_000), RenderLimits.max_photo_pixels)],
+    ids=["85MP-over-80MP", "900MP-over-the-default"],
+)
+def test_a_decompression_bomb_photo_is_refused_from_its_header(
+    sample_inputs: PosterInputs, size: tuple[int, int], limit: int
+) -> None:
+    error = bad_input(REPO_ROOT, replace(sample_inputs, photo=png_header_only(*size)), max_photo_pixels=limit)
+    assert "over the pixel limit" in error.message and f"{size[0]}x{size[1]} pixels" in error.message
 
 
 def test_an_oversized_photo_file_is_refused(sample_inputs: PosterInputs) -> None:
@@ -410,8 +415,9 @@ def test_a_two_hour_recording_is_refused_from_its_header(sample_inputs: PosterIn
 # -------------------------------------------------------------- every fault names what is wrong
 
 
-def test_missing_template_names_the_file(assets_dir: Path, sample_inputs: PosterInputs) -> None:
-    message = asset_fault(assets_dir, replace(sample_inputs, template="no-such-poster"), ErrorClass.ASSET_MISSING)
+def test_an_unknown_template_is_bad_input_naming_the_file(assets_dir: Path, sample_inputs: PosterInputs) -> None:
+    message = asset_fault(assets_dir, replace(sample_inputs, template="no-such-poster"), ErrorClass.BAD_INPUT)
+    assert "unknown template 'no-such-poster'" in message
     assert str(assets_dir / "templates" / "no-such-poster.toml") in message
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import shutil
 import sys
 from pathlib import Path
 
@@ -95,10 +96,19 @@ def test_a_new_file_is_a_new_template(assets_dir: Path) -> None:
     assert load_template(assets_dir, "a4-landscape-ish").label == "Another"
 
 
-def test_missing_template_is_an_asset_fault_naming_the_path(assets_dir: Path) -> None:
+def test_an_unknown_template_is_bad_input_naming_the_path(assets_dir: Path) -> None:
+    # The order names a template the shop does not have: no retry can help; fix the order.
     error = load_error(assets_dir, "gone")
-    assert error.error_class is ErrorClass.ASSET_MISSING
+    assert error.error_class is ErrorClass.BAD_INPUT
+    assert "unknown template 'gone'" in error.message
     assert str(assets_dir / "templates" / "gone.toml") in error.message
+
+
+def test_a_template_without_its_directory_is_an_asset_fault(assets_dir: Path) -> None:
+    shutil.rmtree(assets_dir / "templates")
+    error = load_error(assets_dir, "a4-portrait")
+    assert error.error_class is ErrorClass.ASSET_MISSING
+    assert str(assets_dir / "templates" / "a4-portrait.toml") in error.message
 
 
 def test_missing_templates_directory_is_an_asset_fault(tmp_path: Path) -> None:

@@ -102,36 +102,8 @@ def test_render_pool_spools_through_scratch_and_reports_a_full_disk(
         subprocess.run(["umount", str(scratch)], check=True)
 
 
-def _slow_render(seconds: float) -> str:
-    time.sleep(seconds)
-    return "/nonexistent"
-
-
-def test_a_render_past_its_time_limit_is_stopped_and_frees_the_pool(
-    tmp_path, sample_inputs, assets_dir  # type: ignore[no-untyped-def]
-) -> None:
-    import pytest
-
-    from fulfilment.errors import ErrorClass, StepError
-    from healer.worker import RenderPool
-
-    pool = RenderPool(assets_dir, 1, tmp_path, timeout_seconds=3)
-    try:
-        hung_pool = pool._pool
-        hung_pool.submit(_slow_render, 3600)  # a render that never ends holds the only process
-        processes = list(hung_pool._processes.values())  # type: ignore[union-attr]
-        with pytest.raises(StepError) as timed_out:
-            pool(sample_inputs)  # queued behind it: times out, and the pool is replaced
-        assert timed_out.value.error_class is ErrorClass.RESOURCES
-
-        started = time.monotonic()
-        assert pool(sample_inputs).startswith(b"%PDF")  # the fresh pool renders at once
-        assert time.monotonic() - started < 3
-        for process in processes:
-            process.join(timeout=5)
-        assert processes and not any(p.is_alive() for p in processes)  # stopped, not left running
-    finally:
-        pool.shutdown()
+# A render past its time limit, over its memory cap, or whose process is killed: each is stopped,
+# is `bad_input`, and the pool renders the next order: tests/security/test_render_limits.py.
 
 
 # -- a database outage ------------------------------------------------------------------------------
