@@ -58,8 +58,11 @@ class Daemon:
             settings.assets_dir,
             settings.workers,
             settings.scratch_dir,
-            # Well inside the lease, so no other daemon takes the order while it renders.
-            timeout_seconds=max(10.0, settings.lease_seconds * 0.75),
+            # The lease is renewed while a render runs (fulfilment.leases), so the limit is about
+            # resources alone: a render past it is stopped and its order is `bad_input`.
+            timeout_seconds=settings.render_timeout_seconds,
+            memory_mb=settings.render_memory_mb,
+            max_photo_megapixels=settings.max_photo_megapixels,
         )
         self.metrics = Metrics()
         self.scheduler = Scheduler()

@@ -91,7 +91,12 @@ def start_daemon(env: dict[str, str], log_path: Path, args: list[str] | None = N
         except OSError:
             return False
 
-    wait_for(answering, 60, "the daemon to answer /livez")
+    try:
+        wait_for(answering, 60, "the daemon to answer /livez")
+    except BaseException:
+        process.kill()  # a daemon that never answered must not outlive the test
+        process.wait()
+        raise
     return daemon
 
 
