@@ -140,3 +140,30 @@ def _wait_until_answering() -> None:
         except Exception:  # noqa: BLE001
             time.sleep(0.2)
     raise RuntimeError("PostgreSQL did not come back within 30 s of a restart")
+
+
+@pytest.fixture
+def fresh_pg_engine(pg_url: str) -> Iterator[Engine]:
+    """An empty PostgreSQL database of this test's own (the session's one is at head already):
+    for migrations, run from nothing."""
+    admin = create_engine(db.with_driver(PG_ADMIN_URL), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    name = f"healer_empty_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine = db.make_engine(pg_url.rsplit("/", 1)[0] + f"/{name}")
+    yield engine
+    engine.dispose()
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An empty database of each kind the daemon supports, no migration run."""
+    if request.param == "postgresql":
+        yield request.getfixturevalue("fresh_pg_engine")
+        return
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'healer.sqlite3'}")
+    yield engine
+    engine.dispose()

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -15,47 +13,20 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, MetaData, Table, create_engine, inspect, insert, select, text
+from sqlalchemy import Engine, MetaData, Table, inspect, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool
 
 from fulfilment.models import Base, transaction, utcnow
 from healer import db
 from healer.metrics import Metrics
 from healer.models import OrphanPayment
 from healer.orphans import count_unresolved
-from tests.fakes.db_fixtures import PG_ADMIN_URL
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 20, 9, 30, tzinfo=timezone.utc)
 
 
 # -- migration 0004 --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fresh_pg_engine(pg_url: str) -> Iterator[Engine]:
-    """An empty PostgreSQL database of its own (the session's one is at head already)."""
-    admin = create_engine(db.with_driver(PG_ADMIN_URL), isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    name = f"healer_0004_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    engine = db.make_engine(pg_url.rsplit("/", 1)[0] + f"/{name}")
-    yield engine
-    engine.dispose()
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "postgresql":
-        yield request.getfixturevalue("fresh_pg_engine")
-        return
-    engine = db.make_engine(f"sqlite:///{tmp_path / 'healer.sqlite3'}")
-    yield engine
-    engine.dispose()
 
 
 def orphan_columns(engine: Engine) -> set[str]:

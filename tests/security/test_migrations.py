@@ -10,47 +10,18 @@ SQLite, the two databases the daemon runs on.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.util import CommandError
-from sqlalchemy import Engine, create_engine, inspect, text
-from sqlalchemy.pool import NullPool
+from sqlalchemy import Engine, inspect, text
 
 from fulfilment.models import Order, OrderEvent, transaction
 from healer import db
 from healer.models import OrphanPayment
-from tests.fakes.db_fixtures import PG_ADMIN_URL
 
 T0 = datetime(2026, 11, 20, 9, 30, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-def fresh_pg_engine(pg_url: str) -> Iterator[Engine]:
-    """An empty PostgreSQL database of this test's own."""
-    admin = create_engine(db.with_driver(PG_ADMIN_URL), isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    name = f"healer_downgrade_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    engine = db.make_engine(pg_url.rsplit("/", 1)[0] + f"/{name}")
-    yield engine
-    engine.dispose()
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "postgresql":
-        yield request.getfixturevalue("fresh_pg_engine")
-        return
-    lite = db.make_engine(f"sqlite:///{tmp_path / 'healer.sqlite3'}")
-    yield lite
-    lite.dispose()
 
 
 def add_order(engine: Engine) -> uuid.UUID:
@@ -69,7 +40,8 @@ def downgrade_base(engine: Engine) -> None:
     command.downgrade(db.alembic_config(engine), "base")
 
 
-def test_downgrade_to_base_refuses_while_an_order_exists_and_keeps_it(engine: Engine) -> None:
+def test_downgrade_to_base_refuses_while_an_order_exists_and_keeps_it(empty_engine: Engine) -> None:
+    engine = empty_engine
     db.upgrade(engine)
     order_id = add_order(engine)
     before = tables(engine)
@@ -94,7 +66,8 @@ def test_downgrade_to_base_refuses_while_an_order_exists_and_keeps_it(engine: En
         downgrade_base(engine)
 
 
-def test_the_refusal_counts_the_orders_story_too(engine: Engine) -> None:
+def test_the_refusal_counts_the_orders_story_too(empty_engine: Engine) -> None:
+    engine = empty_engine
     db.upgrade(engine)
     add_order(engine)
     with transaction(db.make_session_factory(engine)) as session:
@@ -109,7 +82,8 @@ def test_the_refusal_counts_the_orders_story_too(engine: Engine) -> None:
         assert connection.scalar(text("SELECT count(*) FROM order_events")) == 2
 
 
-def test_downgrade_refuses_to_forget_payments_no_order_claims(engine: Engine) -> None:
+def test_downgrade_refuses_to_forget_payments_no_order_claims(empty_engine: Engine) -> None:
+    engine = empty_engine
     db.upgrade(engine)
     with transaction(db.make_session_factory(engine)) as session:
         session.add(OrphanPayment(payment_intent_id="pi_orphan", amount_cents=4900, currency="eur",
@@ -126,7 +100,8 @@ def test_downgrade_refuses_to_forget_payments_no_order_claims(engine: Engine) ->
     assert db.current_revision(engine) == db.head_revision()
 
 
-def test_an_empty_database_still_goes_down_to_base_and_back_up(engine: Engine) -> None:
+def test_an_empty_database_still_goes_down_to_base_and_back_up(empty_engine: Engine) -> None:
+    engine = empty_engine
     db.upgrade(engine)
 
     downgrade_base(engine)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -36,22 +35,12 @@ from healer.models import ReconcileState, insert_once
 from healer.reconcile import STATE, FindingKind, LeaseLock, ReconcileConfig, Reconciler, run_lock
 from healer.stuck import REFUND_HOLDER, StuckOrders, StuckPolicy
 from tests.fakes.shop_fixtures import Shop
+from tests.security.test_leases import skewed, wait_until
 
 HOUR = timedelta(hours=1)
 SLA = 600
 LEASE = 60
 REFUND_HOLD = 600  # healer.stuck holds an order this long while refunding it
-
-
-def skewed(delta: timedelta) -> Callable[[], datetime]:
-    return lambda: utcnow() + delta
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def database_now(session: Session) -> datetime:
