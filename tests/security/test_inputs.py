@@ -21,7 +21,8 @@ from PIL import Image
 
 from fulfilment.errors import ErrorClass, StepError
 from fulfilment.pipeline import Pipeline
-from fulfilment.render import PosterInputs, read_photo_header, render_poster
+from fulfilment.photo_header import read_photo_header
+from fulfilment.render import PosterInputs, render_poster
 from fulfilment.templates import load_template
 from healer.samples import sample_photo
 from healer.worker import RenderPool
