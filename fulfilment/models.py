@@ -1,6 +1,6 @@
 """The `orders` table (the contract with the shop's web API) and each order's story, `order_events`.
 
-Schema changes go through Alembic migrations in `healer/migrations`; these classes describe the
+Schema changes go through Alembic migrations in `healer/db/migrations`; these classes describe the
 head revision and must stay in step with it (a test compares them).
 """
 

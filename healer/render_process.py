@@ -13,6 +13,7 @@ and the daemon never notices; its time by the pool, which stops the process at t
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
 import resource
 import signal
@@ -44,7 +45,12 @@ def die_with_parent() -> None:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:  # not Linux: orphans end when their next read of the call queue fails
-        pass
+        return
+    # A spawned process takes a moment to get here: a daemon killed meanwhile sends no signal to
+    # a child that asked only now, and the child has been handed to another parent already.
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)
 
 
 def cap_memory(memory_mb: int) -> None:

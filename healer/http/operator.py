@@ -22,7 +22,7 @@ from fulfilment.pipeline import OrderNotFound, Pipeline
 from fulfilment.secrets import Redactor
 from healer import __version__, orders
 from healer.config import Secret
-from healer.health import HealthMonitor, Readiness
+from healer.health.monitor import HealthMonitor, Readiness
 from healer.http.auth import bearer_token, same_secret
 from healer.http.customer_view import CompletionAccepted, Problem
 from healer.http.errors import install_error_handlers

@@ -4,7 +4,7 @@
 answers quickly (at most one Stripe call per order every few seconds, see fulfilment.coalesce),
 queues the order and answers 202 with its status, whatever happens downstream. `GET
 /api/orders/{id}` is the customer's view. `GET /download/{token}` sends the customer to a fresh
-presigned URL. The Stripe webhook is added by the daemon (healer.webhooks). Any other path is 404:
+presigned URL. The Stripe webhook is added by the daemon (healer.stripe.webhooks). Any other path is 404:
 health, metrics, docs and the schema live on the operator listener.
 """
 
@@ -58,7 +58,7 @@ class PublicContext:
     session_lifetime: timedelta
     rate_limit: ClientRateLimit
     # A download's PDF is gone: (order id, why) -> True while it is being rendered again
-    # (healer.remediate.Remediator.on_missing_download); None: nobody to heal it.
+    # (healer.remediation.remediator.Remediator.on_missing_download); None: nobody to heal it.
     restore_pdf: Callable[[uuid.UUID, str], bool] | None = None
 
 

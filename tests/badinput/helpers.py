@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.models import Order, OrderEvent
-from healer.models import WebhookEvent
+from healer.db.models import WebhookEvent
 from tests.e2e.daemon import RunningDaemon
 from tests.fakes.shop_fixtures import Shop
 

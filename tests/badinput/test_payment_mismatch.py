@@ -49,7 +49,7 @@ def test_reconciliation_does_not_mark_paid_an_order_whose_intent_names_another_o
 ) -> None:
     order_id = order_paid_for_another(shop)
 
-    result = subprocess.run([sys.executable, "-m", "healer.cli", "reconcile"], env=shop_env,
+    result = subprocess.run([sys.executable, "-m", "healer", "reconcile"], env=shop_env,
                             capture_output=True, text=True, timeout=60)
 
     assert result.returncode == 0, result.stdout + result.stderr

@@ -17,7 +17,7 @@ import pytest
 
 from fulfilment.models import Order, transaction
 from fulfilment.storage import LocalStore
-from healer.samples import sample_audio, sample_photo
+from healer.demo.samples import sample_audio, sample_photo
 from tests.badinput.helpers import Seeded, complete
 from tests.e2e.daemon import RunningDaemon
 from tests.fakes.http_fixtures import public_client

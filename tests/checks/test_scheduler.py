@@ -11,7 +11,7 @@ import pytest
 
 from checks.base import CheckResult, Status, run_check
 from checks.scheduler import SchedulerCheck
-from healer.scheduler import JobState, Scheduler
+from healer.jobs.scheduler import JobState, Scheduler
 
 INTERVAL = 0.2  # seconds: dead after 5 intervals without a success, late after 2
 

@@ -29,9 +29,9 @@ from sqlalchemy import Engine
 
 from checks.base import Check
 from healer import db
-from healer.health import HealthMonitor
-from healer.metrics import Metrics
-from healer.scheduler import JobState
+from healer.health.monitor import HealthMonitor
+from healer.health.metrics import Metrics
+from healer.jobs.scheduler import JobState
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "dashboards"

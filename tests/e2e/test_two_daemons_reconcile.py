@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from healer.models import OrphanPayment, ReconcileRun
+from healer.db.models import OrphanPayment, ReconcileRun
 from tests.e2e.daemon import RunningDaemon, start_daemon, wait_for
 from tests.fakes.shop_fixtures import Shop
 from tests.fakes.ports import free_port

@@ -14,7 +14,7 @@ from fulfilment.pipeline import Pipeline
 from fulfilment.secrets import Redactor
 from fulfilment.storage import ObjectStore
 from healer.config import Secret
-from healer.health import HealthMonitor
+from healer.health.monitor import HealthMonitor
 from healer.http.operator import OperatorContext, create_operator_app
 from healer.http.public import PublicContext, create_public_app
 from healer.http.ratelimit import ClientRateLimit

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fulfilment.render import PosterInputs
-from healer.samples import sample_audio, sample_photo, sample_waveform_png
+from healer.demo.samples import sample_audio, sample_photo, sample_waveform_png
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ASSET_DIRS = ("fonts", "templates", "backgrounds")

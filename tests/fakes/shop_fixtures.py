@@ -25,7 +25,7 @@ from fulfilment.pipeline import Gate, Pipeline, RetryPolicy, StepResult, never_g
 from fulfilment.render import render_poster
 from fulfilment.storage import ObjectStore, S3Store
 from healer import db
-from healer.samples import sample_audio, sample_photo, sample_waveform_png
+from healer.demo.samples import sample_audio, sample_photo, sample_waveform_png
 from tests.fakes.s3_fixtures import MotoBucket
 from tests.fakes.sendgrid_server import SendGridServer
 from tests.fakes.stripe_server import FakeStripeServer

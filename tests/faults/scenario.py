@@ -45,7 +45,7 @@ from sqlalchemy.exc import OperationalError
 from fulfilment.models import Order, transaction, utcnow
 from fulfilment.storage import S3Store, make_s3_client
 from healer import db
-from healer.samples import sample_audio, sample_photo, sample_waveform_png
+from healer.demo.samples import sample_audio, sample_photo, sample_waveform_png
 from tests.faults.processes import Incarnation, Slot, wait_until_answering
 from tests.faults.s3_proxy import S3FaultProxy
 from tests.faults.sendgrid_tap import MAIL_SEND, TappedSendGrid

@@ -31,7 +31,7 @@ from fulfilment.render import (
     render_poster,
 )
 from fulfilment.templates import Box, Template, list_templates, load_template
-from healer.samples import sample_audio, sample_photo
+from healer.demo.samples import sample_audio, sample_photo
 from tests.fakes.render_fixtures import REPO_ROOT, SAMPLE_SUBTITLE, SAMPLE_TITLE
 
 TEMPLATES = list_templates(REPO_ROOT)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from fulfilment.errors import ErrorClass, StepError
 from fulfilment.waveform import peaks_from_audio, peaks_from_image, resample, waveform_png
-from healer.samples import sample_audio, sample_photo, sample_waveform_png
+from healer.demo.samples import sample_audio, sample_photo, sample_waveform_png
 
 RATE = 8000
 

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 from fulfilment.models import OrderStatus
-from healer.samples import sample_audio, sample_photo
+from healer.demo.samples import sample_audio, sample_photo
 from tests.fakes.shop_fixtures import Shop
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def healer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "healer.cli", *args], env=dict(env, COLUMNS="200"),
+    return subprocess.run([sys.executable, "-m", "healer", *args], env=dict(env, COLUMNS="200"),
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 

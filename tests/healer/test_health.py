@@ -25,9 +25,9 @@ from checks.s3 import S3Check
 from fulfilment.secrets import Redactor
 from healer import db
 from healer.config import Settings
-from healer.health import HealthMonitor, build_monitor
-from healer.scheduler import Scheduler
-from healer.services import Services
+from healer.health.monitor import HealthMonitor, build_monitor
+from healer.jobs.scheduler import Scheduler
+from healer.wiring import Services
 from tests.fakes.s3_fixtures import MotoBucket
 from tests.fakes.sendgrid_server import SendGridServer
 from tests.fakes.stripe_server import FakeStripeServer
@@ -269,7 +269,7 @@ def test_listeners_see_every_result_with_the_one_before_it() -> None:
 
 
 def test_a_turn_to_green_is_logged_and_steady_state_is_not(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="healer.health")
+    caplog.set_level(logging.INFO, logger="healer.health.monitor")
     peer = Peer()
     monitor = HealthMonitor([stand_in("s3", peer, failure_threshold=1)])
     monitor.run("s3")

@@ -13,8 +13,8 @@ from checks.base import CheckResult, Runbook, Status
 from fulfilment.errors import ErrorClass
 from fulfilment.models import Order, OrderStatus, Outcome, Step, transaction, utcnow
 from fulfilment.pipeline import StepResult
-from healer.metrics import Metrics
-from healer.scheduler import JobState
+from healer.health.metrics import Metrics
+from healer.jobs.scheduler import JobState
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.models import Base, transaction, utcnow
 from healer import db
-from healer.metrics import Metrics
-from healer.models import OrphanPayment
-from healer.orphans import count_unresolved
+from healer.health.metrics import Metrics
+from healer.db.models import OrphanPayment
+from healer.stripe.orphans import count_unresolved
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 20, 9, 30, tzinfo=timezone.utc)
@@ -79,7 +79,7 @@ def test_downgrade_from_0004_drops_only_the_resolution(empty_engine: Engine) -> 
 
 
 def healer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "healer.cli", *args], env=dict(env, COLUMNS="200"),
+    return subprocess.run([sys.executable, "-m", "healer", *args], env=dict(env, COLUMNS="200"),
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 

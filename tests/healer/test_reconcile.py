@@ -23,9 +23,9 @@ from fulfilment.models import Base, Order, transaction, utcnow
 from fulfilment.payments import StripePayments
 from healer import db
 from healer.config import Settings
-from healer.metrics import Metrics
-from healer.models import OrphanPayment, ReconcileRun, ReconcileState
-from healer.reconcile import (
+from healer.health.metrics import Metrics
+from healer.db.models import OrphanPayment, ReconcileRun, ReconcileState
+from healer.stripe.reconcile import (
     AdvisoryLock,
     FindingKind,
     LeaseLock,
@@ -35,7 +35,7 @@ from healer.reconcile import (
     crossed_checkpoint,
     run_reconcile_command,
 )
-from healer.services import Services
+from healer.wiring import Services
 from healer.worker import Worker
 from tests.fakes.shop_fixtures import Shop
 from tests.fakes.stripe_server import FakeStripeServer
@@ -159,7 +159,7 @@ def test_orphan_payment_is_stored_counted_and_reported_once(
     metrics = Metrics()
     metrics.watch_orders(shop.sessions, sla_seconds=600, ttl_seconds=0)  # as the daemon: read at scrape time
 
-    with caplog.at_level(logging.INFO, logger="healer.reconcile"):
+    with caplog.at_level(logging.INFO, logger="healer.stripe.reconcile"):
         first = reconciler(shop, metrics=metrics).run()
         second = reconciler(shop, metrics=metrics).run()
 
@@ -196,7 +196,7 @@ def test_orphan_whose_order_reappears_is_resolved_by_the_next_run(
     dry = reconciler(shop).run(dry_run=True)
     assert [(f.kind, f.order_id) for f in dry.findings] == [(FindingKind.ORPHAN_RESOLVED, order_id)]
     assert orphans(shop)[0].resolved_at is None
-    with caplog.at_level(logging.INFO, logger="healer.reconcile"):
+    with caplog.at_level(logging.INFO, logger="healer.stripe.reconcile"):
         second = reconciler(shop, metrics=metrics).run()
     third = reconciler(shop).run()
 

@@ -32,11 +32,11 @@ from fulfilment.models import Base, OrderStatus, Outcome, Step
 from fulfilment.pipeline import Pipeline, StepResult, permanent_key
 from fulfilment.waveform import waveform_png
 from healer import db
-from healer.audit import Action, Remediation, Result
+from healer.remediation.audit import Action, Remediation, Result
 from healer.config import RemediationMode, Settings
-from healer.health import HealthMonitor
-from healer.metrics import Metrics
-from healer.remediate import (
+from healer.health.monitor import HealthMonitor
+from healer.health.metrics import Metrics
+from healer.remediation.remediator import (
     Audit,
     ContainerHealer,
     OrderResumer,
@@ -47,7 +47,7 @@ from healer.remediate import (
     build_remediator,
     remediations_command,
 )
-from healer.services import Services
+from healer.wiring import Services
 from tests.fakes.docker_fixtures import HEALTH_FILE, Containers, DockerEngine
 from tests.fakes.shop_fixtures import Shop
 
@@ -169,7 +169,7 @@ def test_a_container_that_stays_unhealthy_is_restarted_at_most_n_times_then_repo
     web = docker_containers.run("web", labels=AUTOHEAL, healthy=False)  # never healthy, restart or not
     docker_containers.wait_for_health(web, "unhealthy")
 
-    with caplog.at_level(logging.INFO, logger="healer.remediate"):
+    with caplog.at_level(logging.INFO, logger="healer.remediation.remediator"):
         until(lambda: any(r.result == "escalated" for r in rows(sessions)), 60, "the flap guard", step=rig.probe)
         rig.probe_for(2.0)  # and then it is left alone
 
@@ -536,7 +536,7 @@ def test_a_small_scratch_volume_is_left_alone_while_empty_and_escalated_once_per
     escalations = rows(sessions, Action.FREE_SCRATCH)
     assert [(r.result, r.target) for r in escalations] == [("escalated", str(scratch_tmpfs))] * 2
     assert all("nothing of healer's own to delete" in r.detail for r in escalations)
-    errors = [r.getMessage() for r in caplog.records if r.name == "healer.remediate" and r.levelno >= logging.ERROR]
+    errors = [r.getMessage() for r in caplog.records if r.name == "healer.remediation.remediator" and r.levelno >= logging.ERROR]
     assert len(errors) == 2 and all(e.startswith("Remediation free_scratch on ") for e in errors), errors
     assert counted(metrics, Action.FREE_SCRATCH, Result.ESCALATED) == 2  # row, line and count agree
 
@@ -585,7 +585,7 @@ def test_an_action_is_counted_and_logged_even_when_its_row_cannot_be_written(
     metrics = Metrics()
     audit = Audit(db.make_session_factory(unmigrated), metrics, ON)
 
-    with caplog.at_level(logging.INFO, logger="healer.remediate"):
+    with caplog.at_level(logging.INFO, logger="healer.remediation.remediator"):
         audit.record(Action.RESUME_ORDERS, "s3", "check s3 is ok again", Result.SUCCESS, "2 resumed")
 
     assert counted(metrics, Action.RESUME_ORDERS, Result.SUCCESS) == 1

@@ -17,8 +17,8 @@ from fulfilment.mailer import SendGridMailer
 from fulfilment.models import Outcome, utcnow
 from fulfilment.payments import StripePayments
 from healer import db
-from healer.metrics import Metrics
-from healer.stuck import StuckOrders, StuckPolicy, refund_key, requeue_stuck
+from healer.health.metrics import Metrics
+from healer.jobs.stuck import StuckOrders, StuckPolicy, refund_key, requeue_stuck
 from healer.worker import Worker
 from tests.fakes.shop_fixtures import FROM_EMAIL, Shop
 

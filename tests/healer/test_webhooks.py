@@ -22,10 +22,10 @@ from fulfilment.payments import StripePayments
 from fulfilment.pipeline import Pipeline
 from healer import db
 from healer.config import Secret
-from healer.metrics import Metrics
-from healer.models import OrphanPayment, WebhookEvent
-from healer.reconcile import ReconcileConfig, Reconciler
-from healer.webhooks import webhook_router
+from healer.health.metrics import Metrics
+from healer.db.models import OrphanPayment, WebhookEvent
+from healer.stripe.reconcile import ReconcileConfig, Reconciler
+from healer.stripe.webhooks import webhook_router
 from tests.fakes.shop_fixtures import Shop
 from tests.fakes.stripe_server import FakeStripeServer, WebhookSignature
 
@@ -237,7 +237,7 @@ def test_refund_of_a_completed_order_is_recorded_and_reported(
     order_id = shop.paid_order()
     complete(shop, order_id)
 
-    with caplog.at_level(logging.WARNING, logger="healer.webhooks"):
+    with caplog.at_level(logging.WARNING, logger="healer.stripe.webhooks"):
         status, answer = hook.deliver(*refund(shop, order_id))
 
     assert (status, answer["result"]) == (200, "refund_after_completion")
@@ -370,7 +370,7 @@ def test_refund_of_an_orphan_payment_resolves_it_and_a_redelivery_changes_nothin
     body, headers = refund_payment(shop, pi)
     event_id = json.loads(body)["id"]
 
-    with caplog.at_level(logging.INFO, logger="healer.webhooks"):
+    with caplog.at_level(logging.INFO, logger="healer.stripe.webhooks"):
         status, answer = scraped_hook.deliver(body, headers)
     resolved = orphan(shop, pi)
     again = scraped_hook.deliver(body, headers)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fulfilment.models import OrderStatus
 from fulfilment.render import render_poster
 from healer import db
-from healer.scheduler import Scheduler
+from healer.jobs.scheduler import Scheduler
 from healer.worker import Worker
 from tests.fakes.db_fixtures import unreachable_pg_url
 from tests.fakes.shop_fixtures import Shop

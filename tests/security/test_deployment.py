@@ -36,11 +36,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from checks.base import Status, run_check
 from checks.docker import DockerCheck
-from healer.audit import Action, Remediation, Result
+from healer.remediation.audit import Action, Remediation, Result
 from healer.config import DEFAULT_RENDER_TIMEOUT_SECONDS, RemediationMode
-from healer.health import HealthMonitor
-from healer.metrics import Metrics
-from healer.remediate import Audit, ContainerHealer, RemediationPolicy, Remediator
+from healer.health.monitor import HealthMonitor
+from healer.health.metrics import Metrics
+from healer.remediation.remediator import Audit, ContainerHealer, RemediationPolicy, Remediator
 from tests.dashboards import (
     COMPOSE_FILE,
     DOCKERFILE,

@@ -24,7 +24,7 @@ from fulfilment.pipeline import Pipeline
 from fulfilment.photo_header import read_photo_header
 from fulfilment.render import PosterInputs, render_poster
 from fulfilment.templates import load_template
-from healer.samples import sample_photo
+from healer.demo.samples import sample_photo
 from healer.worker import RenderPool
 from tests.fakes.render_fixtures import REPO_ROOT
 from tests.fakes.shop_fixtures import Shop

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, inspect, text
 
 from fulfilment.models import Order, OrderEvent, transaction
 from healer import db
-from healer.models import OrphanPayment
+from healer.db.models import OrphanPayment
 
 T0 = datetime(2026, 11, 20, 9, 30, tzinfo=timezone.utc)
 

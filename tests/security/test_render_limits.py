@@ -32,7 +32,7 @@ from fulfilment.errors import ErrorClass, StepError
 from fulfilment.render import PosterInputs
 from fulfilment.waveform import waveform_png
 from healer.config import Settings
-from healer.samples import sample_audio, sample_photo
+from healer.demo.samples import sample_audio, sample_photo
 from healer.worker import RenderPool
 
 pytestmark = pytest.mark.timeout(300)

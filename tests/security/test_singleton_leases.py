@@ -30,17 +30,17 @@ from fulfilment.leases import db_later
 from fulfilment.models import Order, Outcome, transaction, utcnow
 from fulfilment.payments import StripePayments
 from healer import db
-from healer.metrics import Metrics
-from healer.models import ReconcileState, insert_once
-from healer.reconcile import STATE, FindingKind, LeaseLock, ReconcileConfig, Reconciler, run_lock
-from healer.stuck import REFUND_HOLDER, StuckOrders, StuckPolicy
+from healer.health.metrics import Metrics
+from healer.db.models import ReconcileState, insert_once
+from healer.stripe.reconcile import STATE, FindingKind, LeaseLock, ReconcileConfig, Reconciler, run_lock
+from healer.jobs.stuck import REFUND_HOLDER, StuckOrders, StuckPolicy
 from tests.fakes.shop_fixtures import Shop
 from tests.security.test_leases import skewed, wait_until
 
 HOUR = timedelta(hours=1)
 SLA = 600
 LEASE = 60
-REFUND_HOLD = 600  # healer.stuck holds an order this long while refunding it
+REFUND_HOLD = 600  # healer.jobs.stuck holds an order this long while refunding it
 
 
 def database_now(session: Session) -> datetime:

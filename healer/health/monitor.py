@@ -41,7 +41,7 @@ from fulfilment.secrets import Redactor
 from fulfilment.storage import make_s3_client
 from healer import db
 from healer.config import Settings
-from healer.services import Services
+from healer.wiring import Services
 
 log = logging.getLogger(__name__)
 

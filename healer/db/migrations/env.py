@@ -2,8 +2,8 @@
 
 from alembic import context
 
-import healer.models  # noqa: F401  - registers healer's own tables on the shared metadata
-import healer.audit  # noqa: F401  - registers the remediation audit table too
+import healer.db.models  # noqa: F401  - registers healer's own tables on the shared metadata
+import healer.remediation.audit  # noqa: F401  - registers the remediation audit table too
 from fulfilment.models import Base
 
 config = context.config

@@ -21,7 +21,7 @@ the health monitor, `Remediator.observe_step` watches order steps) and refuses w
   (symlinks are never followed, file systems mounted inside never entered), are deleted oldest
   first until it is above that level again.
 
-Every action is a `remediations` row (healer.audit) and a count in
+Every action is a `remediations` row (healer.remediation.audit) and a count in
 healer_remediations_total{action,result}. HEALER_REMEDIATION=off does nothing at all; dry-run logs
 and records what it would do (result `dry_run`) and changes nothing.
 """
@@ -68,10 +68,10 @@ from fulfilment.pipeline import (
 )
 from fulfilment.storage import ObjectStore
 from healer import db
-from healer.audit import Action, Remediation, Result
+from healer.remediation.audit import Action, Remediation, Result
 from healer.config import RemediationMode, Settings
-from healer.metrics import Metrics
-from healer.services import Services
+from healer.health.metrics import Metrics
+from healer.wiring import Services
 from healer.worker import RenderPool
 
 log = logging.getLogger(__name__)
@@ -718,7 +718,7 @@ class Remediator:
         return self.audit.mode
 
     def on_check_result(self, new: CheckResult, previous: CheckResult | None) -> None:
-        """healer.health.Listener: act on what the checks report."""
+        """healer.health.monitor.Listener: act on what the checks report."""
         if self.mode is RemediationMode.OFF:
             return
         if self.orders is not None and _turned_green(new, previous):

@@ -11,7 +11,7 @@ the verify step would check a retrieved one. Asking Stripe again would only add 
 outage dependency) to a path that must answer fast; the worker goes on from `paid`.
 
 A `charge.refunded` event refunding in full a payment that reconciliation stored as an orphan
-resolves that orphan (healer.orphans), in the same transaction as the event id, whether or not an
+resolves that orphan (healer.stripe.orphans), in the same transaction as the event id, whether or not an
 order is also named (a second payment for a paid order names that order).
 
 Nothing slow happens in the request: no Stripe calls, no rendering, one short transaction.
@@ -40,9 +40,9 @@ from fulfilment.errors import ErrorClass
 from fulfilment.models import Order, OrderStatus, Outcome, Step, transaction
 from fulfilment.pipeline import REFUNDED_OUTCOME, Pipeline
 from healer.config import Secret
-from healer.metrics import Metrics
-from healer.models import OrphanPayment, WebhookEvent, insert_once
-from healer.orphans import resolve as resolve_orphan
+from healer.health.metrics import Metrics
+from healer.db.models import OrphanPayment, WebhookEvent, insert_once
+from healer.stripe.orphans import resolve as resolve_orphan
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from fulfilment.templates import list_templates
 from healer import orders
 from healer.config import Settings
 from healer.daemon import Daemon
-from healer.samples import sample_audio, sample_photo, sample_waveform_png
+from healer.demo.samples import sample_audio, sample_photo, sample_waveform_png
 
 log = logging.getLogger(__name__)
 console = Console()

@@ -23,7 +23,7 @@ from fulfilment.pipeline import OrderNotFound
 from fulfilment.render import PosterInputs
 from fulfilment.secrets import RedactingFilter, Redactor
 from healer import __version__, db, orders
-from healer.audit import Action
+from healer.remediation.audit import Action
 from healer.config import Settings, SettingsError
 from healer.orders import OrderView
 
@@ -150,7 +150,7 @@ def _order_id(value: str) -> uuid.UUID:
 
 
 def _note(value: str) -> str:
-    from healer.orphans import parse_note
+    from healer.stripe.orphans import parse_note
 
     try:
         return parse_note(value)
@@ -218,8 +218,8 @@ _STATUS_STYLES = {
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
-    from healer.health import build_monitor
-    from healer.services import Services
+    from healer.health.monitor import build_monitor
+    from healer.wiring import Services
 
     services = Services.build(settings)
     try:
@@ -272,7 +272,7 @@ def print_check_results(results: dict[str, CheckResult]) -> None:
 
 
 def _services(settings: Settings):  # type: ignore[no-untyped-def]
-    from healer.services import Services
+    from healer.wiring import Services
 
     services = Services.build(settings)
     if settings.uses_embedded_database:
@@ -384,7 +384,7 @@ def cmd_orders_retry(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
-    from healer.reconcile import run_reconcile_command
+    from healer.stripe.reconcile import run_reconcile_command
 
     services = _services(settings)
     try:
@@ -394,19 +394,19 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_remediations(settings: Settings, args: argparse.Namespace) -> int:
-    from healer.remediate import remediations_command
+    from healer.remediation.remediator import remediations_command
 
     return remediations_command(settings, args, out)
 
 
 def cmd_orphans_list(settings: Settings, args: argparse.Namespace) -> int:
-    from healer.orphans import orphans_list_command
+    from healer.stripe.orphans import orphans_list_command
 
     return orphans_list_command(settings, args, out, err)
 
 
 def cmd_orphans_resolve(settings: Settings, args: argparse.Namespace) -> int:
-    from healer.orphans import orphans_resolve_command
+    from healer.stripe.orphans import orphans_resolve_command
 
     return orphans_resolve_command(settings, args, out, err)
 

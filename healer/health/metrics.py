@@ -39,8 +39,8 @@ from fulfilment.errors import ErrorClass
 from fulfilment.models import Order, OrderStatus, Outcome, Step, utcnow
 from fulfilment.pipeline import ACTIVE, StepResult
 from healer import __version__
-from healer.orphans import count_unresolved
-from healer.scheduler import JobState
+from healer.stripe.orphans import count_unresolved
+from healer.jobs.scheduler import JobState
 
 log = logging.getLogger(__name__)
 

@@ -85,7 +85,7 @@ RESOLUTION_MAX_CHARS = 2000
 class OrphanPayment(Base):
     """A succeeded payment that no order claims: money taken for nothing, reported once. It counts
     (healer_orphan_payments, the HealerOrphanPayments alert) until resolved: refunded in Stripe, claimed
-    by an order after all, or marked dealt with by an operator (see healer.orphans)."""
+    by an order after all, or marked dealt with by an operator (see healer.stripe.orphans)."""
 
     __tablename__ = "orphan_payments"
 

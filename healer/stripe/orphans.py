@@ -1,9 +1,9 @@
 """Orphan payments once found: what still counts, how one is resolved, and `healer orphans`.
 
-Reconciliation stores a succeeded payment that no order claims (healer.reconcile). It counts in
+Reconciliation stores a succeeded payment that no order claims (healer.stripe.reconcile). It counts in
 `healer_orphan_payments`, and so keeps HealerOrphanPayments firing, until it is resolved, once, by
 whichever comes first:
-- Stripe reports it refunded in full: a signed `charge.refunded` webhook (healer.webhooks);
+- Stripe reports it refunded in full: a signed `charge.refunded` webhook (healer.stripe.webhooks);
 - an order holds the payment after all (restored, or repaired by reconciliation): the next run;
 - an operator says it was dealt with: `healer orphans resolve PI_ID --note TEXT`.
 Resolving is a compare-and-set on `resolved_at IS NULL`, so of two resolvers racing the first one's
@@ -31,7 +31,7 @@ from fulfilment.errors import one_line
 from fulfilment.models import transaction, utcnow
 from healer import db
 from healer.config import Settings
-from healer.models import RESOLUTION_MAX_CHARS, OrphanPayment
+from healer.db.models import RESOLUTION_MAX_CHARS, OrphanPayment
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ are matched to orders by `metadata.order_id` (or the order's payment id) with on
 - an order still awaiting payment is marked paid and queued (its webhook was lost);
 - a paid order past its SLA that nobody works on is re-queued;
 - a payment that no order claims is an orphan: stored once, logged once, counted until resolved;
-- a stored orphan that an order now holds (restored, or repaired above) is resolved (healer.orphans).
+- a stored orphan that an order now holds (restored, or repaired above) is resolved (healer.stripe.orphans).
 The first run looks back three days, the time Stripe keeps retrying a webhook; later runs resume
 from the newest `created` seen, less an overlap for payments that were still being confirmed.
 
@@ -48,12 +48,12 @@ from fulfilment.models import Order, OrderStatus, transaction, utcnow
 from fulfilment.payments import StripePayments
 from fulfilment.pipeline import ACTIVE, Pipeline, awaiting_payment_clause
 from healer.config import Settings
-from healer.metrics import Metrics
-from healer.models import OrphanPayment, ReconcileRun, ReconcileState, RunResult, insert_once
-from healer.orphans import count_unresolved, resolve as resolve_orphan
-from healer.services import Services
-from healer.stuck import requeue_stuck
-from healer.webhooks import order_columns, parse_order_id, payment_mismatch
+from healer.health.metrics import Metrics
+from healer.db.models import OrphanPayment, ReconcileRun, ReconcileState, RunResult, insert_once
+from healer.stripe.orphans import count_unresolved, resolve as resolve_orphan
+from healer.wiring import Services
+from healer.jobs.stuck import requeue_stuck
+from healer.stripe.webhooks import order_columns, parse_order_id, payment_mismatch
 
 if TYPE_CHECKING:
     from stripe.params import PaymentIntentListParams
@@ -288,7 +288,7 @@ class Reconciler:
         return None
 
     def _stuck(self, order: Row[Any], now: datetime) -> bool:
-        # The same test as healer.stuck's query, on the row the page's query already fetched:
+        # The same test as healer.jobs.stuck's query, on the row the page's query already fetched:
         # the SLA on our clock, the lease as the database judged it when it read the row.
         return bool(
             order.status in ACTIVE and order.paid_at is not None
@@ -495,7 +495,7 @@ class Reconciler:
             ))
 
     def orphan_count(self) -> int:
-        """Unresolved orphans, as `healer_orphan_payments` reports them (healer.metrics)."""
+        """Unresolved orphans, as `healer_orphan_payments` reports them (healer.health.metrics)."""
         with self.sessions() as session:
             return count_unresolved(session)
 
@@ -539,7 +539,7 @@ def crossed_checkpoint(age: float, since_last_run: float | None, first: float) -
 
 
 def _matching_columns() -> tuple[Any, ...]:
-    """healer.webhooks' columns for matching a payment to an order, and `lease_free`: nobody holds
+    """healer.stripe.webhooks' columns for matching a payment to an order, and `lease_free`: nobody holds
     the order's lease. The database says so, on the clock the lease was written on: ours may be
     off (fulfilment.leases)."""
     free = or_(Order.lease_expires_at.is_(None), Order.lease_expires_at < db_now())
