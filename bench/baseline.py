@@ -39,7 +39,7 @@ from fulfilment.models import Order, OrderStatus, transaction, utcnow  # noqa: E
 from fulfilment.pipeline import final_pdf_key, permanent_key  # noqa: E402
 from fulfilment.render import PosterInputs, render_poster  # noqa: E402
 from healer.config import Settings  # noqa: E402
-from healer.services import Services  # noqa: E402
+from healer.wiring import Services  # noqa: E402
 from tests.faults.processes import Incarnation, Slot, http  # noqa: E402
 from tests.faults.scenario import Peers, PlacedOrder, peer_env  # noqa: E402
 from tests.fakes.stripe_server import FakeStripeServer  # noqa: E402

@@ -36,7 +36,7 @@ from fulfilment.pipeline import Pipeline, RetryPolicy, StepResult  # noqa: E402
 from fulfilment.render import PosterInputs, render_poster  # noqa: E402
 from fulfilment.storage import S3Store, make_s3_client  # noqa: E402
 from healer import db  # noqa: E402
-from healer.samples import sample_audio, sample_photo, sample_waveform_png  # noqa: E402
+from healer.demo.samples import sample_audio, sample_photo, sample_waveform_png  # noqa: E402
 from healer.worker import RenderPool, Worker  # noqa: E402
 from tests.fakes.sendgrid_server import SendGridServer  # noqa: E402
 from tests.fakes.stripe_server import FakeStripeServer  # noqa: E402

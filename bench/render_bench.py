@@ -28,7 +28,7 @@ from pathlib import Path
 
 from fulfilment.render import PosterInputs, render_poster
 from fulfilment.templates import list_templates
-from healer.samples import sample_audio, sample_photo
+from healer.demo.samples import sample_audio, sample_photo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TITLE = "Zoë & Ömer"

@@ -67,7 +67,7 @@ from baseline import COMMAND as BASELINE_COMMAND  # noqa: E402
 from baseline import BaselineTarget  # noqa: E402
 from fulfilment.storage import make_s3_client  # noqa: E402
 from healer import db  # noqa: E402
-from healer.samples import sample_audio, sample_photo, sample_waveform_png  # noqa: E402
+from healer.demo.samples import sample_audio, sample_photo, sample_waveform_png  # noqa: E402
 from tests.faults.healer_target import HealerTarget  # noqa: E402
 from tests.faults.ledger import Verdict, judge  # noqa: E402
 from tests.faults.processes import HEALER_RUN, Slot, http, wait_until_answering  # noqa: E402
