@@ -25,12 +25,10 @@ from healer.http.operator import OperatorContext, create_operator_app
 from healer.http.public import PublicContext, create_public_app
 from healer.http.ratelimit import ClientRateLimit
 from healer.config import Settings
-from healer.health.monitor import build_monitor
 from healer.health.metrics import Metrics
-from healer.stripe.reconcile import reconcile_job
-from healer.remediation.remediator import RemediationPolicy, build_remediator
+from healer.remediation.remediator import RemediationPolicy
 from healer.jobs.scheduler import Scheduler
-from healer.wiring import Services
+from healer.wiring import Services, build_monitor, build_remediator, reconcile_job
 from healer.jobs.stuck import StuckOrders, StuckPolicy
 from healer.stripe.webhooks import webhook_router
 from healer.worker import RenderPool, Worker

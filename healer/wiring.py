@@ -1,10 +1,16 @@
-"""Builds the daemon's clients and components from Settings: the one place that wires them."""
+"""The composition root: the one place that reads Settings and builds components from them.
+
+Clients and the pipeline (`Services`), the health monitor and its checks (`build_monitor`), the
+remediator and its actions (`build_remediator`), and the reconciler (`build_reconciler`,
+`reconcile_job`). Everything else receives what it needs in its constructor.
+"""
 
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -13,8 +19,33 @@ from fulfilment.mailer import Mailer, OutboxMailer, SendGridMailer
 from fulfilment.payments import DisabledPayments, Payments, StripePayments
 from fulfilment.pipeline import Gate, Pipeline, RenderFn, RetryPolicy, StepResult, never_gated
 from fulfilment.storage import LocalStore, ObjectStore, S3Store, make_s3_client
+from checks.assets import AssetsCheck
+from checks.base import Check
+from checks.database import DatabaseCheck
+from checks.disk import DiskCheck
+from checks.docker import DockerCheck, compose_project_label
+from checks.memory import MemoryCheck
+from checks.orders import OrdersCheck
+from checks.s3 import LocalStoreCheck, S3Check
+from checks.sendgrid import SendGridCheck
+from checks.stripe import StripeCheck
+from fulfilment.secrets import Redactor
 from healer import db
 from healer.config import Settings
+from healer.health.metrics import Metrics
+from healer.health.monitor import HealthMonitor
+from healer.remediation.remediator import (
+    Audit,
+    ContainerHealer,
+    OrderResumer,
+    PdfRestorer,
+    RemediationPolicy,
+    Remediator,
+    ScratchSweeper,
+    WaveformRestorer,
+)
+from healer.stripe.reconcile import ReconcileConfig, ReconcileJob, Reconciler, run_lock
+from healer.worker import RenderPool
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +123,178 @@ def build_payments(settings: Settings) -> Payments:
     if settings.stripe_secret_key is None:
         return DisabledPayments()
     return StripePayments(settings.stripe_secret_key.value, api_base=settings.stripe_api_base)
+
+
+# -- health checks ---------------------------------------------------------------------------------
+
+
+def build_monitor(settings: Settings, services: Services, extra_checks: Sequence[Check] = ()) -> HealthMonitor:
+    """The four peer checks from Settings and Services, plus `extra_checks`, in one monitor.
+
+    Intervals derive from HEALER_CHECK_INTERVAL_SECONDS (default 30 s), so a test or a demo that
+    shortens it speeds up every check alike; at the default they are 15 s, 30 s and 60 s.
+    """
+    interval = settings.check_interval_seconds
+    checks: list[Check] = [
+        _database_check(services, interval),
+        _s3_check(settings, interval),
+        _sendgrid_check(settings, interval),
+        _stripe_check(settings, interval),
+        *_resource_checks(settings, services, interval),
+        *extra_checks,
+    ]
+    return HealthMonitor(checks, redact=Redactor(settings.secret_values()))
+
+
+def _resource_checks(settings: Settings, services: Services, interval: float) -> list[Check]:
+    # None of these gates readiness: taking the daemon out of a load balancer would not free a
+    # disk or restart a container, and the completion API answers 202 whatever they say; they gate
+    # the steps that need them instead, and alert.
+    return [
+        DiskCheck(
+            paths=(("data", settings.data_dir), ("scratch", settings.scratch_dir), ("assets", settings.assets_dir)),
+            interval_seconds=interval,
+            timeout_seconds=5.0,
+            critical=False,
+        ),
+        MemoryCheck(interval_seconds=interval, timeout_seconds=5.0, critical=False),
+        # A canary render of every template, cached until an asset file changes.
+        AssetsCheck(assets_dir=settings.assets_dir, interval_seconds=interval),
+        DockerCheck(
+            base_url=settings.docker_host,
+            label=compose_project_label(settings.compose_project),
+            interval_seconds=interval,
+            timeout_seconds=10.0,
+        ),
+        OrdersCheck(
+            sessions=services.sessions,
+            sla_seconds=settings.order_sla_seconds,
+            session_expiration_seconds=settings.session_expiration_seconds,
+            interval_seconds=interval,
+        ),
+    ]
+
+
+def _database_check(services: Services, interval: float) -> DatabaseCheck:
+    # Twice as often as the rest: it is one pooled `SELECT 1`, every step needs the database, and
+    # checks that depend on it are skipped while it fails, so it should be the first to know. Its
+    # timeout outlasts the driver's 5 s connect timeout, so a dead server is named by the driver.
+    return DatabaseCheck(
+        engine=services.engine,
+        head_revision=db.head_revision(),
+        interval_seconds=interval / 2,
+        timeout_seconds=8.0,
+        critical=True,
+    )
+
+
+def _s3_check(settings: Settings, interval: float) -> Check:
+    if settings.s3_bucket is None:
+        return LocalStoreCheck(root=settings.local_store_dir, interval_seconds=interval, timeout_seconds=5.0)
+    # Its own client: short timeouts and a single attempt, so a probe reports what S3 did and
+    # finishes (read timeout 5 s) before the check's own timeout cuts it off.
+    client = make_s3_client(
+        access_key_id=settings.aws_access_key_id.value if settings.aws_access_key_id else None,
+        secret_access_key=settings.aws_secret_access_key.value if settings.aws_secret_access_key else None,
+        region=settings.s3_region,
+        endpoint_url=settings.s3_endpoint_url,
+        connect_timeout=3,
+        read_timeout=5,
+        max_attempts=1,
+    )
+    # A cheap listing every interval; the six-request write/copy/delete round trip every 20
+    # intervals (10 minutes at the default), which keeps the check's S3 bill negligible.
+    return S3Check(
+        client=client,
+        bucket=settings.s3_bucket,
+        round_trip_every_seconds=interval * 20,
+        interval_seconds=interval,
+        timeout_seconds=10.0,
+        critical=True,
+    )
+
+
+# SendGrid and Stripe are probed every other interval (60 s at the default): each probe is an
+# authenticated call to a third-party API whose rate limits the shop's own traffic shares, and what
+# it checks (is the key valid) changes rarely. They are not critical: every replica shares the same
+# account, so failing readiness on them would take the whole shop's API out of rotation, while the
+# pipeline already holds the steps that need them (gated) and answers customers 202.
+def _sendgrid_check(settings: Settings, interval: float) -> SendGridCheck:
+    return SendGridCheck(
+        api_key=settings.sendgrid_api_key.value if settings.sendgrid_api_key else None,
+        from_email=settings.from_email,
+        api_base=settings.sendgrid_api_base,
+        outbox_dir=settings.outbox_dir,
+        interval_seconds=interval * 2,
+        timeout_seconds=10.0,
+        critical=False,
+    )
+
+
+def _stripe_check(settings: Settings, interval: float) -> StripeCheck:
+    return StripeCheck(
+        api_key=settings.stripe_secret_key.value if settings.stripe_secret_key else None,
+        webhook_secret=settings.stripe_webhook_secret.value if settings.stripe_webhook_secret else None,
+        api_base=settings.stripe_api_base,
+        interval_seconds=interval * 2,
+        timeout_seconds=10.0,
+        critical=False,
+    )
+
+
+# -- self-healing ----------------------------------------------------------------------------------
+
+
+def build_remediator(
+    settings: Settings,
+    services: Services,
+    metrics: Metrics,
+    policy: RemediationPolicy = RemediationPolicy(),
+    *,
+    resume_waiting: Callable[[str], int] | None = None,
+    rerender: Callable[[uuid.UUID], str] | None = None,
+    render_blocked: Callable[[], str | None] = lambda: None,
+    worker: str | None = None,
+) -> Remediator:
+    """Every action the settings allow. `resume_waiting` and `rerender` are the pipeline's,
+    `render_blocked` names a failing check the render step waits on; `worker` names this daemon."""
+    audit = Audit(services.sessions, metrics, settings.remediation, worker)
+    containers = None
+    if policy.docker and settings.docker_host is None:
+        log.warning("HEALER_AUTOHEAL_DOCKER is on but DOCKER_HOST is unset: containers are not restarted")
+    elif policy.docker and settings.docker_host is not None:
+        labels = (settings.autoheal_label, compose_project_label(settings.compose_project))
+        containers = ContainerHealer(settings.docker_host, labels, policy, audit)
+    remediator = Remediator(
+        audit,
+        containers=containers,
+        scratch=ScratchSweeper(settings.scratch_dir, policy, audit),
+        waveforms=WaveformRestorer(services.sessions, services.store, audit, RenderPool(
+            settings.assets_dir, 1, settings.scratch_dir, timeout_seconds=settings.render_timeout_seconds,
+            memory_mb=settings.render_memory_mb, max_photo_megapixels=settings.max_photo_megapixels)),
+        orders=OrderResumer(services.sessions, resume_waiting, audit) if resume_waiting else None,
+        pdfs=PdfRestorer(rerender, audit, render_blocked=render_blocked) if rerender else None,
+    )
+    log.info("%s", remediator.describe())
+    return remediator
+
+
+# -- reconciliation with Stripe --------------------------------------------------------------------
+
+
+def build_reconciler(settings: Settings, services: Services, pipeline: Pipeline, metrics: Metrics,
+                     worker: str | None = None) -> Reconciler | None:
+    """None when payments are not verified (no STRIPE_SECRET_KEY): nothing to reconcile against."""
+    if not isinstance(services.payments, StripePayments):
+        return None
+    config = ReconcileConfig(sla_seconds=settings.order_sla_seconds)
+    return Reconciler(services.sessions, services.payments.client, pipeline, metrics, config,
+                      worker=worker)
+
+
+def reconcile_job(services: Services, pipeline: Pipeline, metrics: Metrics, owner: str) -> ReconcileJob | None:
+    """The daemon's `reconcile` job (None without Stripe): one daemon at a time runs it."""
+    reconciler = build_reconciler(services.settings, services, pipeline, metrics, worker=owner)
+    if reconciler is None:
+        return None
+    return ReconcileJob(reconciler, run_lock(services.engine, services.sessions, owner))

@@ -24,6 +24,7 @@ from fulfilment.render import PosterInputs
 from fulfilment.secrets import RedactingFilter, Redactor
 from healer import __version__, db, orders
 from healer.remediation.audit import Action
+from healer.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from healer.config import Settings, SettingsError
 from healer.orders import OrderView
 
@@ -31,7 +32,6 @@ log = logging.getLogger("healer")
 out = Console()
 err = Console(stderr=True)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,7 +150,7 @@ def _order_id(value: str) -> uuid.UUID:
 
 
 def _note(value: str) -> str:
-    from healer.stripe.orphans import parse_note
+    from healer.cli.orphans import parse_note
 
     try:
         return parse_note(value)
@@ -218,8 +218,7 @@ _STATUS_STYLES = {
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
-    from healer.health.monitor import build_monitor
-    from healer.wiring import Services
+    from healer.wiring import Services, build_monitor
 
     services = Services.build(settings)
     try:
@@ -384,7 +383,7 @@ def cmd_orders_retry(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
-    from healer.stripe.reconcile import run_reconcile_command
+    from healer.cli.reconcile import run_reconcile_command
 
     services = _services(settings)
     try:
@@ -394,19 +393,19 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_remediations(settings: Settings, args: argparse.Namespace) -> int:
-    from healer.remediation.remediator import remediations_command
+    from healer.cli.remediations import remediations_command
 
     return remediations_command(settings, args, out)
 
 
 def cmd_orphans_list(settings: Settings, args: argparse.Namespace) -> int:
-    from healer.stripe.orphans import orphans_list_command
+    from healer.cli.orphans import orphans_list_command
 
     return orphans_list_command(settings, args, out, err)
 
 
 def cmd_orphans_resolve(settings: Settings, args: argparse.Namespace) -> int:
-    from healer.stripe.orphans import orphans_resolve_command
+    from healer.cli.orphans import orphans_resolve_command
 
     return orphans_resolve_command(settings, args, out, err)
 

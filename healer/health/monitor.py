@@ -11,7 +11,7 @@ Two rules shape what is *reported*, while the raw result of every probe is kept 
 - dependencies: a check whose `depends_on` names a failing check reports `skipped: database
   failing` instead of raising a second alarm for the same cause.
 
-`build_monitor` is the one place that turns Settings and Services into the configured checks.
+The configured checks come from `healer.wiring.build_monitor`, the one place that reads Settings.
 """
 
 from __future__ import annotations
@@ -26,22 +26,9 @@ from datetime import datetime
 from functools import partial
 from typing import Protocol
 
-from checks.assets import AssetsCheck
 from checks.base import Check, CheckResult, Healthy, Status, run_with_timeout
-from checks.database import DatabaseCheck
-from checks.disk import DiskCheck
-from checks.docker import DockerCheck, compose_project_label
-from checks.memory import MemoryCheck
-from checks.orders import OrdersCheck
 from checks.registry import display_order
-from checks.s3 import LocalStoreCheck, S3Check
-from checks.sendgrid import SendGridCheck
-from checks.stripe import StripeCheck
 from fulfilment.secrets import Redactor
-from fulfilment.storage import make_s3_client
-from healer import db
-from healer.config import Settings
-from healer.wiring import Services
 
 log = logging.getLogger(__name__)
 
@@ -349,117 +336,3 @@ def _readiness_line(name: str, entry: _Entry | None, excluded: bool) -> Readines
 
 
 # -- the configured checks ---------------------------------------------------------------------------
-
-
-def build_monitor(settings: Settings, services: Services, extra_checks: Sequence[Check] = ()) -> HealthMonitor:
-    """The four peer checks from Settings and Services, plus `extra_checks`, in one monitor.
-
-    Intervals derive from HEALER_CHECK_INTERVAL_SECONDS (default 30 s), so a test or a demo that
-    shortens it speeds up every check alike; at the default they are 15 s, 30 s and 60 s.
-    """
-    interval = settings.check_interval_seconds
-    checks: list[Check] = [
-        _database_check(services, interval),
-        _s3_check(settings, interval),
-        _sendgrid_check(settings, interval),
-        _stripe_check(settings, interval),
-        *_resource_checks(settings, services, interval),
-        *extra_checks,
-    ]
-    return HealthMonitor(checks, redact=Redactor(settings.secret_values()))
-
-
-def _resource_checks(settings: Settings, services: Services, interval: float) -> list[Check]:
-    # None of these gates readiness: taking the daemon out of a load balancer would not free a
-    # disk or restart a container, and the completion API answers 202 whatever they say; they gate
-    # the steps that need them instead, and alert.
-    return [
-        DiskCheck(
-            paths=(("data", settings.data_dir), ("scratch", settings.scratch_dir), ("assets", settings.assets_dir)),
-            interval_seconds=interval,
-            timeout_seconds=5.0,
-            critical=False,
-        ),
-        MemoryCheck(interval_seconds=interval, timeout_seconds=5.0, critical=False),
-        # A canary render of every template, cached until an asset file changes.
-        AssetsCheck(assets_dir=settings.assets_dir, interval_seconds=interval),
-        DockerCheck(
-            base_url=settings.docker_host,
-            label=compose_project_label(settings.compose_project),
-            interval_seconds=interval,
-            timeout_seconds=10.0,
-        ),
-        OrdersCheck(
-            sessions=services.sessions,
-            sla_seconds=settings.order_sla_seconds,
-            session_expiration_seconds=settings.session_expiration_seconds,
-            interval_seconds=interval,
-        ),
-    ]
-
-
-def _database_check(services: Services, interval: float) -> DatabaseCheck:
-    # Twice as often as the rest: it is one pooled `SELECT 1`, every step needs the database, and
-    # checks that depend on it are skipped while it fails, so it should be the first to know. Its
-    # timeout outlasts the driver's 5 s connect timeout, so a dead server is named by the driver.
-    return DatabaseCheck(
-        engine=services.engine,
-        head_revision=db.head_revision(),
-        interval_seconds=interval / 2,
-        timeout_seconds=8.0,
-        critical=True,
-    )
-
-
-def _s3_check(settings: Settings, interval: float) -> Check:
-    if settings.s3_bucket is None:
-        return LocalStoreCheck(root=settings.local_store_dir, interval_seconds=interval, timeout_seconds=5.0)
-    # Its own client: short timeouts and a single attempt, so a probe reports what S3 did and
-    # finishes (read timeout 5 s) before the check's own timeout cuts it off.
-    client = make_s3_client(
-        access_key_id=settings.aws_access_key_id.value if settings.aws_access_key_id else None,
-        secret_access_key=settings.aws_secret_access_key.value if settings.aws_secret_access_key else None,
-        region=settings.s3_region,
-        endpoint_url=settings.s3_endpoint_url,
-        connect_timeout=3,
-        read_timeout=5,
-        max_attempts=1,
-    )
-    # A cheap listing every interval; the six-request write/copy/delete round trip every 20
-    # intervals (10 minutes at the default), which keeps the check's S3 bill negligible.
-    return S3Check(
-        client=client,
-        bucket=settings.s3_bucket,
-        round_trip_every_seconds=interval * 20,
-        interval_seconds=interval,
-        timeout_seconds=10.0,
-        critical=True,
-    )
-
-
-# SendGrid and Stripe are probed every other interval (60 s at the default): each probe is an
-# authenticated call to a third-party API whose rate limits the shop's own traffic shares, and what
-# it checks (is the key valid) changes rarely. They are not critical: every replica shares the same
-# account, so failing readiness on them would take the whole shop's API out of rotation, while the
-# pipeline already holds the steps that need them (gated) and answers customers 202.
-def _sendgrid_check(settings: Settings, interval: float) -> SendGridCheck:
-    return SendGridCheck(
-        api_key=settings.sendgrid_api_key.value if settings.sendgrid_api_key else None,
-        from_email=settings.from_email,
-        api_base=settings.sendgrid_api_base,
-        outbox_dir=settings.outbox_dir,
-        interval_seconds=interval * 2,
-        timeout_seconds=10.0,
-        critical=False,
-    )
-
-
-def _stripe_check(settings: Settings, interval: float) -> StripeCheck:
-    return StripeCheck(
-        api_key=settings.stripe_secret_key.value if settings.stripe_secret_key else None,
-        webhook_secret=settings.stripe_webhook_secret.value if settings.stripe_webhook_secret else None,
-        api_base=settings.stripe_api_base,
-        interval_seconds=interval * 2,
-        timeout_seconds=10.0,
-        critical=False,
-    )

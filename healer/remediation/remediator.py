@@ -28,7 +28,6 @@ and records what it would do (result `dry_run`) and changes nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import stat
@@ -41,21 +40,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import docker
 from docker.errors import DockerException
 from requests.exceptions import RequestException
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from checks.base import CheckResult, Status
 from checks.disk import DiskCheck, Thresholds, Usage, format_bytes, measure
-from checks.docker import compose_project_label
 from fulfilment.errors import StepError, one_line
 from fulfilment.models import Order, Outcome, Step, transaction, utcnow
 from fulfilment.pipeline import (
@@ -67,16 +62,13 @@ from fulfilment.pipeline import (
     permanent_key,
 )
 from fulfilment.storage import ObjectStore
-from healer import db
 from healer.remediation.audit import Action, Remediation, Result
-from healer.config import RemediationMode, Settings
+from healer.config import RemediationMode
 from healer.health.metrics import Metrics
-from healer.wiring import Services
 from healer.worker import RenderPool
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED = 0, 1
 _GATING_CHECKS = frozenset(check for checks in STEP_CHECKS.values() for check in checks)
 _LOG_LEVELS = {
     Result.SUCCESS: logging.INFO,
@@ -776,40 +768,6 @@ def _turned_green(new: CheckResult, previous: CheckResult | None) -> bool:
     return previous is not None and previous.status is Status.FAILING and new.status in (Status.OK, Status.WARNING)
 
 
-def build_remediator(
-    settings: Settings,
-    services: Services,
-    metrics: Metrics,
-    policy: RemediationPolicy = RemediationPolicy(),
-    *,
-    resume_waiting: Callable[[str], int] | None = None,
-    rerender: Callable[[uuid.UUID], str] | None = None,
-    render_blocked: Callable[[], str | None] = lambda: None,
-    worker: str | None = None,
-) -> Remediator:
-    """Every action the settings allow. `resume_waiting` and `rerender` are the pipeline's,
-    `render_blocked` names a failing check the render step waits on; `worker` names this daemon."""
-    audit = Audit(services.sessions, metrics, settings.remediation, worker)
-    containers = None
-    if policy.docker and settings.docker_host is None:
-        log.warning("HEALER_AUTOHEAL_DOCKER is on but DOCKER_HOST is unset: containers are not restarted")
-    elif policy.docker and settings.docker_host is not None:
-        labels = (settings.autoheal_label, compose_project_label(settings.compose_project))
-        containers = ContainerHealer(settings.docker_host, labels, policy, audit)
-    remediator = Remediator(
-        audit,
-        containers=containers,
-        scratch=ScratchSweeper(settings.scratch_dir, policy, audit),
-        waveforms=WaveformRestorer(services.sessions, services.store, audit, RenderPool(
-            settings.assets_dir, 1, settings.scratch_dir, timeout_seconds=settings.render_timeout_seconds,
-            memory_mb=settings.render_memory_mb, max_photo_megapixels=settings.max_photo_megapixels)),
-        orders=OrderResumer(services.sessions, resume_waiting, audit) if resume_waiting else None,
-        pdfs=PdfRestorer(rerender, audit, render_blocked=render_blocked) if rerender else None,
-    )
-    log.info("%s", remediator.describe())
-    return remediator
-
-
 # -- `healer remediations` ------------------------------------------------------------------------
 
 
@@ -845,44 +803,6 @@ def list_remediations(
                         r.detail, r.worker)
         for r in rows
     ]
-
-
-class RemediationsArgs(Protocol):
-    """What `healer remediations` parses: --limit N, --json, optionally --action A."""
-
-    limit: int
-    json: bool
-
-
-_RESULT_STYLES = {"success": "green", "dry_run": "cyan", "failure": "yellow", "escalated": "bold red"}
-
-
-def remediations_command(settings: Settings, args: RemediationsArgs, console: Console) -> int:
-    """`healer remediations [--action A] [--limit N] [--json]`: what healer did by itself, newest first."""
-    action = getattr(args, "action", None)
-    engine = db.make_engine(settings.effective_database_url)
-    try:
-        if settings.uses_embedded_database:
-            db.upgrade(engine)
-        views = list_remediations(db.make_session_factory(engine), limit=args.limit,
-                                  action=Action(action) if action else None)
-    except SQLAlchemyError as error:
-        console.print(f"healer: cannot read remediations ({one_line(error)}); is the schema current "
-                      f"(`healer db upgrade`)?", markup=False, highlight=False)
-        return EXIT_FAILED
-    finally:
-        engine.dispose()
-    if args.json:
-        console.print(json.dumps([v.as_dict() for v in views], indent=2), markup=False, highlight=False,
-                      soft_wrap=True)
-        return EXIT_OK
-    table = Table("time", "action", "target", "result", "mode", "why", "detail")
-    for v in views:
-        table.add_row(v.at, v.action, Text(v.target), Text(v.result, style=_RESULT_STYLES.get(v.result, "")),
-                      v.mode, Text(v.reason), Text(v.detail))
-    console.print(table)
-    console.print(f"{len(views)} remediation(s), newest first", markup=False, highlight=False)
-    return EXIT_OK
 
 
 def _epoch(value: str | None) -> float:

@@ -25,9 +25,9 @@ from checks.s3 import S3Check
 from fulfilment.secrets import Redactor
 from healer import db
 from healer.config import Settings
-from healer.health.monitor import HealthMonitor, build_monitor
+from healer.health.monitor import HealthMonitor
 from healer.jobs.scheduler import Scheduler
-from healer.wiring import Services
+from healer.wiring import Services, build_monitor
 from tests.fakes.s3_fixtures import MotoBucket
 from tests.fakes.sendgrid_server import SendGridServer
 from tests.fakes.stripe_server import FakeStripeServer

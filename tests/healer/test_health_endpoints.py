@@ -17,8 +17,8 @@ from checks.base import Status
 from checks.sendgrid import SendGridCheck
 from healer import db
 from healer.config import Settings
-from healer.health.monitor import HealthMonitor, build_monitor
-from healer.wiring import Services
+from healer.health.monitor import HealthMonitor
+from healer.wiring import Services, build_monitor
 from tests.fakes.http_fixtures import operator_client
 from tests.fakes.s3_fixtures import MotoBucket
 from tests.fakes.sendgrid_server import SendGridServer

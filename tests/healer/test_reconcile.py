@@ -33,8 +33,8 @@ from healer.stripe.reconcile import (
     ReconcileJob,
     Reconciler,
     crossed_checkpoint,
-    run_reconcile_command,
 )
+from healer.cli.reconcile import run_reconcile_command
 from healer.wiring import Services
 from healer.worker import Worker
 from tests.fakes.shop_fixtures import Shop

@@ -44,10 +44,9 @@ from healer.remediation.remediator import (
     Remediator,
     ScratchSweeper,
     WaveformRestorer,
-    build_remediator,
-    remediations_command,
 )
-from healer.wiring import Services
+from healer.cli.remediations import remediations_command
+from healer.wiring import Services, build_remediator
 from tests.fakes.docker_fixtures import HEALTH_FILE, Containers, DockerEngine
 from tests.fakes.shop_fixtures import Shop
 

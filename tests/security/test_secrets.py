@@ -15,9 +15,8 @@ from fastapi.testclient import TestClient
 from fulfilment.models import Outcome, Step, transaction
 from fulfilment.secrets import RedactingFilter, Redactor
 from healer.config import Settings
-from healer.health.monitor import build_monitor
 from healer.http.operator import OperatorContext, create_operator_app
-from healer.wiring import Services
+from healer.wiring import Services, build_monitor
 from tests.fakes.ports import free_port
 from tests.fakes.shop_fixtures import Shop
 
