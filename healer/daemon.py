@@ -26,7 +26,7 @@ from healer.http.public import PublicContext, create_public_app
 from healer.http.ratelimit import ClientRateLimit
 from healer.config import Settings
 from healer.health.metrics import Metrics
-from healer.remediation.remediator import RemediationPolicy
+from healer.remediation.policy import RemediationPolicy
 from healer.jobs.scheduler import Scheduler
 from healer.wiring import Services, build_monitor, build_remediator, reconcile_job
 from healer.jobs.stuck import StuckOrders, StuckPolicy

@@ -34,16 +34,14 @@ from healer import db
 from healer.config import Settings
 from healer.health.metrics import Metrics
 from healer.health.monitor import HealthMonitor
-from healer.remediation.remediator import (
-    Audit,
-    ContainerHealer,
-    OrderResumer,
-    PdfRestorer,
-    RemediationPolicy,
-    Remediator,
-    ScratchSweeper,
-    WaveformRestorer,
-)
+from healer.remediation.audit import Audit
+from healer.remediation.containers import ContainerHealer
+from healer.remediation.pdfs import PdfRestorer
+from healer.remediation.policy import RemediationPolicy
+from healer.remediation.remediator import Remediator
+from healer.remediation.resume import OrderResumer
+from healer.remediation.scratch import ScratchSweeper
+from healer.remediation.waveforms import WaveformRestorer
 from healer.stripe.reconcile import ReconcileConfig, ReconcileJob, Reconciler, run_lock
 from healer.worker import RenderPool
 

@@ -14,8 +14,7 @@ from fulfilment.errors import one_line
 from healer import db
 from healer.cli.exits import EXIT_FAILED, EXIT_OK
 from healer.config import Settings
-from healer.remediation.audit import Action
-from healer.remediation.remediator import list_remediations
+from healer.remediation.audit import Action, list_remediations
 
 
 class RemediationsArgs(Protocol):

@@ -9,12 +9,21 @@ class must stay in step with it (a test compares them).
 from __future__ import annotations
 
 import enum
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Index, Integer, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import BigInteger, Index, Integer, String, Text, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from fulfilment.models import Base, UTCDateTime, utcnow
+from fulfilment.errors import one_line
+from fulfilment.models import Base, UTCDateTime, transaction, utcnow
+from healer.config import RemediationMode
+from healer.health.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 
 class Action(str, enum.Enum):
@@ -56,3 +65,94 @@ class Remediation(Base):
         # The flap guard asks "restarts of this container since T", and operators filter the same way.
         Index("ix_remediations_action_target", "action", "target", "at"),
     )
+
+
+_LOG_LEVELS = {
+    Result.SUCCESS: logging.INFO,
+    Result.DRY_RUN: logging.INFO,
+    Result.FAILURE: logging.WARNING,
+    Result.ESCALATED: logging.ERROR,  # healer would not fix it: a human must
+}
+
+
+class Audit:
+    """Writes the row, counts the metric and logs the line of every remediation."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], metrics: Metrics, mode: RemediationMode, worker: str | None = None
+    ) -> None:
+        self.sessions = sessions
+        self.metrics = metrics
+        self.mode = mode
+        self.worker = worker
+        # Known label sets exist from start-up, so rate() and absence alerts see them at 0.
+        for action in Action:
+            for result in Result:
+                metrics.remediations.labels(action.value, result.value)
+
+    @property
+    def dry_run(self) -> bool:
+        return self.mode is RemediationMode.DRY_RUN
+
+    def record(self, action: Action, target: str, reason: str, result: Result, detail: str = "") -> None:
+        self.metrics.remediations.labels(action.value, result.value).inc()
+        log.log(_LOG_LEVELS[result], "Remediation %s on %s: %s (%s): %s%s", action.value, target, result.value,
+                self.mode.value, reason, f"; {detail}" if detail else "")
+        try:
+            with transaction(self.sessions) as session:
+                session.add(Remediation(
+                    at=utcnow(), action=action.value, target=target[:255], reason=reason[:2000],
+                    result=result.value, mode=self.mode.value, detail=detail[:2000], worker=self.worker,
+                ))
+        except SQLAlchemyError as error:
+            # The action stands (and is counted and logged above); only its row is lost.
+            log.error("Remediation %s on %s not recorded: database unavailable: %s", action.value, target,
+                      one_line(error))
+
+    def attempts_since(self, action: Action, target: str, results: Sequence[Result], since: datetime) -> list[float]:
+        """When `action` was taken on `target` since `since` (epoch seconds), by any daemon."""
+        with self.sessions() as session:
+            rows = session.scalars(
+                select(Remediation.at).where(
+                    Remediation.action == action.value, Remediation.target == target,
+                    Remediation.result.in_([r.value for r in results]), Remediation.at >= since,
+                )
+            ).all()
+        return sorted(at.timestamp() for at in rows)
+
+
+# -- reading it: `healer remediations` ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RemediationView:
+    at: str
+    action: str
+    target: str
+    reason: str
+    result: str
+    mode: str
+    detail: str
+    worker: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "at": self.at, "action": self.action, "target": self.target, "reason": self.reason,
+            "result": self.result, "mode": self.mode, "detail": self.detail, "worker": self.worker,
+        }
+
+
+def list_remediations(
+    sessions: sessionmaker[Session], *, limit: int = 50, action: Action | None = None
+) -> list[RemediationView]:
+    """The newest remediations first."""
+    query = select(Remediation).order_by(Remediation.at.desc(), Remediation.id.desc()).limit(limit)
+    if action is not None:
+        query = query.where(Remediation.action == action.value)
+    with sessions() as session:
+        rows = session.scalars(query).all()
+    return [
+        RemediationView(r.at.isoformat(timespec="seconds"), r.action, r.target, r.reason, r.result, r.mode,
+                        r.detail, r.worker)
+        for r in rows
+    ]

@@ -32,19 +32,16 @@ from fulfilment.models import Base, OrderStatus, Outcome, Step
 from fulfilment.pipeline import Pipeline, StepResult, permanent_key
 from fulfilment.waveform import waveform_png
 from healer import db
-from healer.remediation.audit import Action, Remediation, Result
 from healer.config import RemediationMode, Settings
 from healer.health.monitor import HealthMonitor
 from healer.health.metrics import Metrics
-from healer.remediation.remediator import (
-    Audit,
-    ContainerHealer,
-    OrderResumer,
-    RemediationPolicy,
-    Remediator,
-    ScratchSweeper,
-    WaveformRestorer,
-)
+from healer.remediation.audit import Action, Audit, Remediation, Result
+from healer.remediation.containers import ContainerHealer
+from healer.remediation.policy import RemediationPolicy
+from healer.remediation.remediator import Remediator
+from healer.remediation.resume import OrderResumer
+from healer.remediation.scratch import ScratchSweeper
+from healer.remediation.waveforms import WaveformRestorer
 from healer.cli.remediations import remediations_command
 from healer.wiring import Services, build_remediator
 from tests.fakes.docker_fixtures import HEALTH_FILE, Containers, DockerEngine
@@ -168,7 +165,7 @@ def test_a_container_that_stays_unhealthy_is_restarted_at_most_n_times_then_repo
     web = docker_containers.run("web", labels=AUTOHEAL, healthy=False)  # never healthy, restart or not
     docker_containers.wait_for_health(web, "unhealthy")
 
-    with caplog.at_level(logging.INFO, logger="healer.remediation.remediator"):
+    with caplog.at_level(logging.INFO, logger="healer.remediation"):
         until(lambda: any(r.result == "escalated" for r in rows(sessions)), 60, "the flap guard", step=rig.probe)
         rig.probe_for(2.0)  # and then it is left alone
 
@@ -535,7 +532,7 @@ def test_a_small_scratch_volume_is_left_alone_while_empty_and_escalated_once_per
     escalations = rows(sessions, Action.FREE_SCRATCH)
     assert [(r.result, r.target) for r in escalations] == [("escalated", str(scratch_tmpfs))] * 2
     assert all("nothing of healer's own to delete" in r.detail for r in escalations)
-    errors = [r.getMessage() for r in caplog.records if r.name == "healer.remediation.remediator" and r.levelno >= logging.ERROR]
+    errors = [r.getMessage() for r in caplog.records if r.name.startswith("healer.remediation") and r.levelno >= logging.ERROR]
     assert len(errors) == 2 and all(e.startswith("Remediation free_scratch on ") for e in errors), errors
     assert counted(metrics, Action.FREE_SCRATCH, Result.ESCALATED) == 2  # row, line and count agree
 
@@ -584,7 +581,7 @@ def test_an_action_is_counted_and_logged_even_when_its_row_cannot_be_written(
     metrics = Metrics()
     audit = Audit(db.make_session_factory(unmigrated), metrics, ON)
 
-    with caplog.at_level(logging.INFO, logger="healer.remediation.remediator"):
+    with caplog.at_level(logging.INFO, logger="healer.remediation"):
         audit.record(Action.RESUME_ORDERS, "s3", "check s3 is ok again", Result.SUCCESS, "2 resumed")
 
     assert counted(metrics, Action.RESUME_ORDERS, Result.SUCCESS) == 1

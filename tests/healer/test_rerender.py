@@ -18,11 +18,12 @@ from sqlalchemy import update
 from fulfilment.errors import StepError
 from fulfilment.models import Order, OrderStatus, Outcome, Step, transaction
 from fulfilment.pipeline import Pipeline, final_pdf_key
-from healer.remediation.audit import Action, Remediation, Result
 from healer.config import RemediationMode
 from healer.http.public import BEING_RESTORED, GONE
 from healer.health.metrics import Metrics
-from healer.remediation.remediator import Audit, PdfRestorer, Remediator
+from healer.remediation.audit import Action, Audit, Remediation, Result
+from healer.remediation.pdfs import PdfRestorer
+from healer.remediation.remediator import Remediator
 from tests.fakes.http_fixtures import public_client
 from tests.fakes.shop_fixtures import Shop
 

@@ -36,11 +36,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from checks.base import Status, run_check
 from checks.docker import DockerCheck
-from healer.remediation.audit import Action, Remediation, Result
 from healer.config import DEFAULT_RENDER_TIMEOUT_SECONDS, RemediationMode
 from healer.health.monitor import HealthMonitor
 from healer.health.metrics import Metrics
-from healer.remediation.remediator import Audit, ContainerHealer, RemediationPolicy, Remediator
+from healer.remediation.audit import Action, Audit, Remediation, Result
+from healer.remediation.containers import ContainerHealer
+from healer.remediation.policy import RemediationPolicy
+from healer.remediation.remediator import Remediator
 from tests.dashboards import (
     COMPOSE_FILE,
     DOCKERFILE,
