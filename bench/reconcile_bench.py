@@ -41,7 +41,8 @@ from fulfilment.pipeline import Pipeline, RetryPolicy  # noqa: E402
 from fulfilment.storage import LocalStore  # noqa: E402
 from healer import db  # noqa: E402
 from healer.health.metrics import Metrics  # noqa: E402
-from healer.stripe.reconcile import FindingKind, ReconcileConfig, Reconciler, ReconcileReport  # noqa: E402
+from healer.stripe.findings import FindingKind
+from healer.stripe.reconcile import ReconcileConfig, ReconcileReport  # noqa: E402, Reconciler
 from tests.fakes.stripe_server import FakeStripeServer  # noqa: E402
 
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/"

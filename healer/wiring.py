@@ -42,7 +42,8 @@ from healer.remediation.remediator import Remediator
 from healer.remediation.resume import OrderResumer
 from healer.remediation.scratch import ScratchSweeper
 from healer.remediation.waveforms import WaveformRestorer
-from healer.stripe.reconcile import ReconcileConfig, ReconcileJob, Reconciler, run_lock
+from healer.stripe.reconcile import ReconcileConfig, Reconciler
+from healer.stripe.reconcile_job import ReconcileJob, run_lock
 from healer.worker import RenderPool
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,9 @@ from rich.table import Table
 from healer.cli.exits import EXIT_FAILED, EXIT_OK
 from healer.config import Settings
 from healer.health.metrics import Metrics
-from healer.stripe.reconcile import FindingKind, ReconcileReport, Reconciler, run_lock
+from healer.stripe.findings import FindingKind, ReconcileReport
+from healer.stripe.reconcile import Reconciler
+from healer.stripe.reconcile_job import run_lock
 from healer.wiring import Services, build_reconciler
 
 

@@ -24,33 +24,33 @@ the SLA and checkout ages against Stripe's and the daemon's timestamps, and stam
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import stripe
-from sqlalchemy import Engine, or_, select, text, update
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy import or_, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from fulfilment.leases import db_later, db_now
-from fulfilment.models import Order, OrderStatus, transaction, utcnow
+from fulfilment.models import Order, transaction, utcnow
 from fulfilment.pipeline import ACTIVE, Pipeline, awaiting_payment_clause
 from healer.health.metrics import Metrics
 from healer.db.models import OrphanPayment, ReconcileRun, ReconcileState, RunResult, insert_once
 from healer.stripe.orphans import count_unresolved, resolve as resolve_orphan
 from healer.jobs.stuck import requeue_stuck
-from healer.stripe.webhooks import order_columns, parse_order_id, payment_mismatch
+from healer.stripe.webhooks import parse_order_id, payment_mismatch
 
 if TYPE_CHECKING:
     from stripe.params import PaymentIntentListParams
+
+from healer.stripe.findings import Finding, FindingKind, Payment, ProgressFn, ReconcileReport, Tally
+from healer.stripe.matching import matching_columns, awaiting_payment, claiming_order, crossed_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,6 @@ OVERLAP_SECONDS = 600
 PENDING_CHECK_AFTER_SECONDS = 300  # a checkout younger than this is still in the customer's hands
 PAGE_SIZE = 100  # the list API's maximum
 STATE = "stripe"
-LOCK_KEY = 0x6865616C  # pg advisory lock key every healer agrees on: "heal" in ASCII
-LEASE_SECONDS = 1800  # SQLite only: longer than any run, so a crashed holder frees it in time
 
 
 
@@ -79,92 +77,6 @@ class ReconcileConfig:
     max_retries: int = 6
     backoff_base_seconds: float = 0.5
     backoff_max_seconds: float = 30.0
-
-
-@dataclass(frozen=True)
-class Payment:
-    """The facts of a PaymentIntent that reconciliation uses."""
-
-    id: str
-    status: str
-    amount: int
-    currency: str
-    created: datetime
-    metadata_order_id: str | None
-
-    @classmethod
-    def from_stripe(cls, intent: dict[str, Any]) -> Payment:
-        named = (intent.get("metadata") or {}).get("order_id")
-        return cls(intent["id"], intent["status"], int(intent["amount"]), str(intent["currency"]),
-                   datetime.fromtimestamp(int(intent["created"]), timezone.utc),
-                   str(named)[:255] if named else None)
-
-    def as_intent(self) -> dict[str, Any]:
-        return {"id": self.id, "amount": self.amount, "currency": self.currency,
-                "metadata": {"order_id": self.metadata_order_id} if self.metadata_order_id else {}}
-
-    def __str__(self) -> str:
-        return f"{self.id} ({self.amount} {self.currency})"
-
-
-class FindingKind(str, enum.Enum):
-    MISSED_WEBHOOK = "missed_webhook"  # the payment succeeded, the order still waited for it
-    STUCK = "stuck"  # paid, past the SLA, nobody working on it
-    ORPHAN = "orphan"  # a succeeded payment that no order claims
-    MISMATCH = "mismatch"  # names an awaiting order, but not with its amount or currency
-    ORPHAN_RESOLVED = "orphan_resolved"  # a stored orphan that an order now holds
-
-    @property
-    def repairs(self) -> bool:
-        return self in (FindingKind.MISSED_WEBHOOK, FindingKind.STUCK)
-
-
-@dataclass(frozen=True)
-class Finding:
-    kind: FindingKind
-    payment: Payment
-    order_id: uuid.UUID | None
-    detail: str
-
-
-@dataclass(frozen=True)
-class ReconcileReport:
-    window_start: datetime
-    payments_read: int
-    stripe_requests: int
-    findings: tuple[Finding, ...]
-    dry_run: bool
-    seconds: float
-
-    def count(self, kind: FindingKind) -> int:
-        return sum(1 for f in self.findings if f.kind is kind)
-
-    @property
-    def orders_repaired(self) -> int:
-        return sum(1 for f in self.findings if f.kind.repairs)
-
-    @property
-    def orphans_found(self) -> int:
-        return self.count(FindingKind.ORPHAN)
-
-    @property
-    def orphans_resolved(self) -> int:
-        return self.count(FindingKind.ORPHAN_RESOLVED)
-
-
-@dataclass
-class _Tally:
-    """What one run has read and found so far (mutable, private to the run)."""
-
-    payments_read: int = 0
-    stripe_requests: int = 0
-    newest_created: int | None = None
-    seen: set[str] = field(default_factory=set)
-    findings: list[Finding] = field(default_factory=list)
-
-
-# Called after each page with the payments read so far and the share of the window covered (0..1).
-ProgressFn = Callable[[int, float], None]
 
 
 class Reconciler:
@@ -195,7 +107,7 @@ class Reconciler:
         cursor, last_run_at = self._load_state()
         window_start = self._window_start(started, cursor)
         run_id = None if dry_run else self._start_run(started, window_start)
-        tally = _Tally()
+        tally = Tally()
         try:
             for intents in self._pages(window_start, tally):
                 self._reconcile_page(intents, started, tally, dry_run)
@@ -229,7 +141,7 @@ class Reconciler:
 
     # -- Stripe to database -----------------------------------------------------------------------
 
-    def _pages(self, window_start: datetime, tally: _Tally) -> Iterator[list[dict[str, Any]]]:
+    def _pages(self, window_start: datetime, tally: Tally) -> Iterator[list[dict[str, Any]]]:
         params: PaymentIntentListParams = {"created": {"gte": int(window_start.timestamp())},
                                            "limit": self.config.page_size}
         while True:
@@ -240,7 +152,7 @@ class Reconciler:
                 return
             params["starting_after"] = intents[-1]["id"]
 
-    def _reconcile_page(self, intents: list[dict[str, Any]], now: datetime, tally: _Tally,
+    def _reconcile_page(self, intents: list[dict[str, Any]], now: datetime, tally: Tally,
                         dry_run: bool) -> None:
         tally.payments_read += len(intents)
         for intent in intents:
@@ -257,7 +169,7 @@ class Reconciler:
         order_ids = {oid for p in payments if (oid := parse_order_id(p.metadata_order_id))}
         with self.sessions() as session:
             return list(session.execute(
-                select(*_matching_columns()).where(or_(
+                select(*matching_columns()).where(or_(
                     Order.id.in_(order_ids),
                     Order.stripe_payment_intent_id.in_([p.id for p in payments]),
                 ))
@@ -346,7 +258,7 @@ class Reconciler:
                                             .where(OrphanPayment.payment_intent_id.in_(orphans))))
         return [f for f in findings if f.payment.id not in known]
 
-    def _resolve_claimed_orphans(self, tally: _Tally, dry_run: bool) -> None:
+    def _resolve_claimed_orphans(self, tally: Tally, dry_run: bool) -> None:
         """Stored orphans whose payment an order now holds (restored from a backup, say, or marked
         paid by this run) are resolved. The database alone says so, however old the payment is:
         no Stripe request, one query."""
@@ -375,7 +287,7 @@ class Reconciler:
 
     # -- database to Stripe -----------------------------------------------------------------------
 
-    def _check_pending(self, now: datetime, last_run_at: datetime | None, tally: _Tally,
+    def _check_pending(self, now: datetime, last_run_at: datetime | None, tally: Tally,
                        dry_run: bool) -> None:
         due = self._pending_due(now, last_run_at, tally.seen)
         for order in due[: self.config.max_pending_checks]:
@@ -392,7 +304,7 @@ class Reconciler:
         c = self.config
         with self.sessions() as session:
             rows = session.execute(
-                select(*_matching_columns(), Order.created_at)
+                select(*matching_columns(), Order.created_at)
                 .where(awaiting_payment_clause(),  # incl. orders that gave up at verification
                        Order.stripe_payment_intent_id.is_not(None),
                        Order.next_attempt_at.is_(None),  # queued ones are verified by the worker
@@ -405,7 +317,7 @@ class Reconciler:
                 and crossed_checkpoint((now - r.created_at).total_seconds(), since_last,
                                        c.pending_check_after_seconds)]
 
-    def _retrieve(self, tally: _Tally, payment_intent_id: str) -> dict[str, Any] | None:
+    def _retrieve(self, tally: Tally, payment_intent_id: str) -> dict[str, Any] | None:
         try:
             intent = self._call(tally, lambda: self.client.v1.payment_intents.retrieve(payment_intent_id))
         except stripe.InvalidRequestError as error:
@@ -416,7 +328,7 @@ class Reconciler:
 
     # -- Stripe calls -----------------------------------------------------------------------------
 
-    def _call(self, tally: _Tally, request: Callable[[], T]) -> T:
+    def _call(self, tally: Tally, request: Callable[[], T]) -> T:
         """`request()`, retried with exponential backoff and jitter on 429, 5xx and network errors."""
         attempt = 0
         while True:
@@ -447,7 +359,7 @@ class Reconciler:
             session.flush()
             return run.id
 
-    def _record_failure(self, run_id: int | None, tally: _Tally, error: Exception) -> None:
+    def _record_failure(self, run_id: int | None, tally: Tally, error: Exception) -> None:
         reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
         log.error("Reconciliation failed after %d payment(s) and %d Stripe request(s): %s",
                   tally.payments_read, tally.stripe_requests, reason,
@@ -461,7 +373,7 @@ class Reconciler:
             log.error("Could not record the failed reconciliation run: %s", type(db_error).__name__)
 
     def _record_success(self, run_id: int | None, started: datetime, cursor: int | None,
-                        tally: _Tally, report: ReconcileReport) -> None:
+                        tally: Tally, report: ReconcileReport) -> None:
         assert run_id is not None
         newest = max(filter(None, (cursor, tally.newest_created)), default=None)
         with transaction(self.sessions) as session:
@@ -477,7 +389,7 @@ class Reconciler:
                  report.stripe_requests, report.orders_repaired, report.orphans_found,
                  report.orphans_resolved, report.seconds)
 
-    def _finish_run(self, run_id: int, tally: _Tally, result: RunResult, error: str | None,
+    def _finish_run(self, run_id: int, tally: Tally, result: RunResult, error: str | None,
                     report: ReconcileReport | None = None) -> None:
         with transaction(self.sessions) as session:
             session.execute(update(ReconcileRun).where(ReconcileRun.id == run_id).values(
@@ -491,52 +403,6 @@ class Reconciler:
         """Unresolved orphans, as `healer_orphan_payments` reports them (healer.health.metrics)."""
         with self.sessions() as session:
             return count_unresolved(session)
-
-
-# -- matching rules -----------------------------------------------------------------------------------
-
-
-def claiming_order(payment: Payment, orders: list[Row[Any]]) -> Row[Any] | None:
-    """The order this payment is for: the one holding its id, or the one its metadata names if
-    that order has no payment id yet. Another order's payment (a second charge for an order that
-    was paid already) is claimed by nobody: an orphan, whose money must go back."""
-    named = parse_order_id(payment.metadata_order_id)
-    for order in orders:
-        if order.stripe_payment_intent_id == payment.id:
-            return order
-    for order in orders:
-        if order.id == named and order.stripe_payment_intent_id is None:
-            return order
-    for order in orders:
-        if order.id == named and awaiting_payment(order):
-            return order  # its own payment id differs: reported as a mismatch, not an orphan
-    return None
-
-
-def awaiting_payment(order: Row[Any]) -> bool:
-    # As the pipeline's mark_paid sees it: unpaid, or gave up at verification.
-    return bool(order.status == OrderStatus.PENDING_PAYMENT.value or (
-        order.status == OrderStatus.NEEDS_ATTENTION.value and order.paid_at is None))
-
-
-def crossed_checkpoint(age: float, since_last_run: float | None, first: float) -> bool:
-    """Whether an order of `age` seconds passed one of the ages first, 2*first, 4*first... since
-    the last run (`since_last_run` seconds ago; None: no run yet, so any checkpoint counts)."""
-    before = 0.0 if since_last_run is None else age - since_last_run
-    checkpoint = first
-    while checkpoint <= age:
-        if checkpoint > before:
-            return True
-        checkpoint *= 2
-    return False
-
-
-def _matching_columns() -> tuple[Any, ...]:
-    """healer.stripe.webhooks' columns for matching a payment to an order, and `lease_free`: nobody holds
-    the order's lease. The database says so, on the clock the lease was written on: ours may be
-    off (fulfilment.leases)."""
-    free = or_(Order.lease_expires_at.is_(None), Order.lease_expires_at < db_now())
-    return (*order_columns(), free.label("lease_free"))
 
 
 def _covered(intents: list[dict[str, Any]], window_start: datetime, now: datetime) -> float:
@@ -560,106 +426,6 @@ def _retry_after(error: stripe.StripeError) -> float:
         return min(float(value), 60.0) if value is not None else 0.0
     except ValueError:
         return 0.0
-
-
-# -- one reconciler at a time -------------------------------------------------------------------------
-
-
-class RunLock(Protocol):
-    def acquire(self) -> bool: ...
-
-    def release(self) -> None: ...
-
-
-class AdvisoryLock:
-    """A PostgreSQL session-level advisory lock, held on its own connection for the run. If the
-    process dies, the server drops the connection and the lock with it: no stale lock to expire."""
-
-    def __init__(self, engine: Engine, key: int = LOCK_KEY) -> None:
-        self.engine = engine
-        self.key = key
-        self._connection: Connection | None = None
-
-    def acquire(self) -> bool:
-        connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        try:
-            taken = bool(connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key}))
-        except Exception:
-            connection.close()
-            raise
-        if not taken:
-            connection.close()
-            return False
-        self._connection = connection
-        return True
-
-    def release(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is None:
-            return
-        try:
-            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
-        except Exception:
-            connection.invalidate()  # closing the session frees the lock all the same
-        finally:
-            connection.close()
-
-
-class LeaseLock:
-    """For SQLite: a lease on the reconcile state row (owner + expiry, compare-and-set), on the
-    database's clock like every lease, so a daemon whose clock is off neither takes the lease
-    while its holder reconciles nor writes one that is born expired (fulfilment.leases)."""
-
-    def __init__(self, sessions: sessionmaker[Session], owner: str,
-                 lease_seconds: int = LEASE_SECONDS) -> None:
-        self.sessions = sessions
-        self.owner = owner
-        self.lease_seconds = lease_seconds
-
-    def acquire(self) -> bool:
-        with transaction(self.sessions) as session:
-            insert_once(session, ReconcileState, name=STATE)
-            taken = session.execute(
-                update(ReconcileState)
-                .where(ReconcileState.name == STATE, or_(
-                    ReconcileState.lease_expires_at.is_(None),
-                    ReconcileState.lease_expires_at < db_now(),
-                    ReconcileState.lease_owner == self.owner))
-                .values(lease_owner=self.owner, lease_expires_at=db_later(self.lease_seconds))
-            )
-            return bool(taken.rowcount == 1)  # type: ignore[attr-defined]
-
-    def release(self) -> None:
-        with transaction(self.sessions) as session:
-            session.execute(update(ReconcileState)
-                            .where(ReconcileState.name == STATE, ReconcileState.lease_owner == self.owner)
-                            .values(lease_owner=None, lease_expires_at=None))
-
-
-def run_lock(engine: Engine, sessions: sessionmaker[Session], owner: str) -> RunLock:
-    if engine.dialect.name == "postgresql":
-        return AdvisoryLock(engine)
-    return LeaseLock(sessions, owner)
-
-
-class ReconcileJob:
-    """The scheduled job: reconcile if no other daemon is; a failed run is logged, recorded and
-    counted, not raised, so a Stripe outage does not read as a wedged scheduler."""
-
-    def __init__(self, reconciler: Reconciler, lock: RunLock) -> None:
-        self.reconciler = reconciler
-        self.lock = lock
-
-    def __call__(self) -> ReconcileReport | None:
-        if not self.lock.acquire():
-            log.debug("Reconciliation skipped: another daemon is reconciling")
-            return None
-        try:
-            return self.reconciler.run()
-        except Exception:  # recorded by the reconciler; the next run starts from the same cursor
-            return None
-        finally:
-            self.lock.release()
 
 
 # -- wiring -------------------------------------------------------------------------------------------

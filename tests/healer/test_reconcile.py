@@ -25,15 +25,10 @@ from healer import db
 from healer.config import Settings
 from healer.health.metrics import Metrics
 from healer.db.models import OrphanPayment, ReconcileRun, ReconcileState
-from healer.stripe.reconcile import (
-    AdvisoryLock,
-    FindingKind,
-    LeaseLock,
-    ReconcileConfig,
-    ReconcileJob,
-    Reconciler,
-    crossed_checkpoint,
-)
+from healer.stripe.findings import FindingKind
+from healer.stripe.matching import crossed_checkpoint
+from healer.stripe.reconcile import ReconcileConfig, Reconciler
+from healer.stripe.reconcile_job import AdvisoryLock, LeaseLock, ReconcileJob
 from healer.cli.reconcile import run_reconcile_command
 from healer.wiring import Services
 from healer.worker import Worker

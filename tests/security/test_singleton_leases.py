@@ -32,7 +32,9 @@ from fulfilment.payments import StripePayments
 from healer import db
 from healer.health.metrics import Metrics
 from healer.db.models import ReconcileState, insert_once
-from healer.stripe.reconcile import STATE, FindingKind, LeaseLock, ReconcileConfig, Reconciler, run_lock
+from healer.stripe.findings import FindingKind
+from healer.stripe.reconcile import ReconcileConfig, Reconciler, STATE
+from healer.stripe.reconcile_job import LeaseLock, run_lock
 from healer.jobs.stuck import REFUND_HOLDER, StuckOrders, StuckPolicy
 from tests.fakes.shop_fixtures import Shop
 from tests.security.test_leases import skewed, wait_until

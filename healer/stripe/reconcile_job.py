@@ -1,0 +1,119 @@
+"""The scheduled `reconcile` job, and the lock that lets one daemon at a time run it: a PostgreSQL
+advisory lock held on its own connection, or on SQLite a lease on the reconcile state row."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from sqlalchemy import Engine, or_, text, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session, sessionmaker
+
+from fulfilment.leases import db_later, db_now
+from fulfilment.models import transaction
+from healer.db.models import ReconcileState, insert_once
+
+from healer.stripe.findings import ReconcileReport
+from healer.stripe.reconcile import STATE, Reconciler
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = 0x6865616C  # pg advisory lock key every healer agrees on: "heal" in ASCII
+LEASE_SECONDS = 1800  # SQLite only: longer than any run, so a crashed holder frees it in time
+
+class RunLock(Protocol):
+    def acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class AdvisoryLock:
+    """A PostgreSQL session-level advisory lock, held on its own connection for the run. If the
+    process dies, the server drops the connection and the lock with it: no stale lock to expire."""
+
+    def __init__(self, engine: Engine, key: int = LOCK_KEY) -> None:
+        self.engine = engine
+        self.key = key
+        self._connection: Connection | None = None
+
+    def acquire(self) -> bool:
+        connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            taken = bool(connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key}))
+        except Exception:
+            connection.close()
+            raise
+        if not taken:
+            connection.close()
+            return False
+        self._connection = connection
+        return True
+
+    def release(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
+        except Exception:
+            connection.invalidate()  # closing the session frees the lock all the same
+        finally:
+            connection.close()
+
+
+class LeaseLock:
+    """For SQLite: a lease on the reconcile state row (owner + expiry, compare-and-set), on the
+    database's clock like every lease, so a daemon whose clock is off neither takes the lease
+    while its holder reconciles nor writes one that is born expired (fulfilment.leases)."""
+
+    def __init__(self, sessions: sessionmaker[Session], owner: str,
+                 lease_seconds: int = LEASE_SECONDS) -> None:
+        self.sessions = sessions
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+
+    def acquire(self) -> bool:
+        with transaction(self.sessions) as session:
+            insert_once(session, ReconcileState, name=STATE)
+            taken = session.execute(
+                update(ReconcileState)
+                .where(ReconcileState.name == STATE, or_(
+                    ReconcileState.lease_expires_at.is_(None),
+                    ReconcileState.lease_expires_at < db_now(),
+                    ReconcileState.lease_owner == self.owner))
+                .values(lease_owner=self.owner, lease_expires_at=db_later(self.lease_seconds))
+            )
+            return bool(taken.rowcount == 1)  # type: ignore[attr-defined]
+
+    def release(self) -> None:
+        with transaction(self.sessions) as session:
+            session.execute(update(ReconcileState)
+                            .where(ReconcileState.name == STATE, ReconcileState.lease_owner == self.owner)
+                            .values(lease_owner=None, lease_expires_at=None))
+
+
+def run_lock(engine: Engine, sessions: sessionmaker[Session], owner: str) -> RunLock:
+    if engine.dialect.name == "postgresql":
+        return AdvisoryLock(engine)
+    return LeaseLock(sessions, owner)
+
+
+class ReconcileJob:
+    """The scheduled job: reconcile if no other daemon is; a failed run is logged, recorded and
+    counted, not raised, so a Stripe outage does not read as a wedged scheduler."""
+
+    def __init__(self, reconciler: Reconciler, lock: RunLock) -> None:
+        self.reconciler = reconciler
+        self.lock = lock
+
+    def __call__(self) -> ReconcileReport | None:
+        if not self.lock.acquire():
+            log.debug("Reconciliation skipped: another daemon is reconciling")
+            return None
+        try:
+            return self.reconciler.run()
+        except Exception:  # recorded by the reconciler; the next run starts from the same cursor
+            return None
+        finally:
+            self.lock.release()
