@@ -20,17 +20,17 @@ from fulfilment.payments import StripePayments
 from fulfilment.models import Step
 from fulfilment.pipeline import STEP_CHECKS, Pipeline, StepResult
 from fulfilment.secrets import Redactor
-from healer import db
+from healer import __version__, db
+from healer.config import Settings
+from healer.health.metrics import Metrics
 from healer.http.operator import OperatorContext, create_operator_app
 from healer.http.public import PublicContext, create_public_app
 from healer.http.ratelimit import ClientRateLimit
-from healer.config import Settings
-from healer.health.metrics import Metrics
-from healer.remediation.policy import RemediationPolicy
 from healer.jobs.scheduler import Scheduler
-from healer.wiring import Services, build_monitor, build_remediator, reconcile_job
 from healer.jobs.stuck import StuckOrders, StuckPolicy
+from healer.remediation.policy import RemediationPolicy
 from healer.stripe.webhooks import webhook_router
+from healer.wiring import Services, build_monitor, build_remediator, reconcile_job
 from healer.worker import RenderPool, Worker
 
 log = logging.getLogger(__name__)
@@ -157,9 +157,19 @@ class Daemon:
             )
 
     def announce(self) -> None:
-        log.info("healer starting as worker %s with %d worker(s)", self.worker.owner, self.settings.workers)
-        for note in self.settings.embedded_defaults():
-            log.warning("Embedded default: %s", note)
+        """One block at start-up: what runs, where it listens, what it defaults to, what it checks.
+        A WARNING when a peer runs on an embedded default, so that it is not missed."""
+        s = self.settings
+        lines = [
+            f"healer {__version__} starting as worker {self.worker.owner} with {s.workers} worker(s)",
+            f"  public listener:   http://{s.http_host}:{s.http_port} (customers, Stripe)",
+            f"  operator listener: http://{s.ops_host}:{s.ops_port} (probes, health, metrics, admin API)",
+            *(f"  embedded default: {note}" for note in s.embedded_defaults()),
+            f"  {self.remediator.describe()}",
+            "  checks: " + ", ".join(f"{name} every {self.health.check(name).interval_seconds:g}s"
+                                     for name in self.health.names),
+        ]
+        log.log(logging.WARNING if s.embedded_defaults() else logging.INFO, "%s", "\n".join(lines))
 
     def serve(self, on_started: Callable[[], None] | None = None) -> None:
         """Run both listeners until SIGTERM/SIGINT, then shut down in order."""

@@ -274,7 +274,6 @@ def build_remediator(
         orders=OrderResumer(services.sessions, resume_waiting, audit) if resume_waiting else None,
         pdfs=PdfRestorer(rerender, audit, render_blocked=render_blocked) if rerender else None,
     )
-    log.info("%s", remediator.describe())
     return remediator
 
 

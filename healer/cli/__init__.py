@@ -46,7 +46,7 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "apscheduler.executors", "stripe"):
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "apscheduler.executors", "apscheduler.scheduler", "stripe"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
