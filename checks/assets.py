@@ -27,13 +27,13 @@ from PIL import Image
 from checks.base import Check, CheckFailed, Healthy, Runbook
 from fulfilment.errors import ErrorClass, StepError
 from fulfilment.render import PosterInputs, render_poster
+from fulfilment.render.assets import template_asset_problems
 from fulfilment.templates import (
     BACKGROUNDS_DIR,
     FONTS_DIR,
     TEMPLATES_DIR,
     list_templates,
     load_template,
-    template_asset_problems,
 )
 
 log = logging.getLogger(__name__)

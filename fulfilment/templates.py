@@ -12,8 +12,6 @@ as it will be cut), which is how designers measure; the renderer turns them into
 from __future__ import annotations
 
 import enum
-import functools
-import io
 import logging
 import re
 import tomllib
@@ -21,9 +19,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-
-from PIL import Image
-from reportlab.pdfbase.ttfonts import TTFontFile
 
 from fulfilment.errors import ErrorClass, StepError
 
@@ -190,50 +185,6 @@ def parse_template(name: str, path: Path, raw: bytes) -> Template:
     )
     root.done()
     return template
-
-
-def template_asset_problems(assets_dir: Path, template: Template) -> list[str]:
-    """What is wrong with the files a template needs, one line each naming the file; [] if none."""
-    problems = [_font_problem(assets_dir / FONTS_DIR / font) for font in template.fonts]
-    if template.background.image is not None:
-        problems.append(_image_problem(assets_dir / BACKGROUNDS_DIR / template.background.image))
-    return [p for p in problems if p is not None]
-
-
-def _font_problem(path: Path) -> str | None:
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return f"font file {path} is missing"
-    except OSError as exc:
-        return f"font file {path} is unreadable: {exc}"
-    return _parsed_font_problem(str(path), stat.st_mtime_ns, stat.st_size)
-
-
-# Parsing a font takes tens of milliseconds and the health check asks every few seconds; the
-# file's mtime and size are in the key so a replaced file is parsed again.
-@functools.lru_cache(maxsize=64)
-def _parsed_font_problem(path: str, mtime_ns: int, size: int) -> str | None:
-    try:
-        TTFontFile(path, validate=1)
-    except Exception as exc:  # noqa: BLE001 - a damaged font fails in many ways; all mean "unreadable"
-        return f"font file {path} is unreadable: {exc}"
-    return None
-
-
-def _image_problem(path: Path) -> str | None:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return f"background file {path} is missing"
-    except OSError as exc:
-        return f"background file {path} is unreadable: {exc}"
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # backgrounds are small; decoding all of it is the only proof it is whole
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for damaged files
-        return f"background file {path} is unreadable: {exc}"
-    return None
 
 
 def _page(s: _Section) -> Page:

@@ -22,14 +22,10 @@ from pypdf.generic import DictionaryObject
 from reportlab.pdfbase.pdfmetrics import stringWidth
 
 from fulfilment.errors import ErrorClass, StepError
-from fulfilment.render import (
-    WATERMARK_TEXT,
-    PosterInputs,
-    RenderLimits,
-    fit_text,
-    load_font,
-    render_poster,
-)
+from fulfilment.render import PosterInputs, RenderLimits, render_poster
+from fulfilment.render.draw import WATERMARK_TEXT
+from fulfilment.render.fonts import load_font
+from fulfilment.render.layout import fit_text
 from fulfilment.templates import Box, Template, list_templates, load_template
 from healer.demo.samples import sample_audio, sample_photo
 from tests.fakes.render_fixtures import REPO_ROOT, SAMPLE_SUBTITLE, SAMPLE_TITLE

@@ -14,13 +14,8 @@ from PIL import Image
 from reportlab.pdfbase.ttfonts import TTFontFile
 
 from fulfilment.errors import ErrorClass, StepError
-from fulfilment.templates import (
-    Fit,
-    WaveStyle,
-    list_templates,
-    load_template,
-    template_asset_problems,
-)
+from fulfilment.render.assets import template_asset_problems
+from fulfilment.templates import Fit, WaveStyle, list_templates, load_template
 from tests.fakes.render_fixtures import REPO_ROOT
 
 A4 = "a4-portrait"
