@@ -31,7 +31,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, literal, select, update
+from sqlalchemy import ColumnElement, Float, literal, or_, select, update
 from sqlalchemy.exc import CompileError, SQLAlchemyError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
@@ -128,6 +128,23 @@ def renew_lease(
         condition.append(Order.lease_expires_at > db_now())
     renewed = session.execute(update(Order).where(*condition).values(lease_expires_at=db_later(seconds)))
     return bool(renewed.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def lease_free(owner: str) -> ColumnElement[bool]:
+    """The order may be leased to `owner`: nobody holds a live lease on it, or `owner` does."""
+    return or_(
+        Order.lease_expires_at.is_(None),
+        Order.lease_expires_at < db_now(),
+        Order.lease_owner == owner,  # our own, left behind by a step whose commit failed
+    )
+
+
+def release_lease(session: Session, order_id: uuid.UUID, owner: str) -> None:
+    """Hand `owner`'s lease back, so another daemon may claim the order at once."""
+    session.execute(
+        update(Order).where(Order.id == order_id, Order.lease_owner == owner)
+        .values(lease_owner=None, lease_expires_at=None)
+    )
 
 
 class LeaseKeeper:

@@ -1,41 +1,35 @@
-"""Order completion as a durable state machine.
+"""Order completion as a durable state machine: which step comes next, who may work an order
+(leases), and the payment facts and operator actions that move an order outside its steps.
 
-`status` is the last durable milestone. Each step is idempotent, runs outside any database
-transaction, and its result (new status + one `order_events` row) is committed in one transaction
-guarded by the lease, so a worker that lost its lease can never overwrite another's progress.
-Work is claimed with a compare-and-set UPDATE (owner + expiry): several daemons can share one
-database, and an order held by a dead worker is picked up again once its lease expires. Lease
-expiry and due times are on the database's clock (fulfilment.leases), so daemons whose clocks
-disagree still agree on who holds what, and a lease is renewed while a step runs.
-
-This module is the one boundary where step failures are caught, classified and scheduled.
+`status` is the last durable milestone. The steps themselves are fulfilment.steps; each result is
+recorded by fulfilment.recording in one transaction guarded by the lease, so a worker that lost
+its lease can never overwrite another's progress. Work is claimed with a compare-and-set UPDATE
+(owner + expiry) on the database's clock (fulfilment.leases): several daemons share one database,
+an order held by a dead worker is picked up again once its lease expires, and a lease is renewed
+while a step runs. `run_step` is the one boundary where step failures are caught and classified.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import secrets
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import PurePosixPath
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
-from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
-from tenacity.stop import stop_base
 
 from fulfilment.errors import ErrorClass, StepError, one_line
-from fulfilment.leases import LeaseKeeper, database_time, db_later, db_now, renew_lease
-from fulfilment.mailer import Mailer, download_email
-from fulfilment.models import Order, OrderEvent, OrderStatus, Outcome, Step, transaction, utcnow
+from fulfilment.leases import LeaseKeeper, database_time, db_later, db_now, lease_free, release_lease, renew_lease
+from fulfilment.mailer import Mailer
+from fulfilment.models import Order, OrderStatus, Outcome, Step, transaction, utcnow
 from fulfilment.payments import Payments
-from fulfilment.render import PosterInputs
+from fulfilment.recording import WAITING_PREFIX, Recorder, RetryPolicy, StepResult, StoryLine
+# MAX_AUDIO_BYTES and the keys live in fulfilment.steps now; healer and bench import them from here.
+from fulfilment.steps import MAX_AUDIO_BYTES, RenderFn, Steps, final_pdf_key, permanent_key  # noqa: F401
 from fulfilment.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -61,15 +55,8 @@ STEP_CHECKS: dict[Step, tuple[str, ...]] = {
     Step.EMAIL: ("sendgrid",),
 }
 
-WAITING_PREFIX = "waiting: "
-
-MAX_PHOTO_BYTES = 60 * 1024 * 1024
-MAX_AUDIO_BYTES = 250 * 1024 * 1024
-MAX_WAVEFORM_BYTES = 20 * 1024 * 1024
-
 # Returns why a step must wait ("s3 failing: access denied"), or None to go ahead.
 Gate = Callable[[tuple[str, ...]], str | None]
-RenderFn = Callable[[PosterInputs], bytes]
 
 
 def never_gated(_checks: tuple[str, ...]) -> str | None:
@@ -82,55 +69,6 @@ class OrderNotFound(LookupError):
 
 class PaymentNotSucceeded(Exception):
     """Stripe says the order's payment did not succeed; nothing will be fulfilled."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int = 10
-    base_seconds: float = 30.0
-    max_seconds: float = 1800.0
-
-    def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
-        """Exponential backoff with equal jitter: half the delay fixed, half random, capped."""
-        ceiling = min(self.max_seconds, self.base_seconds * 2 ** max(0, attempt - 1))
-        return ceiling / 2 + rng() * ceiling / 2
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """What one step did; `healer` turns these into metrics."""
-
-    order_id: uuid.UUID
-    step: Step
-    outcome: Outcome
-    duration_seconds: float
-    status: OrderStatus
-    error_class: ErrorClass | None = None
-    message: str = ""
-    completion_latency_seconds: float | None = None  # paid to emailed, on the email step
-
-
-@dataclass(frozen=True)
-class _Done:
-    """A finished step: the milestone reached, the columns to set, and a line for the story."""
-
-    status: OrderStatus
-    values: dict[str, object]
-    message: str
-
-
-def permanent_key(order_id: uuid.UUID, kind: str, temp_key: str) -> str:
-    suffix = PurePosixPath(temp_key).suffix.lower()[:10]
-    return f"orders/{order_id}/{kind}{suffix}"
-
-
-def final_pdf_key(order_id: uuid.UUID) -> str:
-    return f"pdfs/final_{order_id}.pdf"
-
-
-def mask_email(address: str) -> str:
-    local, _, domain = address.partition("@")
-    return f"{local[:1]}…@{domain}" if domain else "…"
 
 
 class Pipeline:
@@ -151,16 +89,11 @@ class Pipeline:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.sessions = sessions
-        self.store = store
-        self.payments = payments
-        self.mailer = mailer
-        self.render = render
-        self.public_base_url = public_base_url.rstrip("/")
-        self.retry_policy = retry
+        self.steps = Steps(sessions, store, payments, mailer, render, public_base_url.rstrip("/"), clock)
+        self.recorder = Recorder(sessions, retry, lease_seconds, gate_wait_seconds, frozenset(NEXT_STEP), clock)
         self.lease_seconds = lease_seconds
         self.gate = gate
-        self.gate_wait_seconds = gate_wait_seconds
-        self.observe = observe
+        self.observe = observe  # called here, not by the recorder: tests swap it after construction
         # The daemon's clock stamps facts (story lines, when a payment was verified or an email
         # sent); who holds a lease and when an order is due are on the database's clock.
         self.clock = clock
@@ -172,7 +105,7 @@ class Pipeline:
         with self._transaction() as session:
             candidates = session.scalars(
                 select(Order.id)
-                .where(Order.status.in_(ACTIVE), Order.next_attempt_at <= db_now(), _lease_free(owner))
+                .where(Order.status.in_(ACTIVE), Order.next_attempt_at <= db_now(), lease_free(owner))
                 .order_by(Order.next_attempt_at)
                 .limit(limit + len(exclude))
             ).all()
@@ -189,7 +122,7 @@ class Pipeline:
         with self._transaction() as session:
             taken = session.execute(
                 update(Order)
-                .where(Order.id == order_id, Order.status.in_(ACTIVE), _lease_free(owner))
+                .where(Order.id == order_id, Order.status.in_(ACTIVE), lease_free(owner))
                 .values(lease_owner=owner, lease_expires_at=db_later(self.lease_seconds))
             )
             return bool(taken.rowcount == 1)  # type: ignore[attr-defined]
@@ -213,7 +146,7 @@ class Pipeline:
     def _verify_inline(self, order: Order) -> OrderStatus:
         started = time.monotonic()
         try:
-            done = self._verify_payment(order)
+            done = self.steps.verify_payment(order)
         except StepError as error:
             if error.error_class in (ErrorClass.PAYMENT_UNVERIFIED, ErrorClass.BAD_INPUT):
                 log.warning("Payment not succeeded for order %s: %s", order.id, error.message)
@@ -227,7 +160,8 @@ class Pipeline:
                 .values(**done.values, status=done.status.value)
             )
             if moved.rowcount == 1:  # type: ignore[attr-defined]
-                self._add_event(session, order.id, Step.VERIFY_PAYMENT, Outcome.OK, started, done.message)
+                self.recorder.add_event(session, order.id, Step.VERIFY_PAYMENT,
+                                        StoryLine(Outcome.OK, done.message, started))
         self.observe(StepResult(order.id, Step.VERIFY_PAYMENT, Outcome.OK, time.monotonic() - started, done.status))
         return done.status
 
@@ -252,7 +186,7 @@ class Pipeline:
             order.status = status.value
             order.attempts = 0
             order.next_attempt_at = now
-            self._add_event(session, order_id, NEXT_STEP[status], Outcome.REQUEUED, None, reason)
+            self.recorder.add_event(session, order_id, NEXT_STEP[status], StoryLine(Outcome.REQUEUED, reason))
         log.info("Order %s re-queued at %s: %s", order_id, status.value, reason)
         return status
 
@@ -280,7 +214,7 @@ class Pipeline:
         )
         if moved.rowcount != 1:  # type: ignore[attr-defined]
             return False
-        self._add_event(session, order_id, Step.VERIFY_PAYMENT, Outcome.OK, None, message)
+        self.recorder.add_event(session, order_id, Step.VERIFY_PAYMENT, StoryLine(Outcome.OK, message))
         log.info("Order %s marked paid: %s", order_id, message)
         return True
 
@@ -313,11 +247,7 @@ class Pipeline:
         message: str, error_class: ErrorClass | None = None,
     ) -> None:
         """Add a line to the order's story without changing the order (e.g. a declined card)."""
-        session.add(OrderEvent(
-            order_id=order_id, at=self.clock(), step=step.value, duration_seconds=0.0,
-            outcome=outcome.value if isinstance(outcome, Outcome) else outcome,
-            error_class=error_class.value if error_class else None, message=message[:2000],
-        ))
+        self.recorder.add_event(session, order_id, step, StoryLine(outcome, message, error_class=error_class))
 
     def resume_waiting(self, check: str) -> int:
         """A check turned green: orders waiting on it go now, not at their next poll."""
@@ -375,11 +305,7 @@ class Pipeline:
 
     def release(self, order_id: uuid.UUID, owner: str) -> None:
         with self._transaction() as session:
-            session.execute(
-                update(Order)
-                .where(Order.id == order_id, Order.lease_owner == owner)
-                .values(lease_owner=None, lease_expires_at=None)
-            )
+            release_lease(session, order_id, owner)
 
     def run_step(
         self, order_id: uuid.UUID, owner: str, stopping: Callable[[], bool] = lambda: False
@@ -390,24 +316,33 @@ class Pipeline:
         if not self._renew(order, owner):
             return None  # ours no longer: another daemon may claim it any moment, so start nothing
         step = NEXT_STEP[order.order_status]
-        if step is Step.VERIFY_PAYMENT and not self.payments.enabled:
+        if step is Step.VERIFY_PAYMENT and not self.steps.payments.enabled:
             pass  # verification disabled: nothing to wait for
         elif (reason := self.gate(STEP_CHECKS[step])) is not None:
-            return self._wait(order, step, owner, reason)
+            return self.recorder.wait(order, step, owner, reason)
+        result = self._attempt(order, step, owner, stopping)
+        if result is not None:
+            self.observe(result)
+        return result
+
+    def _attempt(self, order: Order, step: Step, owner: str, stopping: Callable[[], bool]) -> StepResult | None:
+        """Run the step and record how it went: the one place its failures are caught and classified."""
         started = time.monotonic()
         try:
             with self._keeping_lease(order, owner, step):
-                done = self._execute(step, order)
+                done = self.steps.run(step, order)
         except StepError as error:
-            return self._fail(order, step, owner, started, error)
+            failure = error
         except SQLAlchemyError as error:
-            return self._fail(order, step, owner, started, StepError(ErrorClass.DATABASE, one_line(error, 500)))
+            failure = StepError(ErrorClass.DATABASE, one_line(error, 500))
         except MemoryError:
-            return self._fail(order, step, owner, started, StepError(ErrorClass.RESOURCES, "out of memory"))
+            failure = StepError(ErrorClass.RESOURCES, "out of memory")
         except Exception as error:  # a bug must not lose a paid order: record, back off, retry
-            log.exception("Unexpected error in step %s for order %s", step.value, order_id)
-            return self._fail(order, step, owner, started, StepError(ErrorClass.INTERNAL, one_line(error, 500)))
-        return self._succeed(order, step, owner, started, done, stopping)
+            log.exception("Unexpected error in step %s for order %s", step.value, order.id)
+            failure = StepError(ErrorClass.INTERNAL, one_line(error, 500))
+        else:
+            return self.recorder.succeed(order, step, owner, started, done, stopping)
+        return self.recorder.fail(order, step, owner, started, failure)
 
     def _renew(self, order: Order, owner: str) -> bool:
         """Renew-or-fail before a step starts: the lease must still be live on the database's
@@ -422,106 +357,7 @@ class Pipeline:
         return LeaseKeeper(self.sessions, order.id, owner, order.order_status, self.lease_seconds,
                            doing=step.value)
 
-    def _execute(self, step: Step, order: Order) -> _Done:
-        return {
-            Step.VERIFY_PAYMENT: self._verify_payment,
-            Step.MIGRATE_FILES: self._migrate_files,
-            Step.RENDER: self._render,
-            Step.EMAIL: self._email,
-        }[step](order)
-
-    # -- steps ---------------------------------------------------------------------------------
-
-    def _verify_payment(self, order: Order) -> _Done:
-        now = self.clock()
-        paid_at = order.paid_at or now
-        if not self.payments.enabled:
-            return _Done(OrderStatus.PAID, {"paid_at": paid_at}, "payment verification disabled")
-        payment = self.payments.verify(
-            order_id=str(order.id),
-            payment_intent_id=order.stripe_payment_intent_id or "",
-            amount_cents=order.amount_cents,
-            currency=order.currency,
-        )
-        log.info("Payment succeeded: %s for order %s", payment.payment_intent_id, order.id)
-        return _Done(
-            OrderStatus.PAID,
-            {"paid_at": paid_at, "payment_verified_at": now},
-            f"Payment succeeded: {payment.payment_intent_id} ({payment.amount_cents} {payment.currency})",
-        )
-
-    def _migrate_files(self, order: Order) -> _Done:
-        copied: list[str] = []
-        skipped: list[str] = []
-        for kind, temp_key in self._uploads(order):
-            target = permanent_key(order.id, kind, temp_key)
-            try:
-                # Idempotent: a copy already made (same size) is not made again.
-                (copied if self.store.copy(temp_key, target) else skipped).append(kind)
-            except StepError as error:
-                if error.error_class is not ErrorClass.S3_MISSING_FILE:
-                    raise
-                if self.store.exists(target):  # copied on an earlier run; the upload expired since
-                    skipped.append(kind)
-                elif kind == "waveform":
-                    log.warning("Waveform %s missing for order %s: it will be regenerated", temp_key, order.id)
-                    skipped.append("waveform (missing, regenerated at render)")
-                else:
-                    raise
-        log.info("File migration completed successfully for order %s", order.id)
-        detail = f"copied {', '.join(copied) or 'nothing'}"
-        if skipped:
-            detail += f"; already there or skipped: {', '.join(skipped)}"
-        return _Done(OrderStatus.FILES_MIGRATED, {}, detail)
-
-    def _uploads(self, order: Order) -> Iterator[tuple[str, str]]:
-        for kind in ("photo", "audio"):
-            key = getattr(order, f"{kind}_key")
-            if not key:
-                raise StepError(ErrorClass.BAD_INPUT, f"order has no {kind}_key")
-            yield kind, key
-        if order.waveform_key:
-            yield "waveform", order.waveform_key
-
-    def _render(self, order: Order) -> _Done:
-        assert order.photo_key and order.audio_key  # migrate_files guarantees both
-        photo = self.store.get(permanent_key(order.id, "photo", order.photo_key), MAX_PHOTO_BYTES)
-        audio_key = permanent_key(order.id, "audio", order.audio_key)
-        audio = self.store.get(audio_key, MAX_AUDIO_BYTES)
-        waveform = None
-        if order.waveform_key:
-            waveform_key = permanent_key(order.id, "waveform", order.waveform_key)
-            if self.store.exists(waveform_key):
-                waveform = self.store.get(waveform_key, MAX_WAVEFORM_BYTES)
-        inputs = PosterInputs(
-            template=order.template,
-            title=order.title,
-            subtitle=order.subtitle,
-            photo=photo,
-            waveform_image=waveform,
-            audio=audio,
-            audio_name=audio_key,
-        )
-        pdf = self.render(inputs)
-        key = final_pdf_key(order.id)
-        self.store.put(key, pdf, "application/pdf")
-        log.info("PDF generated: %s for order %s", key, order.id)
-        note = "" if waveform is not None else " (waveform drawn from the audio)"
-        return _Done(OrderStatus.PDF_RENDERED, {"final_pdf_key": key}, f"PDF generated: {key}{note}")
-
-    def _email(self, order: Order) -> _Done:
-        token = order.download_token or self._issue_download_token(order)
-        link = f"{self.public_base_url}/download/{token}"
-        email = download_email(to=order.email, title=order.title, link=link, order_id=str(order.id))
-        message_id = self.mailer.send(email)
-        # At-least-once: a crash between the provider's 202 and this commit resends the email.
-        now = self.clock()
-        log.info("Download email sent to %s for order %s", mask_email(order.email), order.id)
-        return _Done(
-            OrderStatus.COMPLETED,
-            {"email_message_id": message_id, "completed_at": now},
-            f"Download email sent to {mask_email(order.email)} (message {message_id})",
-        )
+    # -- operator and remediation actions --------------------------------------------------
 
     def rerender(self, order_id: uuid.UUID) -> str:
         """Render a completed order's poster again from its permanent files and store it where its
@@ -535,7 +371,7 @@ class Pipeline:
         if order.order_status is not OrderStatus.COMPLETED:
             raise StepError(ErrorClass.BAD_INPUT,
                             f"order {order_id} is {order.status}: only a completed order's PDF is rendered again")
-        done = self._render(order)
+        done = self.steps.render(order)
         key = str(done.values["final_pdf_key"])
         with self._transaction() as session:
             updated = session.execute(update(Order).where(Order.id == order_id,
@@ -546,202 +382,6 @@ class Pipeline:
             self.note(session, order_id, Step.RENDER, Outcome.OK,
                       f"{done.message}, again: the stored PDF was unavailable to the download link")
         return key
-
-    def _issue_download_token(self, order: Order) -> str:
-        # Committed before sending, so a resent email carries the same link as the first.
-        token = secrets.token_urlsafe(32)
-        with self._transaction() as session:
-            session.execute(
-                update(Order)
-                .where(Order.id == order.id, Order.download_token.is_(None))
-                .values(download_token=token)
-            )
-            stored = session.scalar(select(Order.download_token).where(Order.id == order.id))
-        return stored or token
-
-    # -- recording -----------------------------------------------------------------------------
-
-    def _succeed(
-        self, order: Order, step: Step, owner: str, started: float, done: _Done, stopping: Callable[[], bool]
-    ) -> StepResult | None:
-        recorded_at = self._record_done(order, step, owner, started, done, stopping)
-        if recorded_at is None:
-            self._lost_lease(order.id, step)
-            return None
-        latency = None
-        if done.status is OrderStatus.COMPLETED and order.paid_at is not None:
-            latency = (recorded_at - order.paid_at).total_seconds()
-        result = StepResult(order.id, step, Outcome.OK, time.monotonic() - started, done.status,
-                            message=done.message, completion_latency_seconds=latency)
-        self.observe(result)
-        return result
-
-    def _record_done(
-        self, order: Order, step: Step, owner: str, started: float, done: _Done, stopping: Callable[[], bool]
-    ) -> datetime | None:
-        """Commit a step that did its work, retrying through a database outage; the moment it was
-        recorded, or None if the order is no longer ours.
-
-        The work is done (an email accepted, a PDF stored): forgetting it means doing it again, and
-        for the email step that is a second email to the customer. So a lost connection is retried
-        until the database is back, or until shutdown (no time limit: giving up would only redo the
-        step once the database is back, email included). Each attempt stamps a fresh lease: the
-        commit's guard (lease owner and starting status) lets it land only while nobody else has
-        claimed the order, and then the order is ours for a full lease again. Should an attempt's
-        commit land but its answer be lost with the connection, the next attempt finds the step
-        already recorded by us and counts that as done.
-        """
-        attempts = 0
-
-        def attempt() -> datetime | None:
-            nonlocal attempts
-            attempts += 1
-            now = self.clock()
-            if self._commit(order.id, owner, step, self._done_values(done), Outcome.OK, started, done.message,
-                            from_status=order.order_status):
-                return now
-            return now if attempts > 1 and self._recorded_by(order.id, step, owner) else None
-
-        retrying = Retrying(
-            retry=retry_if_exception(_connection_lost),
-            stop=_StopWhen(stopping),
-            wait=wait_exponential(multiplier=0.2, max=2.0),
-            before_sleep=lambda state: _log_record_retry(state, order.id, step),
-            reraise=True,
-        )
-        recorded_at = retrying(attempt)
-        if attempts > 1:
-            log.info("Recorded %s for order %s after %d attempts", step.value, order.id, attempts)
-        return recorded_at
-
-    def _done_values(self, done: _Done) -> dict[str, object]:
-        values = dict(done.values)
-        values.update(status=done.status.value, attempts=0, last_error_step=None, last_error_class=None,
-                      last_error=None)
-        if done.status in NEXT_STEP:
-            values.update(next_attempt_at=db_now(), lease_expires_at=db_later(self.lease_seconds))
-        else:
-            values.update(next_attempt_at=None, lease_owner=None, lease_expires_at=None)
-        return values
-
-    def _recorded_by(self, order_id: uuid.UUID, step: Step, owner: str) -> bool:
-        with self._transaction() as session:
-            return session.scalar(
-                select(OrderEvent.id).where(OrderEvent.order_id == order_id, OrderEvent.step == step.value,
-                                            OrderEvent.outcome == Outcome.OK.value, OrderEvent.worker == owner)
-                .limit(1)
-            ) is not None
-
-    def _fail(
-        self, order: Order, step: Step, owner: str, started: float, error: StepError
-    ) -> StepResult | None:
-        attempts = order.attempts + 1
-        give_up = not error.error_class.retryable or attempts >= self.retry_policy.max_attempts
-        values: dict[str, object] = {
-            "attempts": attempts,
-            "last_error_step": step.value,
-            "last_error_class": error.error_class.value,
-            "last_error": error.message,
-            "lease_owner": None,
-            "lease_expires_at": None,
-        }
-        if give_up:
-            values.update(status=OrderStatus.NEEDS_ATTENTION.value, next_attempt_at=None)
-            outcome, status = Outcome.GAVE_UP, OrderStatus.NEEDS_ATTENTION
-            log.error("Order %s needs attention after %d attempt(s) at %s: %s: %s", order.id,
-                      attempts, step.value, error.error_class.value, error.message)
-        else:
-            delay = self.retry_policy.delay(attempts)
-            values["next_attempt_at"] = db_later(delay)
-            outcome, status = Outcome.FAILED, order.order_status
-            log.warning("Step %s failed for order %s (attempt %d, retry in %.0fs): %s: %s", step.value,
-                        order.id, attempts, delay, error.error_class.value, error.message)
-        try:
-            committed = self._commit(order.id, owner, step, values, outcome, started, error.message,
-                                     error.error_class, from_status=order.order_status)
-        except SQLAlchemyError as db_error:
-            # The database itself is down: the lease expires and the step is retried then.
-            log.error("Could not record failure of %s for order %s: %s", step.value, order.id,
-                      one_line(db_error, 500))
-            committed = True
-        if not committed:
-            self._lost_lease(order.id, step)
-            return None
-        result = StepResult(order.id, step, outcome, time.monotonic() - started, status,
-                            error.error_class, error.message)
-        self.observe(result)
-        return result
-
-    def _wait(self, order: Order, step: Step, owner: str, reason: str) -> StepResult:
-        message = f"{WAITING_PREFIX}{reason}"
-        values: dict[str, object] = {
-            "next_attempt_at": db_later(self.gate_wait_seconds),
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "last_error_step": step.value,
-            "last_error": message,
-        }
-        # One story line per distinct reason, not one per poll.
-        record = order.last_error != message
-        if record:
-            log.info("Order %s waits before %s: %s", order.id, step.value, reason)
-        self._commit(order.id, owner, step, values, Outcome.WAITING if record else None, None, message,
-                     from_status=order.order_status)
-        return StepResult(order.id, step, Outcome.WAITING, 0.0, order.order_status, message=message)
-
-    def _commit(
-        self,
-        order_id: uuid.UUID,
-        owner: str,
-        step: Step,
-        values: dict[str, object],
-        outcome: Outcome | None,
-        started: float | None,
-        message: str,
-        error_class: ErrorClass | None = None,
-        *,
-        from_status: OrderStatus,
-    ) -> bool:
-        """Apply a step's result if we still hold the lease and the order still stands where the
-        step found it; False if someone (another worker, a webhook, an operator) moved it meanwhile."""
-        with self._transaction() as session:
-            updated = session.execute(
-                update(Order)
-                .where(Order.id == order_id, Order.lease_owner == owner, Order.status == from_status.value)
-                .values(**values)
-            )
-            if updated.rowcount != 1:  # type: ignore[attr-defined]
-                return False
-            if outcome is not None:
-                self._add_event(session, order_id, step, outcome, started, message, error_class, owner)
-        return True
-
-    def _add_event(
-        self,
-        session: Session,
-        order_id: uuid.UUID,
-        step: Step,
-        outcome: Outcome,
-        started: float | None,
-        message: str,
-        error_class: ErrorClass | None = None,
-        worker: str | None = None,
-    ) -> None:
-        session.add(
-            OrderEvent(
-                order_id=order_id,
-                at=self.clock(),
-                step=step.value,
-                outcome=outcome.value,
-                duration_seconds=0.0 if started is None else time.monotonic() - started,
-                error_class=error_class.value if error_class else None,
-                message=message[:2000],
-                worker=worker,
-            )
-        )
-
-    def _lost_lease(self, order_id: uuid.UUID, step: Step) -> None:
-        log.warning("Lost the lease on order %s during %s: another worker has it now", order_id, step.value)
 
     def _transaction(self) -> AbstractContextManager[Session]:
         return transaction(self.sessions)
@@ -754,36 +394,4 @@ def awaiting_payment_clause() -> ColumnElement[bool]:
         Order.status == OrderStatus.PENDING_PAYMENT.value,
         and_(Order.status == OrderStatus.NEEDS_ATTENTION.value, Order.paid_at.is_(None)),
     )
-
-
-def _lease_free(owner: str) -> ColumnElement[bool]:
-    return or_(
-        Order.lease_expires_at.is_(None),
-        Order.lease_expires_at < db_now(),
-        Order.lease_owner == owner,  # our own, left behind by a step whose commit failed
-    )
-
-
-class _StopWhen(stop_base):
-    """tenacity: stop retrying once `stopping()` is true (the daemon is shutting down)."""
-
-    def __init__(self, stopping: Callable[[], bool]) -> None:
-        self.stopping = stopping
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self.stopping()
-
-
-def _connection_lost(error: BaseException) -> bool:
-    """The database went away (restart, failover, network), as opposed to a statement it refused."""
-    return isinstance(error, OperationalError) or (isinstance(error, DBAPIError) and error.connection_invalidated)
-
-
-def _log_record_retry(state: RetryCallState, order_id: uuid.UUID, step: Step) -> None:
-    # One WARNING per outage and order; the worker's own line says the database is down.
-    error = state.outcome.exception() if state.outcome else None
-    log.log(logging.WARNING if state.attempt_number == 1 else logging.DEBUG,
-            "Could not record %s for order %s (database: %s); retrying until it is back", step.value, order_id,
-            one_line(error, 500) if error else "?")
-
 

@@ -17,7 +17,7 @@ import zlib
 
 import pytest
 
-from fulfilment.pipeline import MAX_PHOTO_BYTES
+from fulfilment.steps import MAX_PHOTO_BYTES
 from healer.demo.samples import sample_audio
 from tests.badinput.helpers import complete
 from tests.fakes.shop_fixtures import Shop

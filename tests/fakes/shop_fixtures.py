@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from fulfilment.mailer import SendGridMailer
 from fulfilment.models import Order, OrderEvent, transaction, utcnow
 from fulfilment.payments import StripePayments
-from fulfilment.pipeline import Gate, Pipeline, RetryPolicy, StepResult, never_gated
+from fulfilment.pipeline import Gate, Pipeline, never_gated
+from fulfilment.recording import RetryPolicy, StepResult
 from fulfilment.render import render_poster
 from fulfilment.storage import ObjectStore, S3Store
 from healer import db

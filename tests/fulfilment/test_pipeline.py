@@ -15,14 +15,9 @@ from sqlalchemy.exc import OperationalError
 
 from fulfilment.errors import ErrorClass
 from fulfilment.models import Order, OrderStatus, Outcome, Step, transaction, utcnow
-from fulfilment.pipeline import (
-    OrderNotFound,
-    PaymentNotSucceeded,
-    Pipeline,
-    RetryPolicy,
-    final_pdf_key,
-    permanent_key,
-)
+from fulfilment.pipeline import OrderNotFound, PaymentNotSucceeded, Pipeline
+from fulfilment.recording import RetryPolicy
+from fulfilment.steps import final_pdf_key, permanent_key
 from fulfilment.storage import S3Store
 from healer import db
 from tests.faults.sendgrid_tap import TappedSendGrid
@@ -323,7 +318,7 @@ class _WebhookArrivesDuringVerify:
 
     def __init__(self, shop: Shop) -> None:
         self.shop = shop
-        self.inner = shop.pipeline().payments
+        self.inner = shop.pipeline().steps.payments
 
     def verify(self, **kwargs):  # type: ignore[no-untyped-def]
         try:
@@ -397,7 +392,7 @@ def test_an_email_sent_during_a_database_outage_is_recorded_once_the_database_is
     # SendGrid accepts the email, then PostgreSQL goes down before the worker can record it: the
     # worker retries the commit instead of forgetting a sent email and sending it again next time.
     rig = outage_at_email
-    with caplog.at_level(logging.WARNING, logger="fulfilment.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="fulfilment.recording"):
         result = rig.pipeline.run_step(rig.order_id, OWNER)
     rig.join()
 

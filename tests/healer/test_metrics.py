@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from checks.base import CheckResult, Runbook, Status
 from fulfilment.errors import ErrorClass
 from fulfilment.models import Order, OrderStatus, Outcome, Step, transaction, utcnow
-from fulfilment.pipeline import StepResult
+from fulfilment.recording import StepResult
 from healer.health.metrics import Metrics
 from healer.jobs.scheduler import JobState
 

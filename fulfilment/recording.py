@@ -1,0 +1,298 @@
+"""Recording a step's outcome: the order's new state and one line of its story, in one transaction.
+
+Every record is guarded by the lease: it lands only while the worker still holds the order and the
+order still stands where the step found it, so a worker that lost its lease (to another daemon, a
+webhook, an operator) can never overwrite someone else's progress. A step that did its work is
+recorded through a database outage, because forgetting it means doing it again; a failure is
+scheduled for a retry with backoff, or gives up to `needs_attention`; a step gated on a failing
+check waits without spending an attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
+from tenacity.stop import stop_base
+
+from fulfilment.errors import ErrorClass, StepError, one_line
+from fulfilment.leases import db_later, db_now
+from fulfilment.models import Order, OrderEvent, OrderStatus, Outcome, Step, transaction
+
+log = logging.getLogger(__name__)
+
+# `last_error` of an order gated on a failing check; the rest of it says which check and why.
+WAITING_PREFIX = "waiting: "
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 10
+    base_seconds: float = 30.0
+    max_seconds: float = 1800.0
+
+    def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+        """Exponential backoff with equal jitter: half the delay fixed, half random, capped."""
+        ceiling = min(self.max_seconds, self.base_seconds * 2 ** max(0, attempt - 1))
+        return ceiling / 2 + rng() * ceiling / 2
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step did; `healer` turns these into metrics."""
+
+    order_id: uuid.UUID
+    step: Step
+    outcome: Outcome
+    duration_seconds: float
+    status: OrderStatus
+    error_class: ErrorClass | None = None
+    message: str = ""
+    completion_latency_seconds: float | None = None  # paid to emailed, on the email step
+
+
+@dataclass(frozen=True)
+class Done:
+    """A finished step: the milestone reached, the columns to set, and a line for the story."""
+
+    status: OrderStatus
+    values: dict[str, object]
+    message: str
+
+
+@dataclass(frozen=True)
+class StoryLine:
+    """One `order_events` row to add; `started` (monotonic) gives its duration, None for none."""
+
+    outcome: Outcome | str  # a str for facts that are not step outcomes (a refund)
+    message: str
+    started: float | None = None
+    error_class: ErrorClass | None = None
+
+
+@dataclass(frozen=True)
+class OutcomeRecord:
+    """A step's result for one order: the columns to set, only if `owner` still holds the order
+    and it still stands at `from_status`, and the story line to add with them (None: no line)."""
+
+    order_id: uuid.UUID
+    owner: str
+    step: Step
+    from_status: OrderStatus
+    values: dict[str, object] = field(default_factory=dict)
+    line: StoryLine | None = None
+
+
+@dataclass(frozen=True)
+class Recorder:
+    """Commits steps' outcomes. `continuing` are the statuses a further step moves an order on
+    from: a step that reaches one keeps the lease (fresh) for the next step."""
+
+    sessions: sessionmaker[Session]
+    retry_policy: RetryPolicy
+    lease_seconds: int
+    gate_wait_seconds: float
+    continuing: frozenset[OrderStatus]
+    clock: Callable[[], datetime]
+
+    def succeed(
+        self, order: Order, step: Step, owner: str, started: float, done: Done, stopping: Callable[[], bool]
+    ) -> StepResult | None:
+        """Record a step that did its work; None if the order is no longer ours."""
+        recorded_at = self._record_done(order, step, owner, started, done, stopping)
+        if recorded_at is None:
+            _lost_lease(order.id, step)
+            return None
+        latency = None
+        if done.status is OrderStatus.COMPLETED and order.paid_at is not None:
+            latency = (recorded_at - order.paid_at).total_seconds()
+        return StepResult(order.id, step, Outcome.OK, time.monotonic() - started, done.status,
+                          message=done.message, completion_latency_seconds=latency)
+
+    def _record_done(
+        self, order: Order, step: Step, owner: str, started: float, done: Done, stopping: Callable[[], bool]
+    ) -> datetime | None:
+        """Commit a step that did its work, retrying through a database outage; the moment it was
+        recorded, or None if the order is no longer ours.
+
+        The work is done (an email accepted, a PDF stored): forgetting it means doing it again, and
+        for the email step that is a second email to the customer. So a lost connection is retried
+        until the database is back, or until shutdown (no time limit: giving up would only redo the
+        step once the database is back, email included). Each attempt stamps a fresh lease: the
+        commit's guard (lease owner and starting status) lets it land only while nobody else has
+        claimed the order, and then the order is ours for a full lease again. Should an attempt's
+        commit land but its answer be lost with the connection, the next attempt finds the step
+        already recorded by us and counts that as done.
+        """
+        attempts = 0
+
+        def attempt() -> datetime | None:
+            nonlocal attempts
+            attempts += 1
+            now = self.clock()
+            record = OutcomeRecord(order.id, owner, step, order.order_status, self._done_values(done),
+                                   StoryLine(Outcome.OK, done.message, started))
+            if self.commit(record):
+                return now
+            return now if attempts > 1 and self._recorded_by(order.id, step, owner) else None
+
+        retrying = Retrying(
+            retry=retry_if_exception(_connection_lost),
+            stop=_StopWhen(stopping),
+            wait=wait_exponential(multiplier=0.2, max=2.0),
+            before_sleep=lambda state: _log_record_retry(state, order.id, step),
+            reraise=True,
+        )
+        recorded_at = retrying(attempt)
+        if attempts > 1:
+            log.info("Recorded %s for order %s after %d attempts", step.value, order.id, attempts)
+        return recorded_at
+
+    def _done_values(self, done: Done) -> dict[str, object]:
+        values = dict(done.values)
+        values.update(status=done.status.value, attempts=0, last_error_step=None, last_error_class=None,
+                      last_error=None)
+        if done.status in self.continuing:
+            values.update(next_attempt_at=db_now(), lease_expires_at=db_later(self.lease_seconds))
+        else:
+            values.update(next_attempt_at=None, lease_owner=None, lease_expires_at=None)
+        return values
+
+    def _recorded_by(self, order_id: uuid.UUID, step: Step, owner: str) -> bool:
+        with self._transaction() as session:
+            return session.scalar(
+                select(OrderEvent.id).where(OrderEvent.order_id == order_id, OrderEvent.step == step.value,
+                                            OrderEvent.outcome == Outcome.OK.value, OrderEvent.worker == owner)
+                .limit(1)
+            ) is not None
+
+    def fail(self, order: Order, step: Step, owner: str, started: float, error: StepError) -> StepResult | None:
+        """Record a failed attempt: a retry after a backoff, or `needs_attention` once retrying is
+        pointless or the attempts are spent. None if the order is no longer ours."""
+        attempts = order.attempts + 1
+        give_up = not error.error_class.retryable or attempts >= self.retry_policy.max_attempts
+        values: dict[str, object] = {
+            "attempts": attempts,
+            "last_error_step": step.value,
+            "last_error_class": error.error_class.value,
+            "last_error": error.message,
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
+        if give_up:
+            values.update(status=OrderStatus.NEEDS_ATTENTION.value, next_attempt_at=None)
+            outcome, status = Outcome.GAVE_UP, OrderStatus.NEEDS_ATTENTION
+            log.error("Order %s needs attention after %d attempt(s) at %s: %s: %s", order.id,
+                      attempts, step.value, error.error_class.value, error.message)
+        else:
+            delay = self.retry_policy.delay(attempts)
+            values["next_attempt_at"] = db_later(delay)
+            outcome, status = Outcome.FAILED, order.order_status
+            log.warning("Step %s failed for order %s (attempt %d, retry in %.0fs): %s: %s", step.value,
+                        order.id, attempts, delay, error.error_class.value, error.message)
+        line = StoryLine(outcome, error.message, started, error.error_class)
+        if not self._commit_failure(OutcomeRecord(order.id, owner, step, order.order_status, values, line)):
+            _lost_lease(order.id, step)
+            return None
+        return StepResult(order.id, step, outcome, time.monotonic() - started, status,
+                          error.error_class, error.message)
+
+    def _commit_failure(self, record: OutcomeRecord) -> bool:
+        try:
+            return self.commit(record)
+        except SQLAlchemyError as db_error:
+            # The database itself is down: the lease expires and the step is retried then.
+            log.error("Could not record failure of %s for order %s: %s", record.step.value, record.order_id,
+                      one_line(db_error, 500))
+            return True
+
+    def wait(self, order: Order, step: Step, owner: str, reason: str) -> StepResult:
+        """Put off a step gated on a failing check, without spending an attempt."""
+        message = f"{WAITING_PREFIX}{reason}"
+        values: dict[str, object] = {
+            "next_attempt_at": db_later(self.gate_wait_seconds),
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "last_error_step": step.value,
+            "last_error": message,
+        }
+        # One story line per distinct reason, not one per poll.
+        record = order.last_error != message
+        if record:
+            log.info("Order %s waits before %s: %s", order.id, step.value, reason)
+        line = StoryLine(Outcome.WAITING, message) if record else None
+        self.commit(OutcomeRecord(order.id, owner, step, order.order_status, values, line))
+        return StepResult(order.id, step, Outcome.WAITING, 0.0, order.order_status, message=message)
+
+    def commit(self, record: OutcomeRecord) -> bool:
+        """Apply a step's result if we still hold the lease and the order still stands where the
+        step found it; False if someone (another worker, a webhook, an operator) moved it meanwhile."""
+        with self._transaction() as session:
+            updated = session.execute(
+                update(Order)
+                .where(Order.id == record.order_id, Order.lease_owner == record.owner,
+                       Order.status == record.from_status.value)
+                .values(**record.values)
+            )
+            if updated.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            if record.line is not None:
+                self.add_event(session, record.order_id, record.step, record.line, record.owner)
+        return True
+
+    def add_event(
+        self, session: Session, order_id: uuid.UUID, step: Step, line: StoryLine, worker: str | None = None
+    ) -> None:
+        """Add a line to the order's story, in the caller's transaction."""
+        session.add(
+            OrderEvent(
+                order_id=order_id,
+                at=self.clock(),
+                step=step.value,
+                outcome=line.outcome.value if isinstance(line.outcome, Outcome) else line.outcome,
+                duration_seconds=0.0 if line.started is None else time.monotonic() - line.started,
+                error_class=line.error_class.value if line.error_class else None,
+                message=line.message[:2000],
+                worker=worker,
+            )
+        )
+
+    def _transaction(self) -> AbstractContextManager[Session]:
+        return transaction(self.sessions)
+
+
+def _lost_lease(order_id: uuid.UUID, step: Step) -> None:
+    log.warning("Lost the lease on order %s during %s: another worker has it now", order_id, step.value)
+
+
+class _StopWhen(stop_base):
+    """tenacity: stop retrying once `stopping()` is true (the daemon is shutting down)."""
+
+    def __init__(self, stopping: Callable[[], bool]) -> None:
+        self.stopping = stopping
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.stopping()
+
+
+def _connection_lost(error: BaseException) -> bool:
+    """The database went away (restart, failover, network), as opposed to a statement it refused."""
+    return isinstance(error, OperationalError) or (isinstance(error, DBAPIError) and error.connection_invalidated)
+
+
+def _log_record_retry(state: RetryCallState, order_id: uuid.UUID, step: Step) -> None:
+    # One WARNING per outage and order; the worker's own line says the database is down.
+    error = state.outcome.exception() if state.outcome else None
+    log.log(logging.WARNING if state.attempt_number == 1 else logging.DEBUG,
+            "Could not record %s for order %s (database: %s); retrying until it is back", step.value, order_id,
+            one_line(error, 500) if error else "?")
