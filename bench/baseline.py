@@ -36,7 +36,7 @@ from sqlalchemy import Engine, update  # noqa: E402
 
 from fulfilment.mailer import download_email  # noqa: E402
 from fulfilment.models import Order, OrderStatus, transaction, utcnow  # noqa: E402
-from fulfilment.pipeline import final_pdf_key, permanent_key  # noqa: E402
+from fulfilment.steps import final_pdf_key, permanent_key  # noqa: E402
 from fulfilment.render import PosterInputs, render_poster  # noqa: E402
 from healer.config import Settings  # noqa: E402
 from healer.wiring import Services  # noqa: E402

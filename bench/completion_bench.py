@@ -32,7 +32,8 @@ from sqlalchemy.pool import NullPool  # noqa: E402
 from fulfilment.mailer import SendGridMailer  # noqa: E402
 from fulfilment.models import Order, OrderStatus, transaction, utcnow  # noqa: E402
 from fulfilment.payments import StripePayments  # noqa: E402
-from fulfilment.pipeline import Pipeline, RetryPolicy, StepResult  # noqa: E402
+from fulfilment.pipeline import Pipeline  # noqa: E402
+from fulfilment.recording import RetryPolicy, StepResult  # noqa: E402
 from fulfilment.render import PosterInputs, render_poster  # noqa: E402
 from fulfilment.storage import S3Store, make_s3_client  # noqa: E402
 from healer import db  # noqa: E402

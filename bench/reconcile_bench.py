@@ -37,12 +37,13 @@ from sqlalchemy.pool import NullPool  # noqa: E402
 from fulfilment.mailer import OutboxMailer  # noqa: E402
 from fulfilment.models import Order  # noqa: E402
 from fulfilment.payments import StripePayments  # noqa: E402
-from fulfilment.pipeline import Pipeline, RetryPolicy  # noqa: E402
+from fulfilment.pipeline import Pipeline  # noqa: E402
+from fulfilment.recording import RetryPolicy  # noqa: E402
 from fulfilment.storage import LocalStore  # noqa: E402
 from healer import db  # noqa: E402
 from healer.health.metrics import Metrics  # noqa: E402
-from healer.stripe.findings import FindingKind
-from healer.stripe.reconcile import ReconcileConfig, ReconcileReport  # noqa: E402, Reconciler
+from healer.stripe.findings import FindingKind, ReconcileReport  # noqa: E402
+from healer.stripe.reconcile import ReconcileConfig, Reconciler  # noqa: E402
 from tests.fakes.stripe_server import FakeStripeServer  # noqa: E402
 
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/"

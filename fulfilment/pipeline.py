@@ -28,8 +28,7 @@ from fulfilment.mailer import Mailer
 from fulfilment.models import Order, OrderStatus, Outcome, Step, transaction, utcnow
 from fulfilment.payments import Payments
 from fulfilment.recording import WAITING_PREFIX, Recorder, RetryPolicy, StepResult, StoryLine
-# MAX_AUDIO_BYTES and the keys live in fulfilment.steps now; healer and bench import them from here.
-from fulfilment.steps import MAX_AUDIO_BYTES, RenderFn, Steps, final_pdf_key, permanent_key  # noqa: F401
+from fulfilment.steps import RenderFn, Steps
 from fulfilment.storage import ObjectStore
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.mailer import Mailer, OutboxMailer, SendGridMailer
 from fulfilment.payments import DisabledPayments, Payments, StripePayments
-from fulfilment.pipeline import Gate, Pipeline, RenderFn, RetryPolicy, StepResult, never_gated
+from fulfilment.pipeline import Gate, Pipeline, never_gated
+from fulfilment.recording import RetryPolicy, StepResult
+from fulfilment.steps import RenderFn
 from fulfilment.storage import LocalStore, ObjectStore, S3Store, make_s3_client
 from checks.assets import AssetsCheck
 from checks.base import Check

@@ -37,7 +37,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from checks.base import CheckResult, Status
 from fulfilment.errors import ErrorClass
 from fulfilment.models import Order, OrderStatus, Outcome, Step, utcnow
-from fulfilment.pipeline import ACTIVE, StepResult
+from fulfilment.pipeline import ACTIVE
+from fulfilment.recording import StepResult
 from healer import __version__
 from healer.stripe.orphans import count_unresolved
 from healer.jobs.scheduler import JobState

@@ -35,7 +35,7 @@ import uuid
 
 from checks.base import CheckResult, Status
 from fulfilment.models import Outcome, Step
-from fulfilment.pipeline import StepResult
+from fulfilment.recording import StepResult
 from healer.config import RemediationMode
 from healer.remediation.audit import Action, Audit
 from healer.remediation.containers import ContainerHealer

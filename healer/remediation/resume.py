@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from checks.base import CheckResult
 from fulfilment.errors import one_line
 from fulfilment.models import Order, utcnow
-from fulfilment.pipeline import NEXT_STEP, STEP_CHECKS, WAITING_PREFIX
+from fulfilment.pipeline import NEXT_STEP, STEP_CHECKS
+from fulfilment.recording import WAITING_PREFIX
 from healer.remediation.audit import Action, Audit, Result
 
 log = logging.getLogger(__name__)

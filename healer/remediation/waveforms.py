@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.errors import StepError, one_line
 from fulfilment.models import Order
-from fulfilment.pipeline import MAX_AUDIO_BYTES, permanent_key
+from fulfilment.steps import MAX_AUDIO_BYTES, permanent_key
 from fulfilment.storage import ObjectStore
 from healer.worker import RenderPool
 from healer.remediation.audit import Action, Audit, Result
