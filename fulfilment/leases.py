@@ -75,7 +75,7 @@ def db_later(seconds: float) -> ColumnElement[datetime]:
 
 def database_time(session: Session) -> datetime:
     """The database's current time, read: for comparing with timestamps it wrote."""
-    now = session.scalar(select(db_now()))
+    now: datetime | None = session.scalar(select(db_now()))
     assert now is not None
     return now
 
@@ -104,7 +104,7 @@ def _later_sqlite(element: _DbLater, compiler: SQLCompiler, **kw: Any) -> str:
 
 def _sqlite(compiler: SQLCompiler, literal_text: str) -> str:
     # A '%' in SQL text is doubled for drivers whose parameters are %-style (not pysqlite's).
-    return str(compiler.escape_literal_column(literal_text))
+    return str(compiler.escape_literal_column(literal_text))  # type: ignore[no-untyped-call]
 
 
 @compiles(_DbNow)

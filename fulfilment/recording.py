@@ -43,7 +43,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
         """Exponential backoff with equal jitter: half the delay fixed, half random, capped."""
-        ceiling = min(self.max_seconds, self.base_seconds * 2 ** max(0, attempt - 1))
+        ceiling = min(self.max_seconds, self.base_seconds * 2.0 ** max(0, attempt - 1))
         return ceiling / 2 + rng() * ceiling / 2
 
 

@@ -157,7 +157,8 @@ def _ink_mask(image: Image.Image) -> np.ndarray:
     rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
     background = np.median(border, axis=0)
-    return np.abs(rgb - background).max(axis=2) > _INK_DISTANCE
+    ink: np.ndarray = np.abs(rgb - background).max(axis=2) > _INK_DISTANCE
+    return ink
 
 
 def _normalised(values: np.ndarray) -> Peaks:

@@ -48,7 +48,7 @@ def printable(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-class JpegReader(ImageReader):
+class JpegReader(ImageReader):  # type: ignore[misc]  # ReportLab ships no type hints
     """An ImageReader for JPEG bytes that ReportLab embeds untouched.
 
     `Canvas.drawImage` names each image by hashing `getRGBData()`, which would decode every pixel of

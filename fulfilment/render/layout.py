@@ -89,12 +89,12 @@ def fit_text(text: str, font: str, template: Template, spec: TextSpec, part: str
 
 
 def _line_width(line: str, font: str, size: float, spec: TextSpec) -> float:
-    return pdfmetrics.stringWidth(line, font, size) + spec.tracking * size * (len(line) - 1)
+    return float(pdfmetrics.stringWidth(line, font, size)) + spec.tracking * size * (len(line) - 1)
 
 
 def block_height(font: str, size: float, lines: int) -> float:
     face = pdfmetrics.getFont(font).face
-    return (face.ascent - face.descent) / 1000 * size + (lines - 1) * LEADING * size
+    return float(face.ascent - face.descent) / 1000 * size + (lines - 1) * LEADING * size
 
 
 def _wrap(text: str, font: str, size: float, width: float, spec: TextSpec) -> tuple[str, ...]:

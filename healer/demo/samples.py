@@ -100,4 +100,5 @@ def _syllable(rng: np.random.Generator, length: int, sample_rate: int) -> np.nda
     phase = 2 * np.pi * np.cumsum(f0) / sample_rate
     tone = sum(np.sin(k * phase) / k for k in range(1, 7))
     envelope = np.clip(np.sin(np.pi * np.linspace(0, 1, length, dtype=np.float32)), 0, 1) ** 1.5
-    return (tone * envelope * rng.uniform(0.3, 1.0)).astype(np.float32)
+    samples: np.ndarray = (tone * envelope * rng.uniform(0.3, 1.0)).astype(np.float32)
+    return samples

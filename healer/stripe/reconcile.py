@@ -346,7 +346,7 @@ class Reconciler:
 
     def _backoff(self, attempt: int, error: stripe.StripeError) -> float:
         c = self.config
-        ceiling = min(c.backoff_max_seconds, c.backoff_base_seconds * 2 ** (attempt - 1))
+        ceiling = min(c.backoff_max_seconds, c.backoff_base_seconds * 2.0 ** (attempt - 1))
         return max(_retry_after(error), ceiling / 2 + random.random() * ceiling / 2)
 
     # -- records and metrics ----------------------------------------------------------------------
