@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import tempfile
 import sys
+import tempfile
 import time
 import uuid
 from collections import defaultdict
@@ -130,7 +130,7 @@ def _paid_order(sessions, store, stripe, photo, audio, waveform) -> uuid.UUID:  
     order_id = uuid.uuid4()
     keys = {"photo_key": f"tmp/{order_id}/p.jpg", "audio_key": f"tmp/{order_id}/a.wav",
             "waveform_key": f"tmp/{order_id}/w.png"}
-    for key, data in zip(keys.values(), (photo, audio, waveform)):
+    for key, data in zip(keys.values(), (photo, audio, waveform), strict=True):
         store.put(key, data, "application/octet-stream")
     pi = stripe.create_payment_intent(4900, "eur", {"order_id": str(order_id)})
     with transaction(sessions) as session:

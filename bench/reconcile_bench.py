@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -163,13 +163,13 @@ def _odd_ones(n: int, mix: Mix) -> dict[int, str]:
 
 
 def _order_row(order_id: uuid.UUID, payment_intent_id: str, created: int, kind: str) -> dict[str, Any]:
-    at = datetime.fromtimestamp(created, timezone.utc)
+    at = datetime.fromtimestamp(created, UTC)
     status = {"missed": "pending_payment", "abandoned": "pending_payment", "stuck": "paid"}.get(kind, "completed")
     paid = status != "pending_payment"
-    return dict(id=order_id, status=status, email="bench@example.com", stripe_payment_intent_id=payment_intent_id,
-                amount_cents=4900, currency="eur", template="a4-portrait", title="", subtitle="",
-                created_at=at, paid_at=at if paid else None, payment_verified_at=at if paid else None,
-                completed_at=at + timedelta(seconds=40) if status == "completed" else None, attempts=0)
+    return {"id": order_id, "status": status, "email": "bench@example.com", "stripe_payment_intent_id": payment_intent_id,
+                "amount_cents": 4900, "currency": "eur", "template": "a4-portrait", "title": "", "subtitle": "",
+                "created_at": at, "paid_at": at if paid else None, "payment_verified_at": at if paid else None,
+                "completed_at": at + timedelta(seconds=40) if status == "completed" else None, "attempts": 0}
 
 
 def seed_recent(sessions: sessionmaker[Session], stripe: FakeStripeServer, per_run: int, missed: int) -> int:

@@ -45,7 +45,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,28 +54,28 @@ ROOT = BENCH.parent
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
 import completion_bench  # noqa: E402
-import psutil  # noqa: E402
 import health_bench  # noqa: E402
+import psutil  # noqa: E402
 import reconcile_bench  # noqa: E402
+from baseline import COMMAND as BASELINE_COMMAND  # noqa: E402
+from baseline import BaselineTarget  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from sqlalchemy import Engine, create_engine, text  # noqa: E402
 from sqlalchemy.pool import NullPool  # noqa: E402
 
-from baseline import COMMAND as BASELINE_COMMAND  # noqa: E402
-from baseline import BaselineTarget  # noqa: E402
 from fulfilment.storage import make_s3_client  # noqa: E402
 from healer import db  # noqa: E402
 from healer.demo.samples import sample_audio, sample_photo, sample_waveform_png  # noqa: E402
+from tests.fakes.db_fixtures import restart_postgresql  # noqa: E402
+from tests.fakes.render_fixtures import ASSET_DIRS  # noqa: E402
+from tests.fakes.stripe_server import FakeStripeServer  # noqa: E402
 from tests.faults.healer_target import HealerTarget  # noqa: E402
 from tests.faults.ledger import Verdict, judge  # noqa: E402
 from tests.faults.processes import HEALER_RUN, Slot, http, wait_until_answering  # noqa: E402
 from tests.faults.scenario import FaultPlan, Peers, Scenario, Shop, count_by_status, peer_env  # noqa: E402
 from tests.faults.sendgrid_tap import TappedSendGrid  # noqa: E402
-from tests.fakes.db_fixtures import restart_postgresql  # noqa: E402
-from tests.fakes.render_fixtures import ASSET_DIRS  # noqa: E402
-from tests.fakes.stripe_server import FakeStripeServer  # noqa: E402
 
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/"
 SECTIONS = ("completion", "faults", "footprint", "endpoints", "reconcile")
@@ -87,7 +87,7 @@ Row = dict[str, Any]
 def main() -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request
     args = _parser().parse_args()
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     report: dict[str, Any] = {"started_at": started.isoformat(timespec="seconds"), "quick": args.quick,
                               "command": " ".join(["bench/run.py", *sys.argv[1:]]), "machine": _machine(),
                               "sections": {}}
@@ -350,7 +350,7 @@ def endpoints(args: argparse.Namespace) -> dict[str, Any]:
 def bulk_insert_orders(engine: Engine, n: int) -> float:
     """`n` orders in one COPY, in the shop's proportions: mostly completed, some unpaid or failed."""
     started = time.perf_counter()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     thresholds, total = [], 0.0

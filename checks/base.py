@@ -16,13 +16,13 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import ClassVar
 
 log = logging.getLogger(__name__)
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     OK = "ok"
     WARNING = "warning"
     FAILING = "failing"
@@ -35,7 +35,7 @@ class Status(str, enum.Enum):
         return {Status.WARNING: 1, Status.FAILING: 2}.get(self, 0)
 
 
-class Runbook(str, enum.Enum):
+class Runbook(enum.StrEnum):
     """The shop's six known failure modes; every remedy belongs to one (or to none)."""
 
     S3_PERMISSION = "1 S3 permission denied"
@@ -85,7 +85,7 @@ class CheckResult:
     detail: str
     remedy: str = ""
     runbook: Runbook = Runbook.NONE
-    checked_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    checked_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     data: Mapping[str, float] = field(default_factory=dict)
 
     @property

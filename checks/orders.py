@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from sqlalchemy import and_, case, func, or_, select
@@ -66,7 +66,7 @@ class OrdersCheck(Check):
         problems = self._failures(backlog, now)
         summary = _summary(backlog, now, self.sla_seconds)
         if problems:
-            details, remedies = zip(*problems)
+            details, remedies = zip(*problems, strict=True)
             raise CheckFailed("; ".join(details), " ".join(dict.fromkeys(remedies)), data)
         if backlog.stuck:
             raise CheckWarning(summary, _stuck_remedy(backlog), data)
@@ -143,7 +143,7 @@ def _earliest(current: datetime | None, value: datetime | str | None) -> datetim
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value if current is None else min(current, value)
 
 

@@ -20,7 +20,7 @@ class ErrorPolicy:
     runbook: str
 
 
-class ErrorClass(str, enum.Enum):
+class ErrorClass(enum.StrEnum):
     S3_AUTH = "s3_auth"
     S3_UNAVAILABLE = "s3_unavailable"
     S3_MISSING_FILE = "s3_missing_file"

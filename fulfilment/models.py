@@ -10,7 +10,7 @@ import enum
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
@@ -38,16 +38,16 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(timezone.utc) if value is not None else None
+        return value.astimezone(UTC) if value is not None else None
 
     def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
         if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
+            return value.replace(tzinfo=UTC)
         return value
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @contextmanager
@@ -57,7 +57,7 @@ def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
-class OrderStatus(str, enum.Enum):
+class OrderStatus(enum.StrEnum):
     PENDING_PAYMENT = "pending_payment"
     PAID = "paid"
     FILES_MIGRATED = "files_migrated"
@@ -71,14 +71,14 @@ class OrderStatus(str, enum.Enum):
         return self in (OrderStatus.COMPLETED, OrderStatus.REFUNDED)
 
 
-class Step(str, enum.Enum):
+class Step(enum.StrEnum):
     VERIFY_PAYMENT = "verify_payment"
     MIGRATE_FILES = "migrate_files"
     RENDER = "render"
     EMAIL = "email"
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     OK = "ok"
     FAILED = "failed"  # retry scheduled
     GAVE_UP = "gave_up"  # order moved to needs_attention

@@ -39,18 +39,18 @@ _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 E = TypeVar("E", bound=enum.Enum)
 
 
-class Fit(str, enum.Enum):
+class Fit(enum.StrEnum):
     COVER = "cover"  # fill the box, cropping what overflows
     CONTAIN = "contain"  # show the whole image, leaving bands
 
 
-class Align(str, enum.Enum):
+class Align(enum.StrEnum):
     LEFT = "left"
     CENTER = "center"
     RIGHT = "right"
 
 
-class WaveStyle(str, enum.Enum):
+class WaveStyle(enum.StrEnum):
     BARS = "bars"
     MIRRORED = "mirrored"  # a filled outline, symmetric about the centre line
 

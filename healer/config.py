@@ -40,7 +40,7 @@ class Secret:
         return mask_secret(self.value)
 
 
-class RemediationMode(str, enum.Enum):
+class RemediationMode(enum.StrEnum):
     OFF = "off"
     DRY_RUN = "dry-run"
     ON = "on"

@@ -16,9 +16,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from checks.scheduler import SchedulerCheck
-from fulfilment.payments import StripePayments
 from fulfilment.models import Step
-from fulfilment.pipeline import Pipeline, STEP_CHECKS
+from fulfilment.payments import StripePayments
+from fulfilment.pipeline import STEP_CHECKS, Pipeline
 from fulfilment.recording import StepResult
 from fulfilment.secrets import Redactor
 from healer import __version__, db

@@ -121,7 +121,7 @@ def list_orders(
 def count_by_status(sessions: sessionmaker[Session]) -> dict[str, int]:
     with sessions() as session:
         rows = session.execute(select(Order.status, func.count()).group_by(Order.status)).all()
-    return {status: count for status, count in rows}
+    return dict(rows)
 
 
 def find_by_download_token(sessions: sessionmaker[Session], token: str) -> Order | None:

@@ -15,12 +15,6 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from fulfilment.mailer import Mailer, OutboxMailer, SendGridMailer
-from fulfilment.payments import DisabledPayments, Payments, StripePayments
-from fulfilment.pipeline import Gate, Pipeline, never_gated
-from fulfilment.recording import RetryPolicy, StepResult
-from fulfilment.steps import RenderFn
-from fulfilment.storage import LocalStore, ObjectStore, S3Store, make_s3_client
 from checks.assets import AssetsCheck
 from checks.base import Check
 from checks.database import DatabaseCheck
@@ -31,7 +25,13 @@ from checks.orders import OrdersCheck
 from checks.s3 import LocalStoreCheck, S3Check
 from checks.sendgrid import SendGridCheck
 from checks.stripe import StripeCheck
+from fulfilment.mailer import Mailer, OutboxMailer, SendGridMailer
+from fulfilment.payments import DisabledPayments, Payments, StripePayments
+from fulfilment.pipeline import Gate, Pipeline, never_gated
+from fulfilment.recording import RetryPolicy, StepResult
 from fulfilment.secrets import Redactor
+from fulfilment.steps import RenderFn
+from fulfilment.storage import LocalStore, ObjectStore, S3Store, make_s3_client
 from healer import db
 from healer.config import Settings
 from healer.health.metrics import Metrics

@@ -39,7 +39,7 @@ def load_background(assets_dir: Path, template: Template) -> ImageReader | None:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()  # backgrounds are small; decoding all of it is the only proof it is whole
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for damaged files
+    except Exception as exc:
         raise unreadable("background", path, exc) from None
     jpeg = embeddable_jpeg(image, data)
     return ImageReader(printable(image)) if jpeg is None else JpegReader(jpeg)

@@ -40,7 +40,7 @@ def _registered_font(path: str, mtime_ns: int, size: int) -> str:
     if name not in pdfmetrics.getRegisteredFontNames():
         try:
             font = TTFont(name, io.BytesIO(data), validate=1)
-        except Exception as exc:  # noqa: BLE001 - a damaged font fails in many ways; all mean "unreadable"
+        except Exception as exc:
             raise unreadable("font", path, exc) from None
         pdfmetrics.registerFont(font)
     return name

@@ -21,7 +21,7 @@ def embeddable_jpeg(image: Image.Image, data: bytes) -> bytes | None:
         return None
     try:
         readJPEGInfo(io.BytesIO(data))
-    except Exception:  # noqa: BLE001 - any complaint means "decode and re-encode instead"
+    except Exception:
         return None
     return data
 

@@ -98,7 +98,7 @@ def _undecodable(exc: Exception, limits: RenderLimits) -> str:
 def _orientation(image: Image.Image) -> int:
     try:
         value = image.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 - a damaged EXIF block only loses the rotation hint
+    except Exception:
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 

@@ -15,12 +15,12 @@ from fulfilment.models import OrderStatus
 from fulfilment.render import PosterInputs
 from fulfilment.secrets import RedactingFilter, Redactor
 from healer import __version__, db
-from healer.remediation.audit import Action
 from healer.cli.check import cmd_check
 from healer.cli.consoles import err, out
 from healer.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from healer.cli.orders import cmd_orders_complete, cmd_orders_list, cmd_orders_retry, cmd_orders_show, services_for
 from healer.config import Settings, SettingsError
+from healer.remediation.audit import Action
 
 log = logging.getLogger("healer")
 
@@ -163,7 +163,7 @@ def _listen_address_problem(settings: Settings) -> str | None:
 
 
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
-    from healer.daemon import DatabaseNotMigrated, Daemon
+    from healer.daemon import Daemon, DatabaseNotMigrated
 
     problems = settings.daemon_problems()
     if (problem := _listen_address_problem(settings)) is not None:

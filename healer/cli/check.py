@@ -59,7 +59,7 @@ def _upgrade_embedded(services) -> None:  # type: ignore[no-untyped-def]
     # As the daemon does at start-up; if it cannot, the database check says why.
     try:
         db.upgrade(services.engine)
-    except Exception as error:  # noqa: BLE001 - reported by the check, not here
+    except Exception as error:
         log.debug("Could not upgrade the embedded database: %s", error)
 
 

@@ -15,7 +15,6 @@ from healer.stripe.reconcile import Reconciler
 from healer.stripe.reconcile_job import run_lock
 from healer.wiring import Services, build_reconciler
 
-
 _VERBS = {
     FindingKind.MISSED_WEBHOOK: ("marked paid and queued", "would mark paid and queue"),
     FindingKind.STUCK: ("re-queued", "would re-queue"),

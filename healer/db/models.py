@@ -42,7 +42,7 @@ class WebhookEvent(Base):
     order_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)  # no FK: events may name no order
 
 
-class RunResult(str, enum.Enum):
+class RunResult(enum.StrEnum):
     RUNNING = "running"
     SUCCESS = "success"
     FAILURE = "failure"
@@ -100,7 +100,7 @@ class OrphanPayment(Base):
     resolution: Mapped[str | None] = mapped_column(String(RESOLUTION_MAX_CHARS))  # how, in one line
 
 
-class NoticeKind(str, enum.Enum):
+class NoticeKind(enum.StrEnum):
     DELAY_EMAIL = "delay_email"
 
 

@@ -15,8 +15,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
-from datetime import datetime, timedelta, timezone
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -40,8 +40,8 @@ from fulfilment.models import Order, OrderStatus, Outcome, Step, utcnow
 from fulfilment.pipeline import ACTIVE
 from fulfilment.recording import StepResult
 from healer import __version__
-from healer.stripe.orphans import count_unresolved
 from healer.jobs.scheduler import JobState
+from healer.stripe.orphans import count_unresolved
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def _aware(value: datetime | str) -> datetime:
     # SQLite's MIN() hands back a string or naive datetime, bypassing the column type.
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class _OrdersCollector(Collector):

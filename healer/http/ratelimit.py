@@ -16,6 +16,7 @@ from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
+
 class ClientRateLimit:
     """`per_minute` requests per client over all customer endpoints together
     (HEALER_PUBLIC_RATE_LIMIT_PER_MINUTE)."""

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timezone
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -54,7 +54,7 @@ class Scheduler:
     def add(self, name: str, func: Callable[[], object], interval_seconds: float, *, run_now: bool = True) -> None:
         with self._lock:
             self._jobs[name] = JobState(name, interval_seconds, None, None, 0, 0)
-        kwargs = {"next_run_time": datetime.now(timezone.utc)} if run_now else {}
+        kwargs = {"next_run_time": datetime.now(UTC)} if run_now else {}
         executor = PROBES if name.startswith("check:") else "default"
         self._scheduler.add_job(func, "interval", seconds=interval_seconds, id=name, name=name,
                                 executor=executor, **kwargs)

@@ -39,8 +39,8 @@ from fulfilment.leases import db_later, db_now
 from fulfilment.mailer import Email, Mailer, single_line
 from fulfilment.models import Order, OrderEvent, OrderStatus, Outcome, transaction, utcnow
 from fulfilment.pipeline import ACTIVE, NEXT_STEP, Pipeline
-from healer.health.metrics import Metrics
 from healer.db.models import NoticeKind, OrderNotice, insert_once
+from healer.health.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

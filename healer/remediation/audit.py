@@ -26,7 +26,7 @@ from healer.health.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
-class Action(str, enum.Enum):
+class Action(enum.StrEnum):
     """What healer does by itself; the `action` label of healer_remediations_total."""
 
     RESTART_CONTAINER = "restart_container"
@@ -36,7 +36,7 @@ class Action(str, enum.Enum):
     RERENDER_PDF = "rerender_pdf"
 
 
-class Result(str, enum.Enum):
+class Result(enum.StrEnum):
     """How it went; the `result` label of healer_remediations_total."""
 
     SUCCESS = "success"

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import docker
@@ -194,7 +194,7 @@ class ContainerHealer:
     def _attempts_on_record(self, name: str, now: float) -> list[float]:
         """Attempts of the window from the audit, so a restarted daemon (or another) keeps the guard."""
         acted = (Result.DRY_RUN,) if self.audit.dry_run else (Result.SUCCESS, Result.FAILURE)
-        since = datetime.fromtimestamp(now - self.policy.window_seconds, timezone.utc)
+        since = datetime.fromtimestamp(now - self.policy.window_seconds, UTC)
         try:
             return self.audit.attempts_since(Action.RESTART_CONTAINER, name, acted, since)
         except SQLAlchemyError as error:

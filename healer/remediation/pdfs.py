@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -89,7 +89,7 @@ class PdfRestorer:
         except StepError as error:
             self.audit.record(Action.RERENDER_PDF, str(order_id), reason, Result.FAILURE,
                               f"{error.error_class.value}: {error.message}")
-        except Exception as error:  # noqa: BLE001 - the database, or a bug: recorded, never raised
+        except Exception as error:
             log.exception("Rendering the PDF of order %s again failed", order_id)
             self.audit.record(Action.RERENDER_PDF, str(order_id), reason, Result.FAILURE, one_line(error))
         else:
@@ -100,7 +100,7 @@ class PdfRestorer:
                 self._running.discard(order_id)
 
     def _since(self, target: str, results: Sequence[Result]) -> list[float]:
-        since = datetime.fromtimestamp(time.time() - self.window_seconds, timezone.utc)
+        since = datetime.fromtimestamp(time.time() - self.window_seconds, UTC)
         return self.audit.attempts_since(Action.RERENDER_PDF, target, results, since)
 
     def _once(self, target: str, reason: str, result: Result, detail: str) -> None:

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from checks.base import CheckResult, Status
@@ -172,7 +172,7 @@ def _unlink_beneath(root_fd: int, file: ScratchFile, older_than: float) -> bool:
 
 def _freed(files: list[ScratchFile], usage: Usage, *, dry_run: bool) -> str:
     total = sum(f.size for f in files)
-    oldest = datetime.fromtimestamp(files[0].mtime, timezone.utc).isoformat(timespec="seconds")
+    oldest = datetime.fromtimestamp(files[0].mtime, UTC).isoformat(timespec="seconds")
     names = ", ".join(f.relative for f in files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
     verb, then = ("would delete", "then") if dry_run else ("deleted", "now")
     return (f"{verb} {len(files)} file(s) of {format_bytes(total)}, oldest from {oldest} ({names}); "

@@ -16,8 +16,8 @@ from fulfilment.errors import StepError, one_line
 from fulfilment.models import Order
 from fulfilment.steps import MAX_AUDIO_BYTES, permanent_key
 from fulfilment.storage import ObjectStore
-from healer.worker import RenderPool
 from healer.remediation.audit import Action, Audit, Result
+from healer.worker import RenderPool
 
 log = logging.getLogger(__name__)
 

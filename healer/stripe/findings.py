@@ -8,11 +8,8 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
-
-
-
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +29,7 @@ class Payment:
     def from_stripe(cls, intent: dict[str, Any]) -> Payment:
         named = (intent.get("metadata") or {}).get("order_id")
         return cls(intent["id"], intent["status"], int(intent["amount"]), str(intent["currency"]),
-                   datetime.fromtimestamp(int(intent["created"]), timezone.utc),
+                   datetime.fromtimestamp(int(intent["created"]), UTC),
                    str(named)[:255] if named else None)
 
     def as_intent(self) -> dict[str, Any]:
@@ -43,7 +40,7 @@ class Payment:
         return f"{self.id} ({self.amount} {self.currency})"
 
 
-class FindingKind(str, enum.Enum):
+class FindingKind(enum.StrEnum):
     MISSED_WEBHOOK = "missed_webhook"  # the payment succeeded, the order still waited for it
     STUCK = "stuck"  # paid, past the SLA, nobody working on it
     ORPHAN = "orphan"  # a succeeded payment that no order claims

@@ -11,9 +11,8 @@ from sqlalchemy.engine import Row
 
 from fulfilment.leases import db_now
 from fulfilment.models import Order, OrderStatus
-from healer.stripe.webhooks import order_columns, parse_order_id
-
 from healer.stripe.findings import Payment
+from healer.stripe.webhooks import order_columns, parse_order_id
 
 log = logging.getLogger(__name__)
 

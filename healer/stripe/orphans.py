@@ -90,7 +90,7 @@ def list_orphans(sessions: sessionmaker[Session], *, include_resolved: bool = Fa
         return [_view(o) for o in session.scalars(query).all()]
 
 
-class Resolved(str, enum.Enum):
+class Resolved(enum.StrEnum):
     RESOLVED = "resolved"
     UNKNOWN = "unknown"
     ALREADY = "already_resolved"

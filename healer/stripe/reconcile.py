@@ -29,7 +29,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import stripe
@@ -40,17 +40,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.models import Order, transaction, utcnow
 from fulfilment.pipeline import ACTIVE, Pipeline, awaiting_payment_clause
-from healer.health.metrics import Metrics
 from healer.db.models import OrphanPayment, ReconcileRun, ReconcileState, RunResult, insert_once
-from healer.stripe.orphans import count_unresolved, resolve as resolve_orphan
+from healer.health.metrics import Metrics
 from healer.jobs.stuck import requeue_stuck
+from healer.stripe.orphans import count_unresolved
+from healer.stripe.orphans import resolve as resolve_orphan
 from healer.stripe.webhooks import parse_order_id, payment_mismatch
 
 if TYPE_CHECKING:
     from stripe.params import PaymentIntentListParams
 
 from healer.stripe.findings import Finding, FindingKind, Payment, ProgressFn, ReconcileReport, Tally
-from healer.stripe.matching import matching_columns, awaiting_payment, claiming_order, crossed_checkpoint
+from healer.stripe.matching import awaiting_payment, claiming_order, crossed_checkpoint, matching_columns
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class Reconciler:
     def _window_start(self, now: datetime, cursor: int | None) -> datetime:
         if cursor is None:
             return now - timedelta(seconds=self.config.lookback_seconds)
-        return datetime.fromtimestamp(cursor - self.config.overlap_seconds, timezone.utc)
+        return datetime.fromtimestamp(cursor - self.config.overlap_seconds, UTC)
 
     # -- Stripe to database -----------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from fulfilment.leases import db_later, db_now
 from fulfilment.models import transaction
 from healer.db.models import ReconcileState, insert_once
-
 from healer.stripe.findings import ReconcileReport
 from healer.stripe.reconcile import STATE, Reconciler
 

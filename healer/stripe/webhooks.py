@@ -24,7 +24,7 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import stripe
@@ -40,8 +40,8 @@ from fulfilment.errors import ErrorClass
 from fulfilment.models import Order, OrderStatus, Outcome, Step, transaction
 from fulfilment.pipeline import REFUNDED_OUTCOME, Pipeline
 from healer.config import Secret
-from healer.health.metrics import Metrics
 from healer.db.models import OrphanPayment, WebhookEvent, insert_once
+from healer.health.metrics import Metrics
 from healer.stripe.orphans import resolve as resolve_orphan
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ REFUNDED = "charge.refunded"
 HANDLED_TYPES = (SUCCEEDED, PAYMENT_FAILED, REFUNDED)
 
 
-class WebhookResult(str, enum.Enum):
+class WebhookResult(enum.StrEnum):
     APPLIED = "applied"  # the order changed
     RECORDED = "recorded"  # a line in the order's story, nothing else
     UNCHANGED = "unchanged"  # already so: a late or out-of-order delivery
@@ -164,7 +164,7 @@ def verify(body: bytes, signature: str | None, secret: str) -> Delivery:
         delivery = Delivery(
             event_id=str(event["id"])[:255],
             type=str(event["type"])[:64],
-            created=datetime.fromtimestamp(int(event["created"]), timezone.utc),
+            created=datetime.fromtimestamp(int(event["created"]), UTC),
             obj=dict(event["data"]["object"]),
         )
     # Signed by Stripe, yet not what Stripe sends: refused whole, nothing stored. RecursionError:

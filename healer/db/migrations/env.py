@@ -2,7 +2,7 @@
 
 from alembic import context
 
-import healer.db.models  # noqa: F401  - registers healer's own tables on the shared metadata
+import healer.db.models
 import healer.remediation.audit  # noqa: F401  - registers the remediation audit table too
 from fulfilment.models import Base
 
