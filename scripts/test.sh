@@ -8,5 +8,8 @@ cd "$(dirname "$0")/.."
 ensure_apt_packages poppler-utils docker.io busybox-static prometheus prometheus-alertmanager docker-compose haproxy
 ensure_python_env
 ensure_postgresql
-if [ $# -eq 0 ]; then .venv/bin/mypy healer checks fulfilment; fi  # the whole run also type-checks
+if [ $# -eq 0 ]; then  # the whole run also lints and type-checks
+    .venv/bin/ruff check healer checks fulfilment bench tests
+    .venv/bin/mypy healer checks fulfilment
+fi
 exec .venv/bin/python -m pytest "$@"
