@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.badinput.helpers import ADMIN, Seeded, complete, still
-from tests.e2e.daemon import RunningDaemon, start_daemon, wait_for
-from tests.fakes.shop_fixtures import Shop
+from tests.e2e.daemon import RunningDaemon, start_daemon
+from tests.eventually import eventually
 from tests.fakes.ports import free_port
+from tests.fakes.shop_fixtures import Shop
 
 
 @pytest.fixture
@@ -38,12 +39,13 @@ def daemon(shop: Shop, shop_env: dict[str, str], seeded: Seeded, tmp_path: Path)
                HEALER_WORKER_INTERVAL_SECONDS="0.2", HEALER_CHECK_INTERVAL_SECONDS="2")
     running = start_daemon(env, tmp_path / "daemon.log")
     try:
-        wait_for(lambda: running.ops("GET", "/readyz")[0] == 200, 60, "the daemon to be ready")
-        wait_for(lambda: still(shop.sessions), 60, "the daemon's start-up work (reconciliation) to settle")
+        eventually(lambda: running.ops("GET", "/readyz")[0] == 200, timeout=60, what="the daemon to be ready")
+        eventually(lambda: still(shop.sessions),
+                   timeout=60, what="the daemon's start-up work (reconciliation) to settle")
         yield running
     finally:
         running.process.send_signal(signal.SIGTERM)  # not SIGKILL: its render workers exit with it
         try:
             running.process.wait(timeout=30)
-        except Exception:  # noqa: BLE001 - one that will not stop is killed
+        except Exception:
             running.process.kill()

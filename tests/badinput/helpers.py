@@ -55,7 +55,7 @@ def complete(shop: Shop, order_id: uuid.UUID) -> None:
 
 def still(sessions: sessionmaker[Session], seconds: float = 1.0) -> bool:
     first = snapshot(sessions)
-    time.sleep(seconds)
+    time.sleep(seconds)  # deliberate: nothing may change while this much time passes
     return snapshot(sessions) == first
 
 

@@ -25,8 +25,8 @@ pytestmark = pytest.mark.timeout(120)
 
 CONFIG_SOURCE = Path(config.__file__).read_text()
 # Every `self.<parser>("NAME", ...)` in the settings reader, with the parser that reads it.
-PARSED = dict((name, kind) for kind, name in re.findall(
-    r'self\.(number|integer|flag|url|duration)\(\s*"([A-Z][A-Z0-9_]+)"', CONFIG_SOURCE))
+PARSED = {name: kind for kind, name in re.findall(
+    r'self\.(number|integer|flag|url|duration)\(\s*"([A-Z][A-Z0-9_]+)"', CONFIG_SOURCE)}
 UNPARSABLE = {"number": "soon", "integer": "2.5", "flag": "perhaps", "url": "shop.example/path",
               "duration": "a while"}
 # Values of the right type that a variable must still refuse, and the variable the line names.

@@ -5,11 +5,12 @@ the check by name, and it is green again once they are healthy or gone."""
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
+from typing import cast
 
 from checks.base import CheckResult, Runbook, Status, run_check
 from checks.docker import DockerCheck, compose_project_label
+from tests.eventually import Unmet, eventually
 from tests.fakes.docker_fixtures import Containers, DockerEngine
 
 
@@ -18,13 +19,11 @@ def _check(engine: DockerEngine, containers: Containers, **options: object) -> D
 
 
 def _wait_for(check: DockerCheck, status: Status, timeout: float = 20.0) -> CheckResult:
-    deadline = time.monotonic() + timeout
-    while True:
+    def reached() -> CheckResult | Unmet:
         result = run_check(check)
-        if result.status is status:
-            return result
-        assert time.monotonic() < deadline, f"still {result.status.value}: {result.detail}"
-        time.sleep(0.1)
+        return result if result.status is status else Unmet(result)
+
+    return cast(CheckResult, eventually(reached, timeout=timeout, interval=0.1, what=f"the check to be {status.value}"))
 
 
 def test_healthy_containers_of_the_project_are_ok(docker_engine: DockerEngine, docker_containers: Containers) -> None:

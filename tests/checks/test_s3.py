@@ -15,8 +15,8 @@ import pytest
 from checks.base import Status, run_check
 from checks.s3 import HEALTH_PREFIX, LocalStoreCheck, S3Check
 from fulfilment.storage import make_s3_client
-from tests.fakes.s3_fixtures import REGION, MotoBucket, MotoIam, moto_client, unique_bucket_name
 from tests.fakes.ports import free_port
+from tests.fakes.s3_fixtures import REGION, MotoBucket, MotoIam, moto_client, unique_bucket_name
 
 PERMISSIONS = ("s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject")
 

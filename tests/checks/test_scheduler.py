@@ -4,14 +4,15 @@ hung) is named with its last error, and the check turns green when the job succe
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import pytest
 
 from checks.base import CheckResult, Status, run_check
 from checks.scheduler import SchedulerCheck
 from healer.jobs.scheduler import JobState, Scheduler
+from tests.eventually import Unmet, eventually
 
 INTERVAL = 0.2  # seconds: dead after 5 intervals without a success, late after 2
 
@@ -41,21 +42,17 @@ def _check(scheduler: Scheduler) -> SchedulerCheck:
     return SchedulerCheck(jobs=scheduler.jobs, started_at=lambda: scheduler.started_at, min_interval_seconds=0.05)
 
 
-def _wait_for(check: SchedulerCheck, status: Status, timeout: float = 10.0) -> CheckResult:
-    deadline = time.monotonic() + timeout
-    while True:
+def _wait_for(check: SchedulerCheck, status: Status) -> CheckResult:
+    def reached() -> CheckResult | Unmet:
         result = run_check(check)
-        if result.status is status:
-            return result
-        assert time.monotonic() < deadline, f"still {result.status.value}: {result.detail}"
-        time.sleep(0.05)
+        return result if result.status is status else Unmet(result)
+
+    return cast(CheckResult, eventually(reached, what=f"the scheduler check to be {status.value}"))
 
 
-def _wait_for_successes(scheduler: Scheduler, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while any(job.last_success is None for job in scheduler.jobs()):
-        assert time.monotonic() < deadline, f"jobs never ran: {scheduler.jobs()}"
-        time.sleep(0.02)
+def _wait_for_successes(scheduler: Scheduler) -> None:
+    eventually(lambda: all(job.last_success is not None for job in scheduler.jobs()) or Unmet(scheduler.jobs()),
+               interval=0.02, what="every job's first success")
 
 
 def test_a_job_that_starts_failing_is_named_with_its_error_and_clears_when_it_succeeds(

@@ -10,8 +10,8 @@ import pytest
 
 from checks.base import CheckResult, Status, run_check, run_with_timeout
 from checks.sendgrid import SendGridCheck
-from tests.fakes.sendgrid_server import READ_ONLY_SCOPES, SendGridServer
 from tests.fakes.ports import free_port
+from tests.fakes.sendgrid_server import READ_ONLY_SCOPES, SendGridServer
 
 FROM = "posters@shop.example"
 

@@ -9,8 +9,8 @@ import pytest
 
 from checks.base import CheckResult, Status, run_check
 from checks.stripe import StripeCheck
-from tests.fakes.stripe_server import FakeStripeServer
 from tests.fakes.ports import free_port
+from tests.fakes.stripe_server import FakeStripeServer
 
 
 def check_for(server: FakeStripeServer, key: str | None = None, **config: object) -> StripeCheck:

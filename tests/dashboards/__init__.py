@@ -29,8 +29,8 @@ from sqlalchemy import Engine
 
 from checks.base import Check
 from healer import db
-from healer.health.monitor import HealthMonitor
 from healer.health.metrics import Metrics
+from healer.health.monitor import HealthMonitor
 from healer.jobs.scheduler import JobState
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.eventually import eventually
 from tests.fakes.ports import free_port
 
 HEALER = [str(Path(sys.executable).with_name("healer"))]  # the installed command, as operators run it
@@ -53,14 +54,6 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 def healer_env(shop_env: dict[str, str], **overrides: str) -> dict[str, str]:
     """The shop's environment for one daemon: free ports for its two listeners, two workers on a
@@ -92,7 +85,7 @@ def start_daemon(env: dict[str, str], log_path: Path, args: list[str] | None = N
             return False
 
     try:
-        wait_for(answering, 60, "the daemon to answer /livez")
+        eventually(answering, timeout=60, what="the daemon to answer /livez", interval=0.2)
     except BaseException:
         process.kill()  # a daemon that never answered must not outlive the test
         process.wait()

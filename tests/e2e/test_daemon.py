@@ -14,9 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.e2e.daemon import HEALER, REPO, RunningDaemon, healer_env, running_daemon, wait_for
-from tests.fakes.shop_fixtures import Shop
+from tests.e2e.daemon import HEALER, REPO, RunningDaemon, healer_env, running_daemon
+from tests.eventually import eventually
 from tests.fakes.ports import free_port
+from tests.fakes.shop_fixtures import Shop
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def test_customer_completion_through_the_running_daemon(shop: Shop, daemon: Runn
     status, _, body = daemon.request("POST", f"/api/orders/{order_id}/complete",
                                      {"X-Session-Token": f"sess-{order_id.hex}"})
     assert status == 202 and json.loads(body)["status"] == "paid"
-    wait_for(lambda: shop.order(order_id).status == "completed", 60, "the order to complete")
+    eventually(lambda: shop.order(order_id).status == "completed", timeout=60, what="the order to complete")
 
     order = shop.order(order_id)
     status, headers, _ = daemon.request("GET", f"/download/{order.download_token}")
@@ -60,7 +61,7 @@ def test_customer_completion_through_the_running_daemon(shop: Shop, daemon: Runn
 
 def test_sigterm_stops_the_daemon_cleanly(shop: Shop, daemon: RunningDaemon) -> None:
     order_id = shop.paid_order()
-    wait_for(lambda: shop.order(order_id).status == "completed", 60, "the order to complete")
+    eventually(lambda: shop.order(order_id).status == "completed", timeout=60, what="the order to complete")
 
     daemon.process.send_signal(signal.SIGTERM)
 
@@ -107,7 +108,7 @@ def test_demo_completes_its_sample_orders(tmp_path: Path) -> None:
 def test_render_processes_hold_only_the_renderer_and_die_with_a_killed_daemon(
         shop: Shop, daemon: RunningDaemon) -> None:
     order_id = shop.paid_order()
-    wait_for(lambda: shop.order(order_id).status == "completed", 60, "the order to complete")
+    eventually(lambda: shop.order(order_id).status == "completed", timeout=60, what="the order to complete")
     renderers = [p for p in psutil.Process(daemon.process.pid).children(recursive=True)
                  if "spawn_main" in " ".join(p.cmdline())]
     assert renderers, "no render process found under the daemon"

@@ -31,9 +31,10 @@ from tests.dashboards import (
     selectors,
     substitute_variables,
 )
-from tests.e2e.daemon import RunningDaemon, healer_env, running_daemon, wait_for
-from tests.fakes.shop_fixtures import Shop
+from tests.e2e.daemon import RunningDaemon, healer_env, running_daemon
+from tests.eventually import eventually
 from tests.fakes.ports import free_port
+from tests.fakes.shop_fixtures import Shop
 
 FAST_FOR = "1s"
 
@@ -134,7 +135,7 @@ def prometheus(daemon: RunningDaemon, tmp_path: Path) -> Iterator[Prometheus]:
         except OSError:
             return False
 
-    wait_for(scraping, 30, "Prometheus to scrape the daemon")
+    eventually(scraping, timeout=30, what="Prometheus to scrape the daemon")
     yield server
     process.terminate()
     try:
@@ -180,6 +181,7 @@ def problems_with(prometheus: Prometheus, label: str, expr: str, *, data_due: bo
     return []
 
 
+@pytest.mark.slow  # ~30 s: waits on Prometheus' scrapes and alert evaluation
 def test_every_dashboard_query_and_alert_expression_works_against_a_live_daemon(
     shop: Shop, daemon: RunningDaemon, prometheus: Prometheus
 ) -> None:
@@ -189,13 +191,14 @@ def test_every_dashboard_query_and_alert_expression_works_against_a_live_daemon(
     completed = [shop.paid_order() for _ in range(3)]
     corrupt = shop.paid_order(photo=b"\xff\xd8\xff this is not really a JPEG")
 
-    wait_for(lambda: all(shop.order(o).status == "completed" for o in completed), 60, "the orders to complete")
-    wait_for(lambda: shop.order(corrupt).status == "needs_attention", 30, "the corrupt order to give up")
+    eventually(lambda: all(shop.order(o).status == "completed" for o in completed),
+               timeout=60, what="the orders to complete")
+    eventually(lambda: shop.order(corrupt).status == "needs_attention", timeout=30, what="the corrupt order to give up")
     # Order figures are cached for up to 15 s in the daemon; the counters are current at once.
-    wait_for(lambda: prometheus.value('healer_orders{status="needs_attention"}') == 1.0
-             and prometheus.value('healer_order_completions_total{outcome="completed"}') == 3.0
-             and (prometheus.value('sum(healer_order_step_failures_total{error_class="email_transient"})') or 0) >= 1,
-             40, "Prometheus to see the orders' outcomes")
+    eventually(lambda: prometheus.value('healer_orders{status="needs_attention"}') == 1.0
+               and prometheus.value('healer_order_completions_total{outcome="completed"}') == 3.0
+               and (prometheus.value('sum(healer_order_step_failures_total{error_class="email_transient"})') or 0) >= 1,
+               timeout=40, what="Prometheus to see the orders' outcomes")
 
     problems = []
     for query in dashboard_queries():
@@ -210,8 +213,8 @@ def test_every_dashboard_query_and_alert_expression_works_against_a_live_daemon(
     assert problems == [], "\n".join(problems)
 
     # Alerts evaluate against the live data and reach the firing state, annotations rendered.
-    wait_for(lambda: any(a["state"] == "firing" for a in prometheus.alerts("HealerOrdersNeedAttention")),
-             20, "HealerOrdersNeedAttention to fire")
+    eventually(lambda: any(a["state"] == "firing" for a in prometheus.alerts("HealerOrdersNeedAttention")),
+               timeout=20, what="HealerOrdersNeedAttention to fire")
     firing = prometheus.alerts("HealerOrdersNeedAttention")[0]
     assert firing["labels"]["severity"] == "warning"
     assert firing["annotations"]["summary"] == "1 order(s) need an operator"
@@ -221,6 +224,6 @@ def test_every_dashboard_query_and_alert_expression_works_against_a_live_daemon(
     if "healer_check_up" in AWAITING_WIRING:
         return  # the failing-check alert below needs the checks wired into the daemon
     shop.sendgrid.set_key_valid(False)  # the key is revoked: the sendgrid check fails
-    wait_for(lambda: any(a["state"] == "firing" and a["labels"].get("check") == "sendgrid"
-                         for a in prometheus.alerts("HealerCheckFailing")),
-             30, "HealerCheckFailing for the sendgrid check to fire")
+    eventually(lambda: any(a["state"] == "firing" and a["labels"].get("check") == "sendgrid"
+                           for a in prometheus.alerts("HealerCheckFailing")),
+               timeout=30, what="HealerCheckFailing for the sendgrid check to fire")

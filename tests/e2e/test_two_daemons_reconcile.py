@@ -14,9 +14,10 @@ import pytest
 from sqlalchemy import select
 
 from healer.db.models import OrphanPayment, ReconcileRun
-from tests.e2e.daemon import RunningDaemon, start_daemon, wait_for
-from tests.fakes.shop_fixtures import Shop
+from tests.e2e.daemon import RunningDaemon, start_daemon
+from tests.eventually import eventually
 from tests.fakes.ports import free_port
+from tests.fakes.shop_fixtures import Shop
 
 
 @pytest.fixture
@@ -37,10 +38,11 @@ def two_daemons(shop_env: dict[str, str], tmp_path: Path) -> Iterator[list[Runni
         for daemon in daemons:
             try:
                 daemon.process.wait(timeout=30)
-            except Exception:  # noqa: BLE001 - a daemon that will not stop is killed
+            except Exception:
                 daemon.process.kill()
 
 
+@pytest.mark.slow  # ~13 s with its two daemons' start and stop
 def test_two_daemons_complete_lost_webhook_orders_and_reconcile_one_at_a_time(
     shop: Shop, two_daemons: list[RunningDaemon]
 ) -> None:
@@ -58,21 +60,22 @@ def test_two_daemons_complete_lost_webhook_orders_and_reconcile_one_at_a_time(
 
     # Runs that began before the payments existed found nothing: wait for the work, then for two
     # more runs, which must find nothing new to report.
-    wait_for(lambda: orphans() and all(shop.order(o).paid_at for o in lost), 90, "reconciliation to repair")
+    eventually(lambda: orphans() and all(shop.order(o).paid_at for o in lost),
+               timeout=90, what="reconciliation to repair")
     done = len(runs())
-    wait_for(lambda: len([r for r in runs() if r.finished_at]) >= done + 2, 60, "two more runs")
+    eventually(lambda: len([r for r in runs() if r.finished_at]) >= done + 2, timeout=60, what="two more runs")
     shop.stripe.set_delay(0)
 
     finished = [r for r in runs() if r.finished_at is not None]
     assert all(run.result == "success" for run in finished)
-    for earlier, later in zip(finished, finished[1:]):  # never two runs at once
+    for earlier, later in zip(finished, finished[1:], strict=False):  # never two runs at once
         assert later.started_at >= earlier.finished_at
     assert orphans() == [orphan["id"]]
     logs = "".join(d.log() for d in two_daemons)
     assert logs.count(f"Orphan payment {orphan['id']}") == 1  # reported once, by whoever found it
 
-    wait_for(lambda: all(shop.order(o).status == "completed" for o in lost), 120,
-             "the lost-webhook orders to complete")
+    eventually(lambda: all(shop.order(o).status == "completed" for o in lost), timeout=120,
+               what="the lost-webhook orders to complete")
     workers = {e.worker.split(":")[1] for o in lost for e in shop.events(o) if e.worker}
     assert len(workers) == 2, workers  # both daemons' workers took a share
     for order_id in lost:  # marked paid once, by reconciliation, then worked once

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.pool import NullPool
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from fulfilment.models import Base
 from healer import db
+from tests.eventually import eventually
 from tests.fakes.ports import free_port
 
 PG_ADMIN_URL = os.environ.get("HEALER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -46,7 +47,7 @@ def pg_url() -> Iterator[str]:
     try:
         with admin.connect() as conn:
             conn.execute(text("SELECT 1"))
-    except Exception as error:  # noqa: BLE001 - any failure means the peer is missing
+    except Exception as error:
         pytest.fail(f"{START_HINT}\n({type(error).__name__}: {str(error).splitlines()[0]})")
     name = f"healer_test_{uuid.uuid4().hex[:10]}"
     with admin.connect() as conn:
@@ -115,7 +116,7 @@ def postgresql_outage(seconds: float) -> threading.Thread:
     _pg_ctlcluster("stop")
 
     def start_later() -> None:
-        time.sleep(seconds)
+        time.sleep(seconds)  # deliberate: the outage lasts this long
         _pg_ctlcluster("start")
         _wait_until_answering()
 
@@ -131,15 +132,16 @@ def restart_postgresql() -> None:
 
 
 def _wait_until_answering() -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with _admin_engine().connect() as conn:
-                conn.execute(text("SELECT 1"))
-            return
-        except Exception:  # noqa: BLE001
-            time.sleep(0.2)
-    raise RuntimeError("PostgreSQL did not come back within 30 s of a restart")
+    eventually(_answering, timeout=30, interval=0.2, what="PostgreSQL to come back after a restart")
+
+
+def _answering() -> bool:
+    try:
+        with _admin_engine().connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception:
+        return False
+    return True
 
 
 @pytest.fixture

@@ -25,18 +25,18 @@ import signal
 import subprocess
 import tarfile
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import docker
 import pytest
 from docker.models.containers import Container
 
 from checks.docker import COMPOSE_PROJECT_LABEL, COMPOSE_SERVICE_LABEL, compose_project_label
+from tests.eventually import TimedOut, Unmet, eventually
 
 __all__ = ["Containers", "DockerEngine", "busybox_image", "docker_containers", "docker_engine"]
 
@@ -116,18 +116,25 @@ def _start_dockerd(dockerd: str, root: Path) -> tuple[subprocess.Popen[bytes], D
 
 
 def _wait_for_socket(process: subprocess.Popen[bytes], socket: Path) -> bool:
-    deadline = time.monotonic() + _START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline and process.poll() is None:
-        if socket.exists():
-            try:
-                client = docker.DockerClient(base_url=f"unix://{socket}", version="auto", timeout=5)
-            except docker.errors.DockerException:
-                client = None  # the socket exists before the API answers on it
-            if client is not None:
-                client.close()
-                return True
-        time.sleep(0.1)
-    return False
+    """Whether dockerd answers on its socket within the start timeout (False at once if it exits)."""
+    def state() -> str | None:
+        return "exited" if process.poll() is not None else "answering" if _answers(socket) else None
+
+    try:
+        return eventually(state, timeout=_START_TIMEOUT_SECONDS, interval=0.1, what="dockerd to answer") == "answering"
+    except TimedOut:
+        return False
+
+
+def _answers(socket: Path) -> bool:
+    if not socket.exists():
+        return False
+    try:
+        client = docker.DockerClient(base_url=f"unix://{socket}", version="auto", timeout=5)
+    except docker.errors.DockerException:
+        return False  # the socket exists before the API answers on it
+    client.close()
+    return True
 
 
 def _stop_dockerd(process: subprocess.Popen[bytes], engine: DockerEngine | None) -> None:
@@ -237,15 +244,13 @@ class Containers:
     def wait_for(self, container: Container, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20.0,
                  what: str = "state") -> dict[str, Any]:
         """Poll the container's inspect data until `predicate(attrs)` holds; fail with its state if not."""
-        deadline = time.monotonic() + timeout
-        while True:
+        def reached() -> dict[str, Any] | Unmet:
             container.reload()
-            if predicate(container.attrs):
-                return container.attrs
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{container.name} did not reach {what} in {timeout:g}s: "
-                                     f"{container.attrs['State']}, restarts {container.attrs['RestartCount']}")
-            time.sleep(0.1)
+            attrs: dict[str, Any] = container.attrs
+            return attrs if predicate(attrs) else Unmet({k: attrs[k] for k in ("State", "RestartCount")})
+
+        return cast(dict[str, Any], eventually(reached, timeout=timeout, interval=0.1,
+                                               what=f"{container.name} to reach {what}"))
 
     def wait_for_health(self, container: Container, status: str, timeout: float = 20.0) -> None:
         self.wait_for(container, lambda a: (a["State"].get("Health") or {}).get("Status") == status,

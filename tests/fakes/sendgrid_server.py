@@ -360,6 +360,7 @@ class SendGridServer:
         self._faults: list[_Fault] = []
         self._delay = 0.0
         self._hang = False
+        self._held = 0  # requests held unanswered while hung
         self._stopping = threading.Event()
         self._messages: list[SentMessage] = []
         self._requests: list[RecordedRequest] = []
@@ -402,6 +403,12 @@ class SendGridServer:
     def requests(self) -> list[RecordedRequest]:
         with self._lock:
             return list(self._requests)
+
+    @property
+    def held(self) -> int:
+        """How many requests the hung server holds unanswered right now (recorded only once answered)."""
+        with self._lock:
+            return self._held
 
     # switches
 
@@ -459,12 +466,18 @@ class SendGridServer:
         with self._lock:
             delay, hang = self._delay, self._hang
         if hang:
-            while not self._stopping.wait(0.05):
+            with self._lock:
+                self._held += 1
+            try:
+                while not self._stopping.wait(0.05):
+                    with self._lock:
+                        if not self._hang:
+                            break
+                else:
+                    return False
+            finally:
                 with self._lock:
-                    if not self._hang:
-                        break
-            else:
-                return False
+                    self._held -= 1
         if delay:
             self._stopping.wait(delay)
         return not self._stopping.is_set()

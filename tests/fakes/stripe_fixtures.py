@@ -7,7 +7,7 @@ requests or key changes leak) while paying for one listening socket only.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

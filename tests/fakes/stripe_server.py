@@ -43,9 +43,10 @@ import secrets
 import string
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import stripe
@@ -161,7 +162,7 @@ class _Call:
 
 @dataclass(frozen=True)
 class _Route:
-    handler: Callable[["FakeStripeServer", _Call], dict[str, Any]]
+    handler: Callable[[FakeStripeServer, _Call], dict[str, Any]]
     permission: str
     params: frozenset[str]
 
@@ -195,7 +196,7 @@ class FakeStripeServer:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    def start(self) -> "FakeStripeServer":
+    def start(self) -> FakeStripeServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
@@ -211,7 +212,7 @@ class FakeStripeServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "FakeStripeServer":
+    def __enter__(self) -> FakeStripeServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -889,7 +890,7 @@ def _decode_params(encoded: str) -> dict[str, Any]:
     root: dict[str, Any] = {}
     for key, value in parse_qsl(encoded, keep_blank_values=True):
         name, _, rest = key.partition("[")
-        path = [name] + [p for p in rest.rstrip("]").split("][")] if rest else [name]
+        path = [name] + list(rest.rstrip("]").split("][")) if rest else [name]
         node = root
         for part in path[:-1]:
             node = node.setdefault(part or str(len(node)), {})

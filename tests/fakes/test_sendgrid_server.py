@@ -14,6 +14,7 @@ import pytest
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
+from tests.eventually import eventually
 from tests.fakes.sendgrid_server import READ_ONLY_SCOPES, SendGridServer
 
 GRANT_INVALID = {
@@ -289,7 +290,7 @@ def test_stop_returns_promptly_while_a_request_hangs() -> None:
         target=lambda: _ignore(lambda: raw(server, "GET", "/v3/scopes", timeout=5)), daemon=True
     )
     hung.start()
-    time.sleep(0.2)
+    eventually(lambda: server.held == 1, what="the request to be held by the hung server")
 
     started = time.monotonic()
     server.stop()

@@ -18,9 +18,9 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from fulfilment.models import OrderStatus
-from tests.faults.processes import HEALER_RUN, Incarnation, Slot, http
-from tests.faults.scenario import PlacedOrder, Peers, count_by_status, peer_env
 from tests.fakes.stripe_server import FakeStripeServer
+from tests.faults.processes import HEALER_RUN, Incarnation, Slot, http
+from tests.faults.scenario import Peers, PlacedOrder, count_by_status, peer_env
 
 WORKERS_PER_DAEMON = 2
 LEASE_SECONDS = 5
@@ -47,7 +47,7 @@ class HealerTarget:
         self.slots = [
             Slot(f"healer-{name}", HEALER_RUN,
                  dict(peer_env(peers, s3_endpoint, data_dir, key), **DAEMON_SETTINGS), peers.work_dir)
-            for name, key, data_dir in zip("ab", keys, data_dirs)
+            for name, key, data_dir in zip("ab", keys, data_dirs, strict=False)
         ]
         self._rng = random.Random(1)
         self._lock = threading.Lock()
@@ -70,6 +70,8 @@ class HealerTarget:
 
     def _deliver(self, order: PlacedOrder, path: str, request: Callable[[], tuple[bytes, dict[str, str]]],
                  done: set[int]) -> None:
+        # Retries of a customer's or Stripe's request, each one recorded: its sleeps are deliberate
+        # (the retry pace), not a wait for a state.
         deadline = time.monotonic() + DELIVERY_SECONDS
         while time.monotonic() < deadline:
             incarnation = self._pick()

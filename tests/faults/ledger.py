@@ -281,7 +281,7 @@ def _overlaps(by_order: dict[uuid.UUID, list[Any]]) -> list[str]:
     for order_id, events in by_order.items():
         spans = sorted((e.at.timestamp() - e.duration_seconds, e.at.timestamp(), e.worker, e.step)
                        for e in events if e.worker and e.outcome in attempts)
-        for (s1, e1, w1, step1), (s2, e2, w2, step2) in zip(spans, spans[1:]):
+        for (_s1, e1, w1, step1), (s2, _e2, w2, step2) in zip(spans, spans[1:], strict=False):
             if w1 != w2 and s2 < e1 - OVERLAP_TOLERANCE_SECONDS:
                 found.append(f"{order_id}: {step1} by {w1} until {e1:.3f} overlaps {step2} by {w2} from {s2:.3f}")
     return found

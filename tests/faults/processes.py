@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.eventually import TimedOut, Unmet, eventually
 from tests.fakes.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -121,7 +122,7 @@ class Slot:
     def restart_later(self, delay: float) -> None:
         """Start again after `delay` seconds, as a restart policy would, without blocking."""
         def restart() -> None:
-            time.sleep(delay)
+            time.sleep(delay)  # deliberate: the restart policy's delay
             with self._lock:
                 if self.current is None and not self._stopped:
                     self.start()
@@ -173,11 +174,15 @@ def _abort_with_stacks(process: subprocess.Popen[bytes]) -> None:
 def _reap_group(pgid: int, grace: float = 0.0) -> int:
     """Kill what is left of a process group after `grace` seconds; returns how many processes
     were still in it then."""
-    deadline = time.monotonic() + grace
-    survivors = _group_members(pgid)
-    while survivors and time.monotonic() < deadline:
-        time.sleep(0.1)
-        survivors = _group_members(pgid)
+    def gone() -> bool | Unmet:
+        members = _group_members(pgid)
+        return not members or Unmet(members)
+
+    survivors: list[int] = []
+    try:
+        eventually(gone, timeout=grace, interval=0.1, what=f"process group {pgid} to end")
+    except TimedOut as timed_out:
+        survivors = timed_out.last.seen
     if survivors:
         try:
             os.killpg(pgid, signal.SIGKILL)
@@ -220,14 +225,16 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
 
 
 def wait_until_answering(incarnation: Incarnation, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Whether the daemon answers /livez within `timeout`; False as soon as it exits."""
+    def state() -> str | None:
         if incarnation.process.poll() is not None:
-            return False
+            return "exited"
         try:
-            if http("GET", incarnation.ops_url + "/livez", timeout=2)[0] == 200:
-                return True
+            return "answering" if http("GET", incarnation.ops_url + "/livez", timeout=2)[0] == 200 else None
         except OSError:
-            pass
-        time.sleep(0.2)
-    return False
+            return None
+
+    try:
+        return eventually(state, timeout=timeout, interval=0.2, what=f"{incarnation.pid} to answer") == "answering"
+    except TimedOut:
+        return False

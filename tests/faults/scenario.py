@@ -46,10 +46,11 @@ from fulfilment.models import Order, transaction, utcnow
 from fulfilment.storage import S3Store, make_s3_client
 from healer import db
 from healer.demo.samples import sample_audio, sample_photo, sample_waveform_png
+from tests.eventually import TimedOut, eventually
+from tests.fakes.stripe_server import FakeStripeServer
 from tests.faults.processes import Incarnation, Slot, wait_until_answering
 from tests.faults.s3_proxy import S3FaultProxy
 from tests.faults.sendgrid_tap import MAIL_SEND, TappedSendGrid
-from tests.fakes.stripe_server import FakeStripeServer
 
 TEMPLATES = ("a4-portrait", "a3-portrait", "square-30x30", "print-50x70")
 REMOVED_FONT = "DejaVuSerif-Bold.ttf"  # every template's title font
@@ -82,9 +83,9 @@ class FaultPlan:
     def sized(cls, orders: int, **changes: Any) -> FaultPlan:
         """A plan for `orders`: the CI size (300) gets one PostgreSQL restart, longer runs two."""
         scale = max(1.0, orders / 300)
-        defaults: dict[str, Any] = dict(orders=orders, bad_orders=max(5, orders // 30),
-                                        pg_restarts=1 if orders <= 300 else 2,
-                                        converge_seconds=180.0 * scale ** 0.5)
+        defaults: dict[str, Any] = {"orders": orders, "bad_orders": max(5, orders // 30),
+                                        "pg_restarts": 1 if orders <= 300 else 2,
+                                        "converge_seconds": 180.0 * scale ** 0.5}
         defaults.update(changes)
         return cls(**defaults)
 
@@ -234,7 +235,7 @@ def retrying(action: Callable[[], Any], seconds: float = 60.0) -> Any:
         except OperationalError:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.5)
+            time.sleep(0.5)  # deliberate: a retry of a write, not a wait for a state
 
 
 def count_by_status(engine: Engine, order_ids: list[uuid.UUID]) -> dict[str, int]:
@@ -242,7 +243,7 @@ def count_by_status(engine: Engine, order_ids: list[uuid.UUID]) -> dict[str, int
         with engine.connect() as conn:
             rows = conn.execute(select(Order.status, func.count()).where(Order.id.in_(order_ids))
                                 .group_by(Order.status)).all()
-        return {status: n for status, n in rows}
+        return dict(rows)
 
     return dict(retrying(query))
 
@@ -402,7 +403,7 @@ def timeline(plan: FaultPlan, faults: Faults, rng: random.Random) -> list[_Step]
     for cycle in range(plan.cycles):
         base = cycle * plan.cycle_seconds
 
-        def at(offset: float, name: str, action: Callable[[], None]) -> None:
+        def at(offset: float, name: str, action: Callable[[], None], base: float = base) -> None:
             steps.append(_Step(base + offset * scale, name, action))
 
         at(2, "s3 403 on", lambda: faults.s3(403, 1.0))
@@ -491,7 +492,7 @@ class Scenario:
             self.say(f"t={time.time() - record.started_at:6.1f}s  {step.name}")
             try:
                 step.action()
-            except Exception as error:  # noqa: BLE001 - reported with the run, which then fails
+            except Exception as error:
                 record.errors.append(f"{step.name}: {error!r}")
                 self.say(f"fault {step.name!r} could not be injected: {error!r}")
 
@@ -500,7 +501,7 @@ class Scenario:
         flawed = set(self.rng.sample(range(plan.orders), plan.bad_orders))
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="customer") as customers:
             for i in range(plan.orders):
-                time.sleep(max(0.0, record.started_at + i / plan.arrivals_per_second - time.time()))
+                time.sleep(max(0.0, record.started_at + i / plan.arrivals_per_second - time.time()))  # deliberate: pace
                 flaw = FLAWS[i % len(FLAWS)] if i in flawed else None
                 path = target.path_for(self.rng, flaw)
                 order = shop.place(self.rng, flaw, path, queued=path == "queued")
@@ -508,10 +509,9 @@ class Scenario:
                 customers.submit(target.arrive, order, self.peers.stripe)
 
     def _wait_settled(self, target: Target, engine: Engine, record: RunRecord) -> bool:
-        deadline = time.time() + self.plan.converge_seconds
-        while time.time() < deadline:
-            if target.settled(engine, record.orders):
-                return True
-            time.sleep(1.0)
-        return False
+        try:
+            return eventually(lambda: target.settled(engine, record.orders), timeout=self.plan.converge_seconds,
+                              interval=1.0, what="every good order to settle")
+        except TimedOut:
+            return False
 

@@ -23,21 +23,21 @@ from sqlalchemy import Engine
 
 from fulfilment.models import Base
 from healer import db
-from tests.faults.healer_target import WORKERS_PER_DAEMON, HealerTarget
-from tests.faults.ledger import Verdict, judge
-from tests.faults.scenario import FaultPlan, Peers, RunRecord, Scenario
-from tests.faults.sendgrid_tap import TappedSendGrid
 from tests.fakes.db_fixtures import restart_postgresql
 from tests.fakes.render_fixtures import ASSET_DIRS, REPO_ROOT
 from tests.fakes.s3_fixtures import moto_client, unique_bucket_name
 from tests.fakes.stripe_server import FakeStripeServer
+from tests.faults.healer_target import WORKERS_PER_DAEMON, HealerTarget
+from tests.faults.ledger import Verdict, judge
+from tests.faults.scenario import FaultPlan, Peers, RunRecord, Scenario
+from tests.faults.sendgrid_tap import TappedSendGrid
 
 ORDERS = int(os.environ.get("HEALER_FAULT_ORDERS", "300"))
 PLAN = FaultPlan.sized(ORDERS)
 # The run itself (arrivals, faults, convergence) plus start-up and the final checks.
 RUN_SECONDS = PLAN.cycles * PLAN.cycle_seconds + PLAN.converge_seconds + 120
 
-pytestmark = pytest.mark.timeout(int(RUN_SECONDS + 60))
+pytestmark = [pytest.mark.timeout(int(RUN_SECONDS + 60)), pytest.mark.slow]  # the module's one run takes ~90 s
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import pytest
 from fulfilment.errors import ErrorClass, StepError
 from fulfilment.payments import DisabledPayments, StripePayments, VerifiedPayment
 from fulfilment.secrets import mask_secret
-from tests.fakes.stripe_server import FakeStripeServer
 from tests.fakes.ports import free_port
+from tests.fakes.stripe_server import FakeStripeServer
 
 ORDER_ID = "3f6c2a9e-8d47-4b1a-9c55-0e2f4d6b8a10"
 

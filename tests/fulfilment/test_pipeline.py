@@ -20,9 +20,9 @@ from fulfilment.recording import RetryPolicy
 from fulfilment.steps import final_pdf_key, permanent_key
 from fulfilment.storage import S3Store
 from healer import db
-from tests.faults.sendgrid_tap import TappedSendGrid
 from tests.fakes.db_fixtures import postgresql_outage, restart_postgresql
 from tests.fakes.shop_fixtures import PUBLIC_BASE_URL, Shop
+from tests.faults.sendgrid_tap import TappedSendGrid
 
 OWNER = "test-worker"
 

@@ -15,8 +15,8 @@ from fulfilment.models import OrderStatus
 from fulfilment.storage import LocalStore, S3Store, make_s3_client
 from healer.http.public import GONE
 from tests.fakes.http_fixtures import operator_client, public_client
-from tests.fakes.shop_fixtures import Shop
 from tests.fakes.ports import free_port
+from tests.fakes.shop_fixtures import Shop
 
 ADMIN = "admin-token-for-tests-0123456789"
 

@@ -10,10 +10,10 @@ import sys
 import uuid
 from pathlib import Path
 
+from tests.fakes.ports import free_port
 from tests.fakes.s3_fixtures import MotoBucket
 from tests.fakes.sendgrid_server import SendGridServer
 from tests.fakes.stripe_server import FakeStripeServer
-from tests.fakes.ports import free_port
 
 HEALER = [sys.executable, "-m", "healer"]  # as the `healer` command runs
 REPO = Path(__file__).resolve().parents[2]

@@ -28,10 +28,11 @@ from healer.config import Settings
 from healer.health.monitor import HealthMonitor
 from healer.jobs.scheduler import Scheduler
 from healer.wiring import Services, build_monitor
+from tests.eventually import eventually
+from tests.fakes.ports import free_port
 from tests.fakes.s3_fixtures import MotoBucket
 from tests.fakes.sendgrid_server import SendGridServer
 from tests.fakes.stripe_server import FakeStripeServer
-from tests.fakes.ports import free_port
 
 
 @dataclass
@@ -59,7 +60,7 @@ class StandIn(Check):
             self.peer.probes += 1
         if self.peer.blocked is not None:
             self.peer.blocked.wait(30)
-        time.sleep(self.peer.delay)
+        time.sleep(self.peer.delay)  # deliberate: a slow peer, as the test sets it
         if self.peer.outcome is Status.FAILING:
             raise CheckFailed(self.peer.detail, "fix the peer")
         if self.peer.outcome is Status.WARNING:
@@ -175,7 +176,7 @@ def test_a_hung_probe_is_reported_as_hanging_and_not_started_again() -> None:
     hanging = [monitor.run(name) for _ in range(3)]
     threads_while_hanging = probe_threads()
     release.set()
-    _wait_until(lambda: probe_threads() == 0)
+    eventually(lambda: probe_threads() == 0, what="the released probe's thread to end")
     peer.blocked = None
     recovered = monitor.run(name)
 
@@ -186,12 +187,6 @@ def test_a_hung_probe_is_reported_as_hanging_and_not_started_again() -> None:
     assert peer.probes == 2  # the hung one, then the one after it returned
     assert recovered.status is Status.OK
 
-
-def _wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
 
 
 def test_run_all_runs_the_checks_in_parallel() -> None:
@@ -292,7 +287,7 @@ def test_schedule_adds_one_job_per_check_at_its_own_interval() -> None:
     monitor.schedule(scheduler)
     scheduler.start()
     try:
-        _wait_until(lambda: len(monitor.results()) == 2)
+        eventually(lambda: len(monitor.results()) == 2, what="both checks' first results")
     finally:
         scheduler.shutdown()
 

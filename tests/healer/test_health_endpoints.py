@@ -19,6 +19,7 @@ from healer import db
 from healer.config import Settings
 from healer.health.monitor import HealthMonitor
 from healer.wiring import Services, build_monitor
+from tests.eventually import eventually
 from tests.fakes.http_fixtures import operator_client
 from tests.fakes.s3_fixtures import MotoBucket
 from tests.fakes.sendgrid_server import SendGridServer
@@ -173,7 +174,7 @@ def test_a_hung_probe_does_not_delay_readyz_or_health(services: Services, sendgr
     probe = threading.Thread(target=monitor.run, args=("sendgrid",))
     probe_started = time.monotonic()
     probe.start()
-    time.sleep(0.2)  # the probe's request is on the hung server now (it records it only on answering)
+    eventually(lambda: sendgrid_server.held == 1, what="the probe's request to be held by the hung server")
 
     timings = []
     for path in ("/readyz", "/readyz?verbose", "/health", "/health/sendgrid") * 5:

@@ -6,24 +6,24 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, MetaData, Table, inspect, insert, select, text
+from sqlalchemy import Engine, MetaData, Table, insert, inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.models import Base, transaction, utcnow
 from healer import db
-from healer.health.metrics import Metrics
 from healer.db.models import OrphanPayment
+from healer.health.metrics import Metrics
 from healer.stripe.orphans import count_unresolved
 
 ROOT = Path(__file__).resolve().parents[2]
-T0 = datetime(2026, 11, 20, 9, 30, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
 
 
 # -- migration 0004 --------------------------------------------------------------------------------

@@ -22,16 +22,17 @@ from fulfilment.leases import db_later
 from fulfilment.models import Base, Order, transaction, utcnow
 from fulfilment.payments import StripePayments
 from healer import db
+from healer.cli.reconcile import run_reconcile_command
 from healer.config import Settings
-from healer.health.metrics import Metrics
 from healer.db.models import OrphanPayment, ReconcileRun, ReconcileState
+from healer.health.metrics import Metrics
 from healer.stripe.findings import FindingKind
 from healer.stripe.matching import crossed_checkpoint
 from healer.stripe.reconcile import ReconcileConfig, Reconciler
 from healer.stripe.reconcile_job import AdvisoryLock, LeaseLock, ReconcileJob
-from healer.cli.reconcile import run_reconcile_command
 from healer.wiring import Services
 from healer.worker import Worker
+from tests.eventually import eventually
 from tests.fakes.shop_fixtures import Shop
 from tests.fakes.stripe_server import FakeStripeServer
 
@@ -58,12 +59,8 @@ def reconciler(shop: Shop, *, metrics: Metrics | None = None, clock: Any = utcno
 
 def run_worker_until(shop: Shop, done: Any, timeout: float = 90.0) -> None:
     worker = Worker(shop.pipeline(), concurrency=2, owner="worker")
-    deadline = time.monotonic() + timeout
     try:
-        while not done():
-            assert time.monotonic() < deadline, "timed out"
-            worker.tick()
-            time.sleep(0.1)
+        eventually(done, timeout=timeout, interval=0.1, step=worker.tick, what="the worker to finish the orders")
     finally:
         worker.shutdown()
 
@@ -75,7 +72,7 @@ def bare_orders(shop: Shop, payment_ids: list[str], status: str = "completed") -
         session.add_all(Order(id=oid, email="ada@example.com", stripe_payment_intent_id=pi,
                               amount_cents=4900, currency="eur", template="a4-portrait", status=status,
                               paid_at=utcnow())
-                        for oid, pi in zip(ids, payment_ids))
+                        for oid, pi in zip(ids, payment_ids, strict=False))
     return ids
 
 

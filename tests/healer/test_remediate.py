@@ -12,8 +12,8 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -29,12 +29,15 @@ from checks.base import CheckResult, Runbook, Status
 from checks.disk import DiskCheck, Thresholds, measure
 from checks.docker import COMPOSE_PROJECT_LABEL, DockerCheck
 from fulfilment.models import Base, OrderStatus, Outcome, Step
-from fulfilment.pipeline import Pipeline, StepResult, permanent_key
+from fulfilment.pipeline import Pipeline
+from fulfilment.recording import StepResult
+from fulfilment.steps import permanent_key
 from fulfilment.waveform import waveform_png
 from healer import db
+from healer.cli.remediations import remediations_command
 from healer.config import RemediationMode, Settings
-from healer.health.monitor import HealthMonitor
 from healer.health.metrics import Metrics
+from healer.health.monitor import HealthMonitor
 from healer.remediation.audit import Action, Audit, Remediation, Result
 from healer.remediation.containers import ContainerHealer
 from healer.remediation.policy import RemediationPolicy
@@ -42,8 +45,8 @@ from healer.remediation.remediator import Remediator
 from healer.remediation.resume import OrderResumer
 from healer.remediation.scratch import ScratchSweeper
 from healer.remediation.waveforms import WaveformRestorer
-from healer.cli.remediations import remediations_command
 from healer.wiring import Services, build_remediator
+from tests.eventually import eventually
 from tests.fakes.docker_fixtures import HEALTH_FILE, Containers, DockerEngine
 from tests.fakes.shop_fixtures import Shop
 
@@ -67,13 +70,6 @@ def counted(metrics: Metrics, action: Action, result: Result) -> float:
     return value
 
 
-def until(condition: Callable[[], bool], timeout: float, what: str, step: Callable[[], object] = lambda: None) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        step()
-        time.sleep(0.2)
-
 
 # -- restart_container, against the real engine -------------------------------------------------
 
@@ -88,8 +84,8 @@ class DockerRig:
         self.sessions = sessions
         self.metrics = Metrics()
         self.audit = Audit(sessions, self.metrics, mode, worker="test")
-        options: dict[str, object] = dict(docker=True, unhealthy_seconds=0.5, max_restarts=2, window_seconds=600,
-                                          stop_timeout_seconds=1)
+        options: dict[str, object] = {"docker": True, "unhealthy_seconds": 0.5, "max_restarts": 2, "window_seconds": 600,
+                                          "stop_timeout_seconds": 1}
         options.update(policy)
         self.healer = ContainerHealer(engine.base_url, ("healer.autoheal=true", containers.label),
                                       RemediationPolicy(**options), self.audit)  # type: ignore[arg-type]
@@ -101,10 +97,12 @@ class DockerRig:
         return self.monitor.run("docker")
 
     def probe_for(self, seconds: float) -> None:
+        """Probe for `seconds`, as the scheduler would: deliberately lets time pass, to show that
+        nothing happens in it."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             self.probe()
-            time.sleep(0.2)
+            time.sleep(0.2)  # deliberate: the probes' pace
 
     def restarts(self, container_id: str) -> int:
         """`restart` events of the container since the rig was made, from the engine itself."""
@@ -124,7 +122,7 @@ def test_a_labelled_unhealthy_container_is_restarted_and_becomes_healthy(
 
     rig.probe()
     assert rows(sessions) == [], "unhealthy for less than HEALER_AUTOHEAL_UNHEALTHY_SECONDS: not yet"
-    until(lambda: rig.restarts(web.id) == 1, 30, "the restart", step=rig.probe)
+    eventually(lambda: rig.restarts(web.id) == 1, timeout=30, what="the restart", step=rig.probe, interval=0.2)
     docker_containers.wait_for_health(web, "healthy")
 
     [row] = rows(sessions)
@@ -133,7 +131,8 @@ def test_a_labelled_unhealthy_container_is_restarted_and_becomes_healthy(
     assert row.reason.startswith("unhealthy for ") and "last exit 1" in row.reason
     assert "restart 1 of at most 2 per 600s" in row.detail
     assert counted(rig.metrics, Action.RESTART_CONTAINER, Result.SUCCESS) == 1
-    until(lambda: rig.probe().status is Status.OK, 20, "the docker check to be green again")
+    eventually(lambda: rig.probe().status is Status.OK, timeout=20, what="the docker check to be green again",
+               interval=0.2)
 
 
 def test_unlabelled_containers_and_other_projects_are_left_alone(
@@ -166,7 +165,8 @@ def test_a_container_that_stays_unhealthy_is_restarted_at_most_n_times_then_repo
     docker_containers.wait_for_health(web, "unhealthy")
 
     with caplog.at_level(logging.INFO, logger="healer.remediation"):
-        until(lambda: any(r.result == "escalated" for r in rows(sessions)), 60, "the flap guard", step=rig.probe)
+        eventually(lambda: any(r.result == "escalated" for r in rows(sessions)), timeout=60, what="the flap guard",
+                   step=rig.probe, interval=0.2)
         rig.probe_for(2.0)  # and then it is left alone
 
     assert [r.result for r in rows(sessions)] == ["success", "success", "escalated"]
@@ -191,7 +191,7 @@ def test_the_flap_guard_counts_restarts_recorded_by_an_earlier_daemon(
         earlier.record(Action.RESTART_CONTAINER, web.name, "unhealthy for 60s", Result.SUCCESS)
 
     rig = DockerRig(docker_engine, docker_containers, sessions, max_restarts=2)
-    until(lambda: len(rows(sessions)) == 3, 20, "the escalation", step=rig.probe)
+    eventually(lambda: len(rows(sessions)) == 3, timeout=20, what="the escalation", step=rig.probe, interval=0.2)
 
     assert rows(sessions)[-1].result == "escalated" and rig.restarts(web.id) == 0
 
@@ -206,7 +206,7 @@ def test_dry_run_restarts_nothing_and_records_what_it_would_do(
     docker_containers.wait_for_health(web, "unhealthy")
     started_at = docker_containers.state(web)["StartedAt"]
 
-    until(lambda: len(rows(sessions)) >= 3, 30, "dry-run rows", step=rig.probe)
+    eventually(lambda: len(rows(sessions)) >= 3, timeout=30, what="dry-run rows", step=rig.probe, interval=0.2)
 
     assert docker_containers.state(web)["StartedAt"] == started_at and rig.restarts(web.id) == 0
     assert docker_containers.health(web) == "unhealthy"
@@ -606,7 +606,7 @@ def test_healer_remediations_lists_the_newest_first_as_a_table_or_json(pg_url: s
     listed = json.loads(console.file.getvalue())  # type: ignore[attr-defined]
     assert [(r["action"], r["result"]) for r in listed] == [("free_scratch", "escalated"), ("regenerate_waveform", "failure")]
     assert listed[0]["mode"] == "on" and listed[0]["worker"] == "host:1:abc"
-    assert datetime.fromisoformat(listed[0]["at"]) <= datetime.now(timezone.utc)
+    assert datetime.fromisoformat(listed[0]["at"]) <= datetime.now(UTC)
 
     console = Console(file=io.StringIO(), width=250)
     assert remediations_command(settings, argparse.Namespace(limit=50, json=False, action="restart_container"), console) == 0

@@ -6,7 +6,6 @@ remediation through the same Remediator the daemon wires in.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,13 +16,15 @@ from sqlalchemy import update
 
 from fulfilment.errors import StepError
 from fulfilment.models import Order, OrderStatus, Outcome, Step, transaction
-from fulfilment.pipeline import Pipeline, final_pdf_key
+from fulfilment.pipeline import Pipeline
+from fulfilment.steps import final_pdf_key
 from healer.config import RemediationMode
-from healer.http.public import BEING_RESTORED, GONE
 from healer.health.metrics import Metrics
+from healer.http.public import BEING_RESTORED, GONE
 from healer.remediation.audit import Action, Audit, Remediation, Result
 from healer.remediation.pdfs import PdfRestorer
 from healer.remediation.remediator import Remediator
+from tests.eventually import eventually
 from tests.fakes.http_fixtures import public_client
 from tests.fakes.shop_fixtures import Shop
 
@@ -80,13 +81,6 @@ def make_rig(shop: Shop) -> Iterator[Callable[..., Rig]]:
         r.remediator.shutdown()  # no render thread outlives the test's database
 
 
-def until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def test_a_lost_pdf_is_rendered_again_and_the_link_works_again_without_a_second_email(shop: Shop, make_rig: Callable[..., Rig]) -> None:
     r = make_rig()
     order_id = r.completed_order()
@@ -97,7 +91,7 @@ def test_a_lost_pdf_is_rendered_again_and_the_link_works_again_without_a_second_
     status, headers, body = r.download(order_id)
 
     assert status == 503 and headers["retry-after"] == "60" and BEING_RESTORED in body
-    until(lambda: r.counted(Result.SUCCESS) == 1, "the render to be recorded")
+    eventually(lambda: r.counted(Result.SUCCESS) == 1, timeout=30, what="the render to be recorded")
     assert shop.store.get(key) == original  # the same poster, byte for byte
     status, headers, _ = r.download(order_id)
     assert status == 307 and key in headers["location"]
@@ -117,7 +111,7 @@ def test_a_broken_stored_key_is_replaced_by_the_orders_own(shop: Shop, make_rig:
         session.execute(update(Order).where(Order.id == order_id).values(final_pdf_key="../../etc/passwd"))
 
     assert r.download(order_id)[0] == 503
-    until(lambda: r.counted(Result.SUCCESS) == 1, "the render to be recorded")
+    eventually(lambda: r.counted(Result.SUCCESS) == 1, timeout=30, what="the render to be recorded")
 
     assert shop.order(order_id).final_pdf_key == final_pdf_key(order_id)
     assert r.download(order_id)[0] == 307
@@ -129,7 +123,7 @@ def test_a_pdf_that_keeps_vanishing_is_escalated_once_not_rendered_for_ever(shop
     key = final_pdf_key(order_id)
     shop.store.delete(key)
     assert r.download(order_id)[0] == 503
-    until(lambda: r.counted(Result.SUCCESS) == 1, "the render to be recorded")
+    eventually(lambda: r.counted(Result.SUCCESS) == 1, timeout=30, what="the render to be recorded")
     shop.store.delete(key)  # lost again
 
     answers = [r.download(order_id) for _ in range(3)]
@@ -148,7 +142,7 @@ def test_a_render_that_keeps_failing_is_recorded_then_escalated(shop: Shop, make
 
     for attempt in (1, 2):
         assert r.download(order_id)[0] == 503
-        until(lambda: r.counted(Result.FAILURE) == attempt, f"failure {attempt} to be recorded")
+        eventually(lambda attempt=attempt: r.counted(Result.FAILURE) == attempt, timeout=30, what=f"failure {attempt} to be recorded")
     answers = [r.download(order_id)[0] for _ in range(2)]
 
     assert answers == [404, 404]
@@ -170,7 +164,7 @@ def test_while_a_check_the_render_needs_is_failing_nothing_is_tried_and_the_cust
     assert answers == [503] * 3 and r.rows() == [] and not shop.store.exists(final_pdf_key(order_id))
     blocked[0] = None  # S3 is back
     assert r.download(order_id)[0] == 503
-    until(lambda: r.counted(Result.SUCCESS) == 1, "the render to be recorded")
+    eventually(lambda: r.counted(Result.SUCCESS) == 1, timeout=30, what="the render to be recorded")
     assert r.download(order_id)[0] == 307
 
 

@@ -22,8 +22,8 @@ from fulfilment.payments import StripePayments
 from fulfilment.pipeline import Pipeline
 from healer import db
 from healer.config import Secret
-from healer.health.metrics import Metrics
 from healer.db.models import OrphanPayment, WebhookEvent
+from healer.health.metrics import Metrics
 from healer.stripe.reconcile import ReconcileConfig, Reconciler
 from healer.stripe.webhooks import webhook_router
 from tests.fakes.shop_fixtures import Shop

@@ -18,32 +18,26 @@ from fulfilment.render import render_poster
 from healer import db
 from healer.jobs.scheduler import Scheduler
 from healer.worker import Worker
+from tests.eventually import eventually
 from tests.fakes.db_fixtures import unreachable_pg_url
 from tests.fakes.shop_fixtures import Shop
-
-
-def wait_until(predicate, timeout: float = 90.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def test_two_workers_on_one_database_never_work_an_order_twice(shop: Shop) -> None:
     order_ids = [shop.paid_order() for _ in range(12)]
 
     def slow_render(inputs):  # type: ignore[no-untyped-def]
-        time.sleep(0.2)  # widen the window in which a second worker could barge in
+        time.sleep(0.2)  # deliberate: widen the window in which a second worker could barge in
         return render_poster(shop.assets_dir, inputs, preview=False)
 
     workers = [Worker(shop.pipeline(render=slow_render), concurrency=3, owner=f"daemon-{n}") for n in (1, 2)]
     try:
-        def all_done() -> bool:
+        def tick() -> None:
             for w in workers:
                 w.tick()
-            return all(shop.order(o).status == OrderStatus.COMPLETED.value for o in order_ids)
 
-        wait_until(all_done)
+        eventually(lambda: all(shop.order(o).status == OrderStatus.COMPLETED.value for o in order_ids),
+                   timeout=90, what="every order to complete", step=tick, interval=0.1)
     finally:
         for w in workers:
             w.shutdown()
@@ -65,7 +59,7 @@ def test_order_of_a_dead_worker_is_resumed_after_its_lease_expires(shop: Shop) -
 
     survivor = shop.pipeline(lease_seconds=2)
     assert survivor.claim("survivor", 10) == []
-    time.sleep(2.2)
+    time.sleep(2.2)  # deliberate: outlast the dead worker's 2 s lease
     assert survivor.claim("survivor", 10) == [order_id]
     survivor.run(order_id, "survivor")
 
@@ -153,7 +147,8 @@ def test_a_database_outage_is_one_warning_then_one_per_30s_and_the_worker_carrie
         order_id = shop.paid_order()
         sessions.configure(bind=pg_engine)  # the database is back
         assert worker.tick() == 1
-        wait_until(lambda: shop.order(order_id).status == OrderStatus.COMPLETED.value)
+        eventually(lambda: shop.order(order_id).status == OrderStatus.COMPLETED.value, timeout=90,
+                   what="the order to complete")
     finally:
         worker.shutdown(wait=True)
 
@@ -176,7 +171,7 @@ def test_the_scheduled_worker_logs_no_traceback_while_the_database_is_down(
     scheduler.add("worker", worker.tick, 0.2)  # the daemon's own job, polled fast
     scheduler.start()
     try:
-        wait_until(lambda: scheduler.jobs()[0].runs >= 5, timeout=30)
+        eventually(lambda: scheduler.jobs()[0].runs >= 5, timeout=30, what="five runs of the worker's job")
     finally:
         scheduler.shutdown()
         worker.shutdown()

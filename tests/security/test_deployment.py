@@ -37,8 +37,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from checks.base import Status, run_check
 from checks.docker import DockerCheck
 from healer.config import DEFAULT_RENDER_TIMEOUT_SECONDS, RemediationMode
-from healer.health.monitor import HealthMonitor
 from healer.health.metrics import Metrics
+from healer.health.monitor import HealthMonitor
 from healer.remediation.audit import Action, Audit, Remediation, Result
 from healer.remediation.containers import ContainerHealer
 from healer.remediation.policy import RemediationPolicy
@@ -53,6 +53,7 @@ from tests.dashboards import (
     required_compose_variables,
     run_compose_config,
 )
+from tests.eventually import eventually
 from tests.fakes.docker_fixtures import Containers, DockerEngine
 from tests.fakes.ports import free_port
 
@@ -194,15 +195,15 @@ def socket_proxy(docker_engine: DockerEngine, tmp_path: Path) -> Iterator[str]:
         process = subprocess.Popen([haproxy, "-db", "-f", str(tmp_path / "haproxy.cfg")], stdout=log,
                                    stderr=subprocess.STDOUT, env={**os.environ, **env})
     try:
-        deadline = time.monotonic() + 10
-        while True:
+        def listening() -> bool:
             assert process.poll() is None, f"haproxy exited:\n{log_path.read_text()}"
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
             except OSError:
-                assert time.monotonic() < deadline, f"haproxy did not listen:\n{log_path.read_text()}"
-                time.sleep(0.05)
+                return False
+            return True
+
+        eventually(listening, what="haproxy to listen")
         yield f"tcp://127.0.0.1:{port}"
     finally:
         process.terminate()
@@ -239,11 +240,8 @@ def test_through_the_proxy_healer_restarts_an_unhealthy_container(
     docker_containers.make_unhealthy(web)
     docker_containers.wait_for_health(web, "unhealthy")
 
-    deadline = time.monotonic() + 30
-    while docker_containers.state(web)["StartedAt"] == started:
-        assert time.monotonic() < deadline, "healer did not restart the container through the proxy"
-        monitor.run("docker")
-        time.sleep(0.2)
+    eventually(lambda: docker_containers.state(web)["StartedAt"] != started, timeout=30, interval=0.2,
+               step=lambda: monitor.run("docker"), what="healer to restart the container through the proxy")
 
     with sessions() as session:
         rows = session.query(Remediation).filter_by(action=Action.RESTART_CONTAINER.value).all()

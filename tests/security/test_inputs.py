@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 from fulfilment.errors import ErrorClass, StepError
-from fulfilment.pipeline import Pipeline
 from fulfilment.photo_header import read_photo_header
+from fulfilment.pipeline import Pipeline
 from fulfilment.render import PosterInputs, render_poster
 from fulfilment.templates import load_template
 from healer.demo.samples import sample_photo

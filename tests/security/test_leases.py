@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,12 @@ from fulfilment.leases import LeaseKeeper, database_time, db_later, db_now
 from fulfilment.mailer import OutboxMailer
 from fulfilment.models import Order, OrderEvent, OrderStatus, transaction, utcnow
 from fulfilment.payments import DisabledPayments
-from fulfilment.pipeline import Pipeline, RetryPolicy
+from fulfilment.pipeline import Pipeline
+from fulfilment.recording import RetryPolicy
 from fulfilment.render import PosterInputs, render_poster
 from fulfilment.storage import LocalStore
 from healer import db
+from tests.eventually import eventually
 from tests.fakes.db_fixtures import unreachable_pg_url
 from tests.fakes.shop_fixtures import Shop
 
@@ -42,13 +44,6 @@ LEASE = 60
 
 def skewed(delta: timedelta) -> Callable[[], datetime]:
     return lambda: utcnow() + delta
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 # -- a bare pipeline on either database: enough to claim, renew and hand back leases ------------
@@ -69,9 +64,9 @@ def bare_pipeline(sessions: sessionmaker[Session], tmp_path: Path, *, clock: Cal
 
 def new_order(sessions: sessionmaker[Session], **columns: Any) -> uuid.UUID:
     order_id = uuid.uuid4()
-    values: dict[str, Any] = dict(id=order_id, email="ada@example.com", amount_cents=4900, currency="eur",
-                                  template="a4-portrait", photo_key="tmp/p.jpg", audio_key="tmp/a.wav",
-                                  status=OrderStatus.PAID.value, next_attempt_at=utcnow() - timedelta(seconds=1))
+    values: dict[str, Any] = {"id": order_id, "email": "ada@example.com", "amount_cents": 4900, "currency": "eur",
+                                  "template": "a4-portrait", "photo_key": "tmp/p.jpg", "audio_key": "tmp/a.wav",
+                                  "status": OrderStatus.PAID.value, "next_attempt_at": utcnow() - timedelta(seconds=1)}
     values.update(columns)
     with transaction(sessions) as session:
         session.add(Order(**values))
@@ -97,7 +92,7 @@ def lease_left(sessions: sessionmaker[Session], order_id: uuid.UUID) -> float:
             now = session.scalar(text("SELECT clock_timestamp()"))
         else:
             now = datetime.fromisoformat(
-                session.scalar(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"))).replace(tzinfo=timezone.utc)
+                session.scalar(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"))).replace(tzinfo=UTC)
         expires = session.scalar(select(Order.lease_expires_at).where(Order.id == order_id))
     assert expires is not None and now is not None
     return (expires - now).total_seconds()
@@ -230,7 +225,7 @@ def test_a_render_longer_than_the_lease_keeps_it_and_the_order_is_worked_once(sh
     def slow_render(inputs: PosterInputs) -> bytes:
         renders["holder"] += 1
         rendering.set()
-        time.sleep(render_seconds)
+        time.sleep(render_seconds)  # deliberate: the render must outlast two whole leases
         return render_poster(shop.assets_dir, inputs, preview=False)
 
     holder = shop.pipeline(lease_seconds=lease_seconds, render=slow_render)
@@ -244,7 +239,7 @@ def test_a_render_longer_than_the_lease_keeps_it_and_the_order_is_worked_once(sh
         while worker.is_alive():  # for the whole render, and the steps after it
             rival_got += rival.claim("rival", 10)
             rival_got += [order_id] if rival.claim_order(order_id, "rival") else []
-            time.sleep(0.2)
+            time.sleep(0.2)  # deliberate: the rival's pace of tries for as long as the holder works
     finally:
         worker.join(60)
 
@@ -312,7 +307,8 @@ def test_a_step_whose_lease_was_taken_mid_render_stops_renewing_and_records_noth
         with transaction(shop.sessions) as session:
             session.execute(update(Order).where(Order.id == order_id)
                             .values(lease_owner="rival", lease_expires_at=db_later(600)))
-        wait_until(lambda: f"Lease on order {order_id} lost during render" in caplog.text)
+        eventually(lambda: f"Lease on order {order_id} lost during render" in caplog.text, timeout=60,
+                   what="the holder to log its lost lease")
         taken = shop.order(order_id)
     finally:
         proceed.set()
@@ -336,7 +332,8 @@ def test_a_renewal_the_database_cannot_answer_is_logged_in_one_line_and_retried(
         with caplog.at_level(logging.WARNING, logger="fulfilment.leases"):
             with LeaseKeeper(db.make_session_factory(engine), order_id, "holder", OrderStatus.FILES_MIGRATED,
                              LEASE, every_seconds=0.1, doing="render") as keeper:
-                wait_until(lambda: len(caplog.records) >= 2)  # retried at the next tick, not given up
+                eventually(lambda: len(caplog.records) >= 2, timeout=60,
+                           what="a second renewal attempt")  # retried at the next tick, not given up
     finally:
         engine.dispose()
 

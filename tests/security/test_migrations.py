@@ -10,7 +10,7 @@ SQLite, the two databases the daemon runs on.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from alembic import command
@@ -21,7 +21,7 @@ from fulfilment.models import Order, OrderEvent, transaction
 from healer import db
 from healer.db.models import OrphanPayment
 
-T0 = datetime(2026, 11, 20, 9, 30, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
 
 
 def add_order(engine: Engine) -> uuid.UUID:

@@ -14,9 +14,7 @@ import os
 import signal
 import struct
 import threading
-import time
 import zlib
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -34,6 +32,7 @@ from fulfilment.waveform import waveform_png
 from healer.config import Settings
 from healer.demo.samples import sample_audio, sample_photo
 from healer.worker import RenderPool
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -135,7 +134,7 @@ def test_a_render_process_that_is_killed_is_bad_input_and_replaced(
         pid = _new_process(others).pid or 0
         idle = _cpu_seconds(pid)
         renderer.start()
-        _wait_until(lambda: _cpu_seconds(pid) > idle + 1.0)  # working on the slow render
+        eventually(lambda: _cpu_seconds(pid) > idle + 1.0, timeout=60, what="the slow render to use the CPU")
         os.kill(pid, signal.SIGKILL)
         renderer.join(timeout=60)
         assert len(outcome) == 1 and isinstance(outcome[0], StepError), outcome
@@ -163,7 +162,8 @@ def test_a_render_over_the_time_limit_is_bad_input_and_the_pool_renders_on(
     try:
         error = bad_input(pool, replace(sample_inputs, title=_endless_title()))
         assert error.message == "render took longer than 5 s; stopped"
-        _wait_until(lambda: set(multiprocessing.active_children()) <= others)  # stopped, not left running
+        eventually(lambda: set(multiprocessing.active_children()) <= others, timeout=60,
+                   what="the render process to stop")  # stopped, not left running
         assert pool(sample_inputs).startswith(b"%PDF")  # a fresh process takes the next order
     finally:
         pool.shutdown()
@@ -192,14 +192,14 @@ def test_a_waveform_is_redrawn_in_a_render_process_under_the_memory_cap(assets_d
 def _capture(outcome: list[BaseException], pool: RenderPool, inputs: PosterInputs) -> None:
     try:
         pool(inputs)
-    except BaseException as error:  # noqa: BLE001 - handed to the test thread to judge
+    except BaseException as error:
         outcome.append(error)
 
 
 def _new_process(others: set[multiprocessing.process.BaseProcess]) -> multiprocessing.process.BaseProcess:
     """The render process the pool started (on its first render), once it is there."""
-    _wait_until(lambda: bool(set(multiprocessing.active_children()) - others))
-    (started,) = set(multiprocessing.active_children()) - others
+    (started,) = eventually(lambda: set(multiprocessing.active_children()) - others, timeout=60,
+                            what="the pool's render process")
     return started
 
 
@@ -207,10 +207,3 @@ def _cpu_seconds(pid: int) -> float:
     """User and system CPU time the process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _wait_until(condition: Callable[[], bool], seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +30,15 @@ from fulfilment.leases import db_later
 from fulfilment.models import Order, Outcome, transaction, utcnow
 from fulfilment.payments import StripePayments
 from healer import db
-from healer.health.metrics import Metrics
 from healer.db.models import ReconcileState, insert_once
-from healer.stripe.findings import FindingKind
-from healer.stripe.reconcile import ReconcileConfig, Reconciler, STATE
-from healer.stripe.reconcile_job import LeaseLock, run_lock
+from healer.health.metrics import Metrics
 from healer.jobs.stuck import REFUND_HOLDER, StuckOrders, StuckPolicy
+from healer.stripe.findings import FindingKind
+from healer.stripe.reconcile import STATE, ReconcileConfig, Reconciler
+from healer.stripe.reconcile_job import LeaseLock, run_lock
+from tests.eventually import eventually
 from tests.fakes.shop_fixtures import Shop
-from tests.security.test_leases import skewed, wait_until
+from tests.security.test_leases import skewed
 
 HOUR = timedelta(hours=1)
 SLA = 600
@@ -52,7 +53,7 @@ def database_now(session: Session) -> datetime:
         assert isinstance(now, datetime)
         return now
     raw = session.scalar(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"))
-    return datetime.fromisoformat(raw).replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(raw).replace(tzinfo=UTC)
 
 
 def seconds_left(sessions: sessionmaker[Session], expires_at: Select[datetime | None]) -> float:
@@ -142,7 +143,7 @@ def test_a_refund_hold_written_by_a_skewed_daemon_lasts_what_it_should(shop: Sho
     sweep = threading.Thread(target=sweeper(shop, skewed(skew), refund_on_failure=True))
     sweep.start()
     try:
-        wait_until(lambda: shop.order(order_id).lease_owner == REFUND_HOLDER)
+        eventually(lambda: shop.order(order_id).lease_owner == REFUND_HOLDER, timeout=60, what="the refund hold")
         left = seconds_left(shop.sessions, select(Order.lease_expires_at).where(Order.id == order_id))
     finally:
         sweep.join(60)
