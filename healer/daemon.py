@@ -1,5 +1,6 @@
-"""The daemon: builds the components from Settings, runs the scheduler and the HTTP app, and
-shuts down cleanly on SIGTERM (in-flight steps finish and commit; the rest wait for their lease)."""
+"""The daemon: puts together the parts healer.wiring builds, runs the scheduler and both HTTP
+listeners, and shuts down cleanly on SIGTERM (in-flight steps finish and commit; the rest wait for
+their lease)."""
 
 from __future__ import annotations
 
@@ -9,30 +10,29 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
-from checks.scheduler import SchedulerCheck
 from fulfilment.models import Step
-from fulfilment.payments import StripePayments
 from fulfilment.pipeline import STEP_CHECKS, Pipeline
 from fulfilment.recording import StepResult
-from fulfilment.secrets import Redactor
 from healer import __version__, db
 from healer.config import Settings
 from healer.health.metrics import Metrics
-from healer.http.operator import OperatorContext, create_operator_app
-from healer.http.public import PublicContext, create_public_app
-from healer.http.ratelimit import ClientRateLimit
 from healer.jobs.scheduler import Scheduler
-from healer.jobs.stuck import StuckOrders, StuckPolicy
-from healer.remediation.policy import RemediationPolicy
-from healer.stripe.webhooks import webhook_router
-from healer.wiring import Services, build_monitor, build_remediator, reconcile_job
-from healer.worker import RenderPool, Worker
+from healer.wiring import (
+    Services,
+    build_apps,
+    build_monitor,
+    build_remediator,
+    build_render_pool,
+    build_stuck_sweep,
+    reconcile_job,
+    scheduler_check,
+)
+from healer.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -51,38 +51,16 @@ class Daemon:
         if not demo and (problems := settings.daemon_problems()):
             raise UnsafeConfiguration("; ".join(problems))
         self.settings = settings
-        self.redact = Redactor(settings.secret_values())
         self.services = Services.build(settings)
-        self.render_pool = RenderPool(
-            settings.assets_dir,
-            settings.workers,
-            settings.scratch_dir,
-            # The lease is renewed while a render runs (fulfilment.leases), so the limit is about
-            # resources alone: a render past it is stopped and its order is `bad_input`.
-            timeout_seconds=settings.render_timeout_seconds,
-            memory_mb=settings.render_memory_mb,
-            max_photo_megapixels=settings.max_photo_megapixels,
-        )
+        self.render_pool = build_render_pool(settings)
         self.metrics = Metrics()
         self.scheduler = Scheduler()
-        self.health = build_monitor(settings, self.services, extra_checks=[
-            SchedulerCheck(jobs=self.scheduler.jobs, started_at=lambda: self.scheduler.started_at,
-                           interval_seconds=settings.check_interval_seconds, timeout_seconds=2.0),
-        ])
-        self.pipeline: Pipeline = self.services.pipeline(
-            self.render_pool, gate=self.health.gate, observe=self._observe_step
-        )
+        self.health = build_monitor(settings, self.services, [scheduler_check(settings, self.scheduler)])
+        self.pipeline: Pipeline = self.services.pipeline(self.render_pool, gate=self.health.gate,
+                                                         observe=self._observe_step)
         self.worker = Worker(self.pipeline, concurrency=settings.workers)
         self.remediator = build_remediator(
-            settings,
-            self.services,
-            self.metrics,
-            RemediationPolicy(
-                docker=settings.autoheal_docker,
-                unhealthy_seconds=settings.autoheal_unhealthy_seconds,
-                max_restarts=settings.autoheal_max_restarts,
-                window_seconds=settings.autoheal_window_seconds,
-            ),
+            settings, self.services, self.metrics,
             resume_waiting=self.pipeline.resume_waiting,
             rerender=self.pipeline.rerender,
             render_blocked=lambda: self.pipeline.gate(STEP_CHECKS[Step.RENDER]),
@@ -90,55 +68,26 @@ class Daemon:
         )
         # Restarts containers, frees scratch, resumes orders waiting on a check that turned green.
         self.health.add_listener(self.remediator.on_check_result)
-        self.health.schedule(self.scheduler)
-        self.scheduler.add("worker", self.worker.tick, settings.worker_interval_seconds)
-        self._schedule_reconciliation()
+        self._schedule_jobs()
         self.metrics.watch_checks(self.health.reports)
         self.metrics.watch_jobs(self.scheduler.jobs)
         # Order counts are cached for a typical scrape interval: one query per scrape at most.
         self.metrics.watch_orders(self.services.sessions, settings.order_sla_seconds, ttl_seconds=15)
-        self.public_app = create_public_app(PublicContext(
-            sessions=self.services.sessions,
-            pipeline=self.pipeline,
-            store=self.services.store,
-            public_base_url=settings.public_base_url,
-            session_lifetime=timedelta(seconds=settings.session_expiration_seconds),
-            rate_limit=ClientRateLimit(settings.public_rate_limit_per_minute),
-            restore_pdf=self.remediator.on_missing_download,
-        ))
-        self.public_app.include_router(webhook_router(self.services.sessions, self.pipeline,
-                                                      settings.stripe_webhook_secret, self.metrics))
-        self.operator_app = create_operator_app(OperatorContext(
-            sessions=self.services.sessions,
-            pipeline=self.pipeline,
-            admin_token=settings.admin_token,
-            redact=self.redact,
-            liveness=self.scheduler.liveness,
-            health=self.health,
-            metrics=self.metrics.exposition,
-            public_schema=self.public_app.openapi,
-            notices=tuple(settings.embedded_defaults()),
-        ))
+        apps = build_apps(settings, self.services, self.pipeline, self.health, self.metrics,
+                          self.scheduler.liveness, self.remediator.on_missing_download)
+        self.public_app, self.operator_app = apps.public, apps.operator
         self.servers: list[uvicorn.Server] = []
 
-    def _schedule_reconciliation(self) -> None:
-        """Stripe reconciliation (one daemon at a time, by lock) and the stuck-order sweep."""
-        settings, payments = self.settings, self.services.payments
+    def _schedule_jobs(self) -> None:
+        """Every check on its interval, the worker, Stripe reconciliation (one daemon at a time, by
+        lock) and the stuck-order sweep."""
+        settings = self.settings
+        self.health.schedule(self.scheduler)
+        self.scheduler.add("worker", self.worker.tick, settings.worker_interval_seconds)
         job = reconcile_job(self.services, self.pipeline, self.metrics, self.worker.owner)
         if job is not None:
             self.scheduler.add("reconcile", job, settings.reconcile_interval_seconds)
-        stuck = StuckOrders(
-            self.services.sessions,
-            self.pipeline,
-            StuckPolicy(
-                sla_seconds=settings.order_sla_seconds,
-                delay_email_after_seconds=settings.delay_email_after_seconds,
-                refund_on_failure=settings.refund_on_failure,
-            ),
-            mailer=self.services.mailer,
-            stripe_client=payments.client if isinstance(payments, StripePayments) else None,
-            metrics=self.metrics,
-        )
+        stuck = build_stuck_sweep(settings, self.services, self.pipeline, self.metrics)
         self.scheduler.add("stuck", stuck, min(60.0, settings.order_sla_seconds / 2))
 
     def _observe_step(self, result: StepResult) -> None:

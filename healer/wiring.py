@@ -11,7 +11,9 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
+from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +25,7 @@ from checks.docker import DockerCheck, compose_project_label
 from checks.memory import MemoryCheck
 from checks.orders import OrdersCheck
 from checks.s3 import LocalStoreCheck, S3Check
+from checks.scheduler import SchedulerCheck
 from checks.sendgrid import SendGridCheck
 from checks.stripe import StripeCheck
 from fulfilment.mailer import Mailer, OutboxMailer, SendGridMailer
@@ -36,6 +39,11 @@ from healer import db
 from healer.config import Settings
 from healer.health.metrics import Metrics
 from healer.health.monitor import HealthMonitor
+from healer.http.operator import OperatorContext, create_operator_app
+from healer.http.public import PublicContext, create_public_app
+from healer.http.ratelimit import ClientRateLimit
+from healer.jobs.scheduler import Scheduler
+from healer.jobs.stuck import StuckOrders, StuckPolicy
 from healer.remediation.audit import Audit
 from healer.remediation.containers import ContainerHealer
 from healer.remediation.pdfs import PdfRestorer
@@ -46,6 +54,7 @@ from healer.remediation.scratch import ScratchSweeper
 from healer.remediation.waveforms import WaveformRestorer
 from healer.stripe.reconcile import ReconcileConfig, Reconciler
 from healer.stripe.reconcile_job import ReconcileJob, run_lock
+from healer.stripe.webhooks import webhook_router
 from healer.worker import RenderPool
 
 log = logging.getLogger(__name__)
@@ -250,7 +259,7 @@ def build_remediator(
     settings: Settings,
     services: Services,
     metrics: Metrics,
-    policy: RemediationPolicy = RemediationPolicy(),
+    policy: RemediationPolicy | None = None,
     *,
     resume_waiting: Callable[[str], int] | None = None,
     rerender: Callable[[uuid.UUID], str] | None = None,
@@ -258,7 +267,9 @@ def build_remediator(
     worker: str | None = None,
 ) -> Remediator:
     """Every action the settings allow. `resume_waiting` and `rerender` are the pipeline's,
-    `render_blocked` names a failing check the render step waits on; `worker` names this daemon."""
+    `render_blocked` names a failing check the render step waits on; `worker` names this daemon;
+    `policy` defaults to the HEALER_AUTOHEAL_* settings."""
+    policy = policy or remediation_policy(settings)
     audit = Audit(services.sessions, metrics, settings.remediation, worker)
     containers = None
     if policy.docker and settings.docker_host is None:
@@ -298,3 +309,69 @@ def reconcile_job(services: Services, pipeline: Pipeline, metrics: Metrics, owne
     if reconciler is None:
         return None
     return ReconcileJob(reconciler, run_lock(services.engine, services.sessions, owner))
+
+
+# -- the daemon's other parts -------------------------------------------------------------------------
+
+
+def remediation_policy(settings: Settings) -> RemediationPolicy:
+    return RemediationPolicy(
+        docker=settings.autoheal_docker,
+        unhealthy_seconds=settings.autoheal_unhealthy_seconds,
+        max_restarts=settings.autoheal_max_restarts,
+        window_seconds=settings.autoheal_window_seconds,
+    )
+
+
+def build_render_pool(settings: Settings) -> RenderPool:
+    # The lease is renewed while a render runs (fulfilment.leases), so the time limit is about
+    # resources alone: a render past it is stopped and its order is `bad_input`.
+    return RenderPool(settings.assets_dir, settings.workers, settings.scratch_dir,
+                      timeout_seconds=settings.render_timeout_seconds, memory_mb=settings.render_memory_mb,
+                      max_photo_megapixels=settings.max_photo_megapixels)
+
+
+def scheduler_check(settings: Settings, scheduler: Scheduler) -> SchedulerCheck:
+    """The dead-man's switch over the scheduler's own jobs."""
+    return SchedulerCheck(jobs=scheduler.jobs, started_at=lambda: scheduler.started_at,
+                          interval_seconds=settings.check_interval_seconds, timeout_seconds=2.0)
+
+
+def build_stuck_sweep(settings: Settings, services: Services, pipeline: Pipeline, metrics: Metrics) -> StuckOrders:
+    payments = services.payments
+    return StuckOrders(
+        services.sessions,
+        pipeline,
+        StuckPolicy(sla_seconds=settings.order_sla_seconds,
+                    delay_email_after_seconds=settings.delay_email_after_seconds,
+                    refund_on_failure=settings.refund_on_failure),
+        mailer=services.mailer,
+        stripe_client=payments.client if isinstance(payments, StripePayments) else None,
+        metrics=metrics,
+    )
+
+
+@dataclass(frozen=True)
+class Apps:
+    public: FastAPI
+    operator: FastAPI
+
+
+def build_apps(settings: Settings, services: Services, pipeline: Pipeline, health: HealthMonitor,
+               metrics: Metrics, liveness: Callable[[], tuple[bool, str]],
+               restore_pdf: Callable[[uuid.UUID, str], bool]) -> Apps:
+    """The two listeners' apps: the public one with Stripe's webhook, the operator one serving
+    the public one's schema beside its own."""
+    public = create_public_app(PublicContext(
+        sessions=services.sessions, pipeline=pipeline, store=services.store,
+        public_base_url=settings.public_base_url,
+        session_lifetime=timedelta(seconds=settings.session_expiration_seconds),
+        rate_limit=ClientRateLimit(settings.public_rate_limit_per_minute), restore_pdf=restore_pdf,
+    ))
+    public.include_router(webhook_router(services.sessions, pipeline, settings.stripe_webhook_secret, metrics))
+    operator = create_operator_app(OperatorContext(
+        sessions=services.sessions, pipeline=pipeline, admin_token=settings.admin_token,
+        redact=Redactor(settings.secret_values()), liveness=liveness, health=health,
+        metrics=metrics.exposition, public_schema=public.openapi, notices=tuple(settings.embedded_defaults()),
+    ))
+    return Apps(public, operator)
