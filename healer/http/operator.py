@@ -51,6 +51,15 @@ class OperatorContext:
 def create_operator_app(ctx: OperatorContext) -> FastAPI:
     app = FastAPI(title="healer operator API", version=__version__)
     install_error_handlers(app)
+    _order_routes(app, ctx)
+    _probe_routes(app, ctx)
+    _health_routes(app, ctx)
+    _exposition_routes(app, ctx)
+    return app
+
+
+def _order_routes(app: FastAPI, ctx: OperatorContext) -> None:
+    """An order's whole story, and the admin's retry."""
 
     def admin(authorization: Annotated[str | None, Header()] = None) -> None:
         if ctx.admin_token is None:
@@ -77,6 +86,10 @@ def create_operator_app(ctx: OperatorContext) -> FastAPI:
             raise HTTPException(404, "unknown order") from None
         return CompletionAccepted(order_id=str(order_id), status=status.value)
 
+
+def _probe_routes(app: FastAPI, ctx: OperatorContext) -> None:
+    """Kubernetes-style liveness and readiness, answered from the scheduler and the check cache."""
+
     @app.get("/livez", response_class=PlainTextResponse, responses={503: {"description": "not alive"}})
     def livez(verbose: str | None = None) -> PlainTextResponse:
         alive, detail = ctx.liveness()
@@ -98,6 +111,10 @@ def create_operator_app(ctx: OperatorContext) -> FastAPI:
             headers=NO_STORE,
         )
 
+
+def _health_routes(app: FastAPI, ctx: OperatorContext) -> None:
+    """Every check as JSON (status, latency, last success, detail, remedy), redacted."""
+
     @app.get("/health", summary="Every check: status, latency, last success, detail, remedy")
     def health() -> JSONResponse:
         body: dict[str, Any] = {"status": "ok", "checks": {}}
@@ -116,6 +133,9 @@ def create_operator_app(ctx: OperatorContext) -> FastAPI:
             raise HTTPException(404, f"unknown check {check[:64]!r}; checks here: {known}")
         return JSONResponse(redacted_json(ctx.health.report(check).as_dict(), ctx.redact), headers=NO_STORE)
 
+
+def _exposition_routes(app: FastAPI, ctx: OperatorContext) -> None:
+    """Prometheus' scrape, and the public listener's schema (which that listener does not serve)."""
     if ctx.metrics is not None:
         exposition = ctx.metrics
 
@@ -130,8 +150,6 @@ def create_operator_app(ctx: OperatorContext) -> FastAPI:
         @app.get("/public/openapi.json", summary="The public listener's OpenAPI schema")
         def public_openapi() -> JSONResponse:
             return JSONResponse(public_schema())
-
-    return app
 
 
 def redacted_json(value: Any, redact: Redactor) -> Any:
