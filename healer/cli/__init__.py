@@ -62,7 +62,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"healer {__version__}")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    for add in (_daemon_commands, _order_commands, _payment_commands, _tool_commands):
+        add(sub)
+    return parser
 
+
+# argparse names the type of `add_subparsers()` only privately.
+Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def _daemon_commands(sub: Subparsers) -> None:
+    """run, demo, check, db upgrade."""
     sub.add_parser("run", help="run the daemon").set_defaults(handler=cmd_run)
 
     demo = sub.add_parser("demo", help="run the daemon on embedded defaults with sample orders")
@@ -79,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     dbp = sub.add_parser("db", help="database schema").add_subparsers(required=True, metavar="ACTION")
     dbp.add_parser("upgrade", help="migrate the schema to the latest revision").set_defaults(handler=cmd_db_upgrade)
 
+
+def _order_commands(sub: Subparsers) -> None:
+    """orders list|show|complete|retry."""
     op = sub.add_parser("orders", help="inspect and repair orders").add_subparsers(required=True, metavar="ACTION")
     ls = op.add_parser("list", help="list orders, newest first")
     ls.add_argument("--status", choices=[s.value for s in OrderStatus])
@@ -99,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--all", action="store_true", help="every order in needs_attention")
     retry.set_defaults(handler=cmd_orders_retry)
 
+
+def _payment_commands(sub: Subparsers) -> None:
+    """reconcile, orphans list|resolve."""
     rec = sub.add_parser("reconcile", help="match Stripe payments with orders and repair what is out of step")
     rec.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
     rec.set_defaults(handler=cmd_reconcile)
@@ -114,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     ores.add_argument("--note", required=True, type=_note, help="what was done; stored as its resolution")
     ores.set_defaults(handler=cmd_orphans_resolve)
 
+
+def _tool_commands(sub: Subparsers) -> None:
+    """remediations, render."""
     rem = sub.add_parser("remediations", help="self-healing actions taken (or, in dry-run, not), newest first")
     rem.add_argument("--action", choices=[a.value for a in Action])
     rem.add_argument("--limit", type=int, default=50)
@@ -130,7 +149,6 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--preview", action="store_true", help="with the watermark")
     render.add_argument("-o", "--output", required=True, type=Path)
     render.set_defaults(handler=cmd_render)
-    return parser
 
 
 def _order_id(value: str) -> uuid.UUID:
