@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fulfilment.errors import StepError
 from fulfilment.models import OrderStatus
@@ -67,8 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# argparse names the type of `add_subparsers()` only privately.
-Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+if TYPE_CHECKING:  # argparse names the type of `add_subparsers()` only privately
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _daemon_commands(sub: Subparsers) -> None:
