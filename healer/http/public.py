@@ -71,6 +71,13 @@ def create_public_app(ctx: PublicContext) -> FastAPI:
     app = FastAPI(title="healer public API", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)
     install_error_handlers(app)
+    _order_routes(app, ctx)
+    _download_route(app, ctx)
+    return app
+
+
+def _order_routes(app: FastAPI, ctx: PublicContext) -> None:
+    """The customer's `complete` and their view of the order, behind their session token."""
     limited = [Depends(ctx.rate_limit)]
 
     def customers_order(order_id: uuid.UUID, session_token: str | None) -> Order:
@@ -106,7 +113,11 @@ def create_public_app(ctx: PublicContext) -> FastAPI:
     def show(order_id: uuid.UUID, x_session_token: Annotated[str | None, Header()] = None) -> CustomerOrder:
         return customer_order(customers_order(order_id, x_session_token), ctx.public_base_url)
 
-    @app.get("/download/{token}", response_model=None, dependencies=limited, status_code=307,
+
+def _download_route(app: FastAPI, ctx: PublicContext) -> None:
+    """The link in the email: a fresh presigned URL (or the file), 410 once the order is refunded."""
+
+    @app.get("/download/{token}", response_model=None, dependencies=[Depends(ctx.rate_limit)], status_code=307,
              responses={307: {"description": "redirect to a short-lived presigned URL"},
                         200: {"description": "the PDF (local store)", "content": {"application/pdf": {}}},
                         **_problems(404, 410, 429, 503)},
@@ -120,8 +131,6 @@ def create_public_app(ctx: PublicContext) -> FastAPI:
         if order.order_status is OrderStatus.REFUNDED:
             raise HTTPException(410, REFUNDED)
         return _send_pdf(ctx, order, order.final_pdf_key)
-
-    return app
 
 
 def _send_pdf(ctx: PublicContext, order: Order, key: str) -> RedirectResponse | FileResponse:
