@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 ELLIPSIS = "…"
 
@@ -93,3 +94,29 @@ class RedactingFilter(logging.Filter):
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
         return True
+
+
+# Query parameters that carry a password in a database URL (libpq's and the drivers' names).
+_PASSWORD_PARAMS = ("password", "pass", "passwd", "sslpassword")
+
+
+def url_passwords(url: str) -> list[str]:
+    """The passwords a database URL carries: in its userinfo and in its query string."""
+    parts = urlsplit(url)
+    found = [parts.password] if parts.password else []
+    found.extend(value for name, value in parse_qsl(parts.query, keep_blank_values=False)
+                 if name.lower() in _PASSWORD_PARAMS)
+    return [unquote(p) for p in found] + found
+
+
+def mask_url_password(url: str) -> str:
+    """The URL with every password (userinfo, `?password=`) replaced by `***`."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@")
+    query = "&".join(
+        f"{name}=***" if name.lower() in _PASSWORD_PARAMS else f"{name}={value}"
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return parts._replace(netloc=netloc, query=query).geturl()

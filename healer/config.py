@@ -14,9 +14,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import Any
+from urllib.parse import urlsplit
 
-from fulfilment.secrets import mask_secret
+from fulfilment.secrets import mask_secret, mask_url_password, url_passwords
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 IMAGE_ASSETS_DIR = Path("/app")
@@ -166,31 +167,6 @@ class Settings:
         return [v for v in values if v]
 
 
-_PASSWORD_PARAMS = ("password", "pass", "passwd", "sslpassword")
-
-
-def url_passwords(url: str) -> list[str]:
-    """The passwords a database URL carries: in its userinfo and in its query string."""
-    parts = urlsplit(url)
-    found = [parts.password] if parts.password else []
-    found.extend(value for name, value in parse_qsl(parts.query, keep_blank_values=False)
-                 if name.lower() in _PASSWORD_PARAMS)
-    return [unquote(p) for p in found] + found
-
-
-def mask_url_password(url: str) -> str:
-    """The URL with every password (userinfo, `?password=`) replaced by `***`."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(f":{parts.password}@", ":***@")
-    query = "&".join(
-        f"{name}=***" if name.lower() in _PASSWORD_PARAMS else f"{name}={value}"
-        for name, value in parse_qsl(parts.query, keep_blank_values=True)
-    )
-    return parts._replace(netloc=netloc, query=query).geturl()
-
-
 # Limits of one render process (see fulfilment.render and healer.worker.RenderPool).
 # Measured on the 2-core dev machine (final A4 render in a fresh render process, RLIMIT_DATA cap):
 # peak RSS 68 MiB for a 12 MP JPEG, 218 MiB for a 12 MP PNG, 132 MiB for a 200 MP baseline JPEG
@@ -318,51 +294,94 @@ class _Reader:
             return None
         scheme = urlsplit(value).scheme
         if not scheme.startswith(("postgresql", "postgres", "sqlite")):
-            raise SettingsError(
-                f"DATABASE_URL has scheme {scheme or 'none'!r}: expected postgresql:// or sqlite://"
-            )
+            raise SettingsError(f"DATABASE_URL has scheme {scheme or 'none'!r}: expected postgresql:// or sqlite://")
         if scheme.startswith("postgres") and not scheme.startswith("postgresql"):
             value = "postgresql" + value[len("postgres") :]  # Heroku-style alias
         return Secret(value)
 
     def settings(self) -> Settings:
-        data_dir = self.directory("HEALER_DATA_DIR", "./var")
+        """Read in groups: each returns its `Settings` fields, checking the variables that go together."""
+        return Settings(**self.paths(), **self.listeners(), **self.peers(), **self.limits(), **self.retry(),
+                        **self.remediation())
+
+    def paths(self) -> dict[str, Any]:
         default_assets = IMAGE_ASSETS_DIR if (IMAGE_ASSETS_DIR / "templates").is_dir() else PACKAGE_ROOT
-        assets_dir = Path(self.text("HEALER_ASSETS_DIR", str(default_assets))).resolve()
-        host = self.text("HEALER_HTTP_HOST", "127.0.0.1")
-        port = self.port("HEALER_HTTP_PORT", 8080)
-        ops_host = self.text("HEALER_OPS_HOST", "127.0.0.1")
-        ops_port = self.port("HEALER_OPS_PORT", 8081)
+        return {"data_dir": self.directory("HEALER_DATA_DIR", "./var"),
+                "assets_dir": Path(self.text("HEALER_ASSETS_DIR", str(default_assets))).resolve(),
+                "database_url": self.database_url()}
+
+    def listeners(self) -> dict[str, Any]:
+        host, port = self.text("HEALER_HTTP_HOST", "127.0.0.1"), self.port("HEALER_HTTP_PORT", 8080)
+        ops_host, ops_port = self.text("HEALER_OPS_HOST", "127.0.0.1"), self.port("HEALER_OPS_PORT", 8081)
         if port != 0 and port == ops_port and host == ops_host:
             raise SettingsError(
                 f"HEALER_OPS_PORT={ops_port} is also HEALER_HTTP_PORT: the operator listener needs its own port"
             )
-        from_email = self.text("FROM_EMAIL", "posters@localhost.localdomain")
-        if not _EMAIL.match(from_email):
-            raise SettingsError(f"FROM_EMAIL={from_email!r} is not an email address")
-        access_key = self.secret("AWS_ACCESS_KEY_ID")
-        secret_key = self.secret("AWS_SECRET_ACCESS_KEY")
+        rate_limit = self.integer("HEALER_PUBLIC_RATE_LIMIT_PER_MINUTE", 120, minimum=1, maximum=1_000_000)
+        return {"http_host": host, "http_port": port, "ops_host": ops_host, "ops_port": ops_port,
+                "public_rate_limit_per_minute": rate_limit, "admin_token": self.admin_token(),
+                "public_base_url": self.url("PUBLIC_BASE_URL") or f"http://{host}:{port}"}
+
+    def peers(self) -> dict[str, Any]:
+        """S3, SendGrid and Stripe: each a credential checked for shape, and where to reach it."""
+        access_key, secret_key = self.secret("AWS_ACCESS_KEY_ID"), self.secret("AWS_SECRET_ACCESS_KEY")
         if (access_key is None) != (secret_key is None):
             missing = "AWS_SECRET_ACCESS_KEY" if secret_key is None else "AWS_ACCESS_KEY_ID"
             raise SettingsError(f"{missing} is unset while its partner is set: set both or neither")
         bucket = self.raw("S3_BUCKET")
         if bucket is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
             raise SettingsError(f"S3_BUCKET={bucket!r} is not a valid S3 bucket name")
+        from_email = self.text("FROM_EMAIL", "posters@localhost.localdomain")
+        if not _EMAIL.match(from_email):
+            raise SettingsError(f"FROM_EMAIL={from_email!r} is not an email address")
         sendgrid_key = self.secret("SENDGRID_API_KEY")
         if sendgrid_key is not None and not sendgrid_key.value.startswith("SG."):
             raise SettingsError(f"SENDGRID_API_KEY={sendgrid_key.masked} does not start with 'SG.'")
         stripe_key = self.secret("STRIPE_SECRET_KEY")
         if stripe_key is not None and not stripe_key.value.startswith(("sk_", "rk_")):
+            raise SettingsError(f"STRIPE_SECRET_KEY={stripe_key.masked} is not a secret key (sk_... or rk_...)")
+        return {"aws_access_key_id": access_key, "aws_secret_access_key": secret_key, "s3_bucket": bucket,
+                "s3_region": self.raw("S3_REGION"), "s3_endpoint_url": self.url("S3_ENDPOINT_URL"),
+                "from_email": from_email, "sendgrid_api_key": sendgrid_key,
+                "sendgrid_api_base": self.url("SENDGRID_API_BASE"),
+                "stripe_secret_key": stripe_key, "stripe_webhook_secret": self.secret("STRIPE_WEBHOOK_SECRET"),
+                "stripe_api_base": self.url("STRIPE_API_BASE")}
+
+    def limits(self) -> dict[str, Any]:
+        """Intervals, deadlines and sizes: how often healer acts and how much one order may take."""
+        return {
+            "session_expiration_seconds": self.duration("SESSION_EXPIRATION", 86400),
+            "check_interval_seconds": self.number("HEALER_CHECK_INTERVAL_SECONDS", 30, minimum=0.1),
+            "worker_interval_seconds": self.number("HEALER_WORKER_INTERVAL_SECONDS", 2, minimum=0.05),
+            "reconcile_interval_seconds": self.number("HEALER_RECONCILE_INTERVAL_SECONDS", 300, minimum=1),
+            "order_sla_seconds": self.integer("HEALER_ORDER_SLA_SECONDS", 600, minimum=1),
+            "lease_seconds": self.integer("HEALER_LEASE_SECONDS", 120, minimum=1),
+            "workers": self.integer("HEALER_WORKERS", os.cpu_count() or 1, minimum=1),
+            "delay_email_after_seconds": self.integer("HEALER_DELAY_EMAIL_AFTER_SECONDS", 0, minimum=0) or None,
+            "max_photo_megapixels": self.number("HEALER_MAX_PHOTO_MEGAPIXELS", 200, minimum=1, maximum=2000),
+            "render_memory_mb": self.integer("HEALER_RENDER_MEMORY_MB", DEFAULT_RENDER_MEMORY_MB,
+                                             minimum=256, maximum=1024 * 1024),
+            "render_timeout_seconds": self.number("HEALER_RENDER_TIMEOUT_SECONDS", DEFAULT_RENDER_TIMEOUT_SECONDS,
+                                                  minimum=1, maximum=3600),
+        }
+
+    def retry(self) -> dict[str, Any]:
+        retry_base = self.number("HEALER_RETRY_BASE_SECONDS", 30, minimum=0)
+        retry_max = self.number("HEALER_RETRY_MAX_SECONDS", 1800, minimum=0)
+        if retry_max < retry_base:
             raise SettingsError(
-                f"STRIPE_SECRET_KEY={stripe_key.masked} is not a secret key (sk_... or rk_...)"
+                f"HEALER_RETRY_MAX_SECONDS={retry_max:g} is below HEALER_RETRY_BASE_SECONDS={retry_base:g}"
             )
+        return {"retry_base_seconds": retry_base, "retry_max_seconds": retry_max,
+                "max_attempts": self.integer("HEALER_MAX_ATTEMPTS", 10, minimum=1),
+                "refund_on_failure": self.flag("HEALER_REFUND_ON_FAILURE", False)}
+
+    def remediation(self) -> dict[str, Any]:
         remediation = self.text("HEALER_REMEDIATION", "on").lower()
         try:
             mode = RemediationMode(remediation)
         except ValueError:
-            raise SettingsError(
-                f"HEALER_REMEDIATION={remediation!r} must be one of off, dry-run, on"
-            ) from None
+            raise SettingsError(f"HEALER_REMEDIATION={remediation!r} must be one of off, dry-run, on") from None
         autoheal_label = self.text("HEALER_AUTOHEAL_LABEL", "healer.autoheal=true")
         if "=" not in autoheal_label or autoheal_label.startswith("="):
             raise SettingsError(f"HEALER_AUTOHEAL_LABEL={autoheal_label!r} is not a key=value label")
@@ -372,60 +391,9 @@ class _Reader:
             raise SettingsError(
                 "HEALER_AUTOHEAL_DOCKER=on needs DOCKER_HOST (the engine whose containers it restarts)"
             )
-        retry_base = self.number("HEALER_RETRY_BASE_SECONDS", 30, minimum=0)
-        retry_max = self.number("HEALER_RETRY_MAX_SECONDS", 1800, minimum=0)
-        if retry_max < retry_base:
-            raise SettingsError(
-                f"HEALER_RETRY_MAX_SECONDS={retry_max:g} is below HEALER_RETRY_BASE_SECONDS={retry_base:g}"
-            )
-        return Settings(
-            data_dir=data_dir,
-            assets_dir=assets_dir,
-            database_url=self.database_url(),
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            s3_bucket=bucket,
-            s3_region=self.raw("S3_REGION"),
-            s3_endpoint_url=self.url("S3_ENDPOINT_URL"),
-            sendgrid_api_key=sendgrid_key,
-            sendgrid_api_base=self.url("SENDGRID_API_BASE"),
-            from_email=from_email,
-            session_expiration_seconds=self.duration("SESSION_EXPIRATION", 86400),
-            stripe_secret_key=stripe_key,
-            stripe_webhook_secret=self.secret("STRIPE_WEBHOOK_SECRET"),
-            stripe_api_base=self.url("STRIPE_API_BASE"),
-            http_host=host,
-            http_port=port,
-            ops_host=ops_host,
-            ops_port=ops_port,
-            public_rate_limit_per_minute=self.integer("HEALER_PUBLIC_RATE_LIMIT_PER_MINUTE", 120, minimum=1,
-                                                      maximum=1_000_000),
-            public_base_url=self.url("PUBLIC_BASE_URL") or f"http://{host}:{port}",
-            admin_token=self.admin_token(),
-            check_interval_seconds=self.number("HEALER_CHECK_INTERVAL_SECONDS", 30, minimum=0.1),
-            worker_interval_seconds=self.number("HEALER_WORKER_INTERVAL_SECONDS", 2, minimum=0.05),
-            reconcile_interval_seconds=self.number(
-                "HEALER_RECONCILE_INTERVAL_SECONDS", 300, minimum=1
-            ),
-            order_sla_seconds=self.integer("HEALER_ORDER_SLA_SECONDS", 600, minimum=1),
-            lease_seconds=self.integer("HEALER_LEASE_SECONDS", 120, minimum=1),
-            workers=self.integer("HEALER_WORKERS", os.cpu_count() or 1, minimum=1),
-            max_attempts=self.integer("HEALER_MAX_ATTEMPTS", 10, minimum=1),
-            retry_base_seconds=retry_base,
-            retry_max_seconds=retry_max,
-            remediation=mode,
-            autoheal_label=autoheal_label,
-            docker_host=docker_host,
-            autoheal_docker=autoheal_docker,
-            autoheal_unhealthy_seconds=self.number("HEALER_AUTOHEAL_UNHEALTHY_SECONDS", 60, minimum=0),
-            autoheal_max_restarts=self.integer("HEALER_AUTOHEAL_MAX_RESTARTS", 3, minimum=0),
-            autoheal_window_seconds=self.number("HEALER_AUTOHEAL_WINDOW_SECONDS", 3600, minimum=1),
-            compose_project=self.text("HEALER_COMPOSE_PROJECT", "healer"),
-            delay_email_after_seconds=self.integer("HEALER_DELAY_EMAIL_AFTER_SECONDS", 0, minimum=0) or None,
-            refund_on_failure=self.flag("HEALER_REFUND_ON_FAILURE", False),
-            max_photo_megapixels=self.number("HEALER_MAX_PHOTO_MEGAPIXELS", 200, minimum=1, maximum=2000),
-            render_memory_mb=self.integer("HEALER_RENDER_MEMORY_MB", DEFAULT_RENDER_MEMORY_MB, minimum=256,
-                                          maximum=1024 * 1024),
-            render_timeout_seconds=self.number("HEALER_RENDER_TIMEOUT_SECONDS", DEFAULT_RENDER_TIMEOUT_SECONDS,
-                                               minimum=1, maximum=3600),
-        )
+        return {"remediation": mode, "autoheal_label": autoheal_label, "docker_host": docker_host,
+                "autoheal_docker": autoheal_docker,
+                "autoheal_unhealthy_seconds": self.number("HEALER_AUTOHEAL_UNHEALTHY_SECONDS", 60, minimum=0),
+                "autoheal_max_restarts": self.integer("HEALER_AUTOHEAL_MAX_RESTARTS", 3, minimum=0),
+                "autoheal_window_seconds": self.number("HEALER_AUTOHEAL_WINDOW_SECONDS", 3600, minimum=1),
+                "compose_project": self.text("HEALER_COMPOSE_PROJECT", "healer")}

@@ -1,7 +1,6 @@
 """Reconciliation with Stripe, the source of truth for payments.
 
-Stripe to database: PaymentIntents are listed newest first with the list API (a `created` filter,
-`starting_after` pages of 100; not search, which is eventually consistent), and the succeeded ones
+Stripe to database: PaymentIntents are listed newest first (healer.stripe.listing), and the succeeded ones
 are matched to orders by `metadata.order_id` (or the order's payment id) with one query per page:
 - an order still awaiting payment is marked paid and queued (its webhook was lost);
 - a paid order past its SLA that nobody works on is re-queued;
@@ -14,8 +13,8 @@ Database to Stripe: `pending_payment` orders whose payment was not in the listin
 the window) are retrieved one by one, each when it turns 5, 10, 20, 40... minutes old, so a payment
 that succeeds late is still found, while an abandoned checkout costs about ten requests in all.
 
-Stripe rate limits (429), 5xx and network errors are retried with exponential backoff, honouring
-Retry-After. One daemon reconciles at a time: a PostgreSQL advisory lock, or a lease row on SQLite.
+Stripe rate limits (429), 5xx and network errors are retried with backoff (healer.stripe.listing).
+One daemon reconciles at a time: a PostgreSQL advisory lock, or a lease row on SQLite.
 
 Leases are on the database's clock (fulfilment.leases): an order's, when deciding whether it is
 stuck, and the SQLite reconcile lease. The reconciler's own clock (`clock`) measures the window,
@@ -25,12 +24,11 @@ the SLA and checkout ages against Stripe's and the daemon's timestamps, and stam
 from __future__ import annotations
 
 import logging
-import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, cast
 
 import stripe
 from sqlalchemy import or_, select, update
@@ -43,19 +41,14 @@ from fulfilment.pipeline import ACTIVE, Pipeline, awaiting_payment_clause
 from healer.db.models import OrphanPayment, ReconcileRun, ReconcileState, RunResult, insert_once
 from healer.health.metrics import Metrics
 from healer.jobs.stuck import requeue_stuck
+from healer.stripe.findings import Finding, FindingKind, Payment, ProgressFn, ReconcileReport, Tally
+from healer.stripe.listing import Backoff, PaymentIntents, covered
+from healer.stripe.matching import awaiting_payment, claiming_order, crossed_checkpoint, matching_columns
 from healer.stripe.orphans import count_unresolved
 from healer.stripe.orphans import resolve as resolve_orphan
 from healer.stripe.webhooks import parse_order_id, payment_mismatch
 
-if TYPE_CHECKING:
-    from stripe.params import PaymentIntentListParams
-
-from healer.stripe.findings import Finding, FindingKind, Payment, ProgressFn, ReconcileReport, Tally
-from healer.stripe.matching import awaiting_payment, claiming_order, crossed_checkpoint, matching_columns
-
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 LOOKBACK_SECONDS = 3 * 86_400  # Stripe retries a webhook delivery for up to three days
 # PaymentIntents created shortly before the last run may have succeeded since (3-D Secure, a slow
@@ -64,7 +57,6 @@ OVERLAP_SECONDS = 600
 PENDING_CHECK_AFTER_SECONDS = 300  # a checkout younger than this is still in the customer's hands
 PAGE_SIZE = 100  # the list API's maximum
 STATE = "stripe"
-
 
 
 @dataclass(frozen=True)
@@ -94,13 +86,15 @@ class Reconciler:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.sessions = sessions
-        self.client = client
+        self.intents = PaymentIntents(
+            client, Backoff(config.max_retries, config.backoff_base_seconds, config.backoff_max_seconds),
+            page_size=config.page_size, sleep=sleep,
+        )
         self.pipeline = pipeline
         self.metrics = metrics
         self.config = config
         self.worker = worker
         self.clock = clock
-        self.sleep = sleep
 
     def run(self, *, dry_run: bool = False, progress: ProgressFn | None = None) -> ReconcileReport:
         """One pass; `dry_run` reads everything and writes nothing (no repairs, cursor or record)."""
@@ -110,10 +104,10 @@ class Reconciler:
         run_id = None if dry_run else self._start_run(started, window_start)
         tally = Tally()
         try:
-            for intents in self._pages(window_start, tally):
+            for intents in self.intents.pages(window_start, tally):
                 self._reconcile_page(intents, started, tally, dry_run)
                 if progress is not None:
-                    progress(tally.payments_read, _covered(intents, window_start, started))
+                    progress(tally.payments_read, covered(intents, window_start, started))
             self._check_pending(started, last_run_at, tally, dry_run)
             self._resolve_claimed_orphans(tally, dry_run)
         except Exception as error:
@@ -141,17 +135,6 @@ class Reconciler:
         return datetime.fromtimestamp(cursor - self.config.overlap_seconds, UTC)
 
     # -- Stripe to database -----------------------------------------------------------------------
-
-    def _pages(self, window_start: datetime, tally: Tally) -> Iterator[list[dict[str, Any]]]:
-        params: PaymentIntentListParams = {"created": {"gte": int(window_start.timestamp())},
-                                           "limit": self.config.page_size}
-        while True:
-            page = self._call(tally, lambda: self.client.v1.payment_intents.list(params=params))
-            intents = [intent.to_dict() for intent in page.data]
-            yield intents
-            if not page.has_more or not intents:
-                return
-            params["starting_after"] = intents[-1]["id"]
 
     def _reconcile_page(self, intents: list[dict[str, Any]], now: datetime, tally: Tally,
                         dry_run: bool) -> None:
@@ -292,7 +275,7 @@ class Reconciler:
                        dry_run: bool) -> None:
         due = self._pending_due(now, last_run_at, tally.seen)
         for order in due[: self.config.max_pending_checks]:
-            intent = self._retrieve(tally, order.stripe_payment_intent_id)
+            intent = self.intents.retrieve(tally, order.stripe_payment_intent_id)
             if intent is None or intent["status"] != "succeeded":
                 continue
             payment = Payment.from_stripe(intent)
@@ -317,38 +300,6 @@ class Reconciler:
         return [cast(Row[Any], r) for r in rows if r.stripe_payment_intent_id not in seen
                 and crossed_checkpoint((now - r.created_at).total_seconds(), since_last,
                                        c.pending_check_after_seconds)]
-
-    def _retrieve(self, tally: Tally, payment_intent_id: str) -> dict[str, Any] | None:
-        try:
-            intent = self._call(tally, lambda: self.client.v1.payment_intents.retrieve(payment_intent_id))
-        except stripe.InvalidRequestError as error:
-            # Unknown or malformed id: the worker's verify step records that on the order.
-            log.info("Payment %s not checked: %s", payment_intent_id, error.user_message)
-            return None
-        return intent.to_dict()
-
-    # -- Stripe calls -----------------------------------------------------------------------------
-
-    def _call(self, tally: Tally, request: Callable[[], T]) -> T:
-        """`request()`, retried with exponential backoff and jitter on 429, 5xx and network errors."""
-        attempt = 0
-        while True:
-            attempt += 1
-            tally.stripe_requests += 1
-            try:
-                return request()
-            except stripe.StripeError as error:
-                if not _retryable(error) or attempt > self.config.max_retries:
-                    raise
-                delay = self._backoff(attempt, error)
-                log.warning("Stripe answered %s during reconciliation (attempt %d): retrying in %.1fs",
-                            error.http_status or type(error).__name__, attempt, delay)
-                self.sleep(delay)
-
-    def _backoff(self, attempt: int, error: stripe.StripeError) -> float:
-        c = self.config
-        ceiling = min(c.backoff_max_seconds, c.backoff_base_seconds * 2.0 ** (attempt - 1))
-        return max(_retry_after(error), ceiling / 2 + random.random() * ceiling / 2)
 
     # -- records and metrics ----------------------------------------------------------------------
 
@@ -405,28 +356,3 @@ class Reconciler:
         with self.sessions() as session:
             return count_unresolved(session)
 
-
-def _covered(intents: list[dict[str, Any]], window_start: datetime, now: datetime) -> float:
-    """How far back (newest first) the listing has got, as a share of the window."""
-    if not intents:
-        return 1.0
-    span = (now - window_start).total_seconds() or 1.0
-    return min(1.0, max(0.0, (now.timestamp() - int(intents[-1]["created"])) / span))
-
-
-def _retryable(error: stripe.StripeError) -> bool:
-    if isinstance(error, (stripe.RateLimitError, stripe.APIConnectionError)):
-        return True
-    return isinstance(error, stripe.APIError) or (error.http_status or 0) >= 500
-
-
-def _retry_after(error: stripe.StripeError) -> float:
-    headers = error.headers or {}
-    value = headers.get("Retry-After") or headers.get("retry-after")
-    try:
-        return min(float(value), 60.0) if value is not None else 0.0
-    except ValueError:
-        return 0.0
-
-
-# -- wiring -------------------------------------------------------------------------------------------
