@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -352,3 +353,15 @@ def selectors(expr: str) -> list[Selector]:
 
 def metric_names(expr: str) -> set[str]:
     return {selector.metric for selector in selectors(expr)}
+
+
+@cache
+def compose_config() -> dict[str, Any]:
+    """docker-compose.yml as compose reads it, the required secrets stood in for."""
+    result = run_compose_config(compose_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    return dict(yaml.safe_load(result.stdout))
+
+
+def services() -> dict[str, Any]:
+    return dict(compose_config()["services"])

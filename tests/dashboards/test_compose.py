@@ -14,7 +14,6 @@ from __future__ import annotations
 import fnmatch
 import re
 import tomllib
-from functools import cache
 from typing import Any
 
 import pytest
@@ -24,26 +23,15 @@ from tests.dashboards import (
     ALERTMANAGER_CONFIG,
     PROMETHEUS_CONFIG,
     REPO,
-    compose_env,
+    compose_config,
     require_tool,
-    run_compose_config,
     run_tool,
+    services,
 )
 
 ONE_SHOT = {"minio-init"}  # runs once and exits: nothing to health-check
 AUTOHEAL = {"minio", "prometheus", "alertmanager", "grafana"}  # safe for healer to restart
 SOCKET_PROXY = "docker-socket-proxy"
-
-
-@cache
-def compose_config() -> dict[str, Any]:
-    result = run_compose_config(compose_env())
-    assert result.returncode == 0, result.stdout + result.stderr
-    return dict(yaml.safe_load(result.stdout))
-
-
-def services() -> dict[str, Any]:
-    return dict(compose_config()["services"])
 
 
 def dockerfile() -> str:

@@ -48,10 +48,12 @@ from tests.dashboards import (
     DOCKERFILE,
     PROMETHEUS_CONFIG,
     REPO,
+    compose_config,
     compose_env,
     require_tool,
     required_compose_variables,
     run_compose_config,
+    services,
 )
 from tests.eventually import eventually
 from tests.fakes.docker_fixtures import Containers, DockerEngine
@@ -79,18 +81,6 @@ UNNEEDED_SECTIONS = ("ALLOW_START", "ALLOW_STOP", "AUTH", "BUILD", "COMMIT", "CO
 def raw() -> dict[str, Any]:
     """docker-compose.yml as written (interpolations unexpanded)."""
     return dict(yaml.safe_load(COMPOSE_FILE.read_text()))
-
-
-@cache
-def config() -> dict[str, Any]:
-    """docker-compose.yml as compose reads it, the required secrets stood in for."""
-    result = run_compose_config(compose_env())
-    assert result.returncode == 0, result.stdout + result.stderr
-    return dict(yaml.safe_load(result.stdout))
-
-
-def services() -> dict[str, Any]:
-    return dict(config()["services"])
 
 
 def published(service: dict[str, Any]) -> list[tuple[str, int]]:
@@ -155,7 +145,7 @@ def test_the_socket_proxy_passes_containers_and_restarts_only() -> None:
 
 def test_the_socket_proxy_sits_on_an_internal_network_with_healer_alone() -> None:
     proxy = services()[PROXY]
-    declared = config().get("networks") or {}
+    declared = compose_config().get("networks") or {}
 
     assert networks_of(proxy) and all(declared.get(n, {}).get("internal") is True for n in networks_of(proxy))
     for network in networks_of(proxy):
