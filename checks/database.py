@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, column, inspect, select, table, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from checks.base import Check, CheckFailed, CheckWarning, Healthy, Runbook
+from fulfilment.secrets import Redactor, mask_url_password, url_passwords
 
 UPGRADE_REMEDY = "run `healer db upgrade` (with this version of healer), then restart the daemon"
 
@@ -121,21 +122,15 @@ class DatabaseCheck(Check):
         return CheckFailed(f"{fault.kind}: {said} ({self._where()})", remedy)
 
     def _where(self) -> str:
-        url = self.engine.url
-        # libpq also takes the password as a query parameter, which hide_password leaves alone.
-        hidden = {name: "***" for name in url.query if name.lower() in _PASSWORD_PARAMETERS}
-        return url.update_query_dict(hidden).render_as_string(hide_password=True)
+        # libpq also takes the password as a query parameter, which SQLAlchemy's hide_password
+        # leaves alone: both are masked.
+        return mask_url_password(self._url())
 
     def _scrub(self, said: str) -> str:
-        url = self.engine.url
-        passwords = [url.password] + [v for n, v in url.query.items() if n.lower() in _PASSWORD_PARAMETERS]
-        for password in passwords:
-            for value in ([password] if isinstance(password, str) else password or ()):
-                said = said.replace(value, "***") if value else said
-        return said
+        return Redactor(url_passwords(self._url()))(said)
 
-
-_PASSWORD_PARAMETERS = ("password", "sslpassword")
+    def _url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=False)
 
 
 def stored_revision(connection: Connection, version_table: str = "alembic_version") -> str | None:

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from checks.base import Check, CheckDisabled, CheckFailed, CheckWarning, Healthy, Runbook
 from fulfilment.mailer import DEFAULT_API_BASE
-from fulfilment.secrets import mask_secret
+from fulfilment.secrets import Redactor, mask_secret
 
 # SendGrid shows a key once, as `SG.<key id>.<secret>`; a pasted fragment fails here, not at send.
 _KEY_FORM = re.compile(r"SG\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
@@ -118,9 +118,7 @@ class SendGridCheck(Check):
         return (self.api_base or DEFAULT_API_BASE).rstrip("/").removesuffix("/v3")
 
     def _scrub(self, text: str) -> str:
-        if not self.api_key:
-            return text
-        return text.replace(self.api_key, mask_secret(self.api_key))
+        return Redactor([self.api_key] if self.api_key else [])(text)
 
 
 def _error_detail(body: bytes) -> str:

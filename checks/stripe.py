@@ -15,7 +15,7 @@ from typing import ClassVar
 import stripe
 
 from checks.base import Check, CheckDisabled, CheckFailed, CheckWarning, Healthy, Runbook
-from fulfilment.secrets import mask_secret
+from fulfilment.secrets import Redactor, mask_secret
 
 _DASHBOARD_KEY = "copy the current secret key from the Stripe dashboard (Developers > API keys) into STRIPE_SECRET_KEY"
 
@@ -97,7 +97,4 @@ class StripeCheck(Check):
         else:
             status = f"HTTP {error.http_status}" if error.http_status else type(error).__name__
             text = f"{status} {' '.join((error.user_message or '').split())}".strip()
-        for secret in (self.api_key, self.webhook_secret):
-            if secret:
-                text = text.replace(secret, mask_secret(secret))
-        return text[:300]
+        return Redactor([s for s in (self.api_key, self.webhook_secret) if s])(text)[:300]

@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from fulfilment.errors import ErrorClass, StepError
 from fulfilment.pipeline import Pipeline
 from fulfilment.render import PosterInputs, RenderLimits
+from fulfilment.secrets import Redactor, url_passwords
 from healer.config import DEFAULT_RENDER_MEMORY_MB, DEFAULT_RENDER_TIMEOUT_SECONDS
 from healer.render_process import draw_waveform, render_to_scratch, start_render_process
 
@@ -295,5 +296,5 @@ def _database_problem(error: SQLAlchemyError, bind: object) -> str:
     """
     said = str(getattr(error, "orig", None) or error).strip().splitlines()
     text = f"{type(error).__name__}: {said[0].strip() if said else '(no message)'}"[:300]
-    password = bind.url.password if isinstance(bind, Engine) else None
-    return text.replace(str(password), "***") if password else text
+    url = bind.url.render_as_string(hide_password=False) if isinstance(bind, Engine) else ""
+    return Redactor(url_passwords(url))(text)
