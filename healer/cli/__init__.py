@@ -23,8 +23,6 @@ from healer.cli.orders import cmd_orders_complete, cmd_orders_list, cmd_orders_r
 from healer.config import Settings, SettingsError
 from healer.remediation.audit import Action
 
-log = logging.getLogger("healer")
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)

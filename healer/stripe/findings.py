@@ -4,14 +4,11 @@ one `Finding` per order or payment it acted on, and the run's `ReconcileReport`.
 from __future__ import annotations
 
 import enum
-import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@ again: pure functions over rows, shared by reconciliation (and named by its test
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from sqlalchemy import or_
@@ -13,8 +12,6 @@ from fulfilment.leases import db_now
 from fulfilment.models import Order, OrderStatus
 from healer.stripe.findings import Payment
 from healer.stripe.webhooks import order_columns, parse_order_id
-
-log = logging.getLogger(__name__)
 
 
 def claiming_order(payment: Payment, orders: list[Row[Any]]) -> Row[Any] | None:
