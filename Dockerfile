@@ -24,13 +24,15 @@ COPY pyproject.toml ./
 COPY healer ./healer
 COPY checks ./checks
 COPY fulfilment ./fulfilment
+COPY poster_assets ./poster_assets
 RUN pip install --no-deps --no-build-isolation --no-index . && rm -rf /src
 
-# Poster assets, read at run time from /app (the default HEALER_ASSETS_DIR in the image).
+# Poster assets: the wheel carries them (poster_assets), and the image also puts a copy in /app,
+# its HEALER_ASSETS_DIR, where an operator finds them (`ls /app/fonts`) and can mount the shop's own.
 WORKDIR /app
-COPY fonts ./fonts
-COPY templates ./templates
-COPY backgrounds ./backgrounds
+COPY poster_assets/fonts ./fonts
+COPY poster_assets/templates ./templates
+COPY poster_assets/backgrounds ./backgrounds
 
 # A non-root user owning only its data directory; the assets stay read-only to it.
 RUN useradd --system --user-group --uid 10001 --home-dir /var/lib/healer --create-home healer

@@ -29,8 +29,8 @@ from pathlib import Path
 from fulfilment.render import PosterInputs, render_poster
 from fulfilment.templates import list_templates
 from healer.demo.samples import sample_audio, sample_photo
+from poster_assets import bundled_assets_dir
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TITLE = "Zoë & Ömer"
 SUBTITLE = "14 February 2025 · Our first dance"
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed renders per case (after one cold render)")
     parser.add_argument(
-        "--assets", type=Path, default=REPO_ROOT, help="directory holding fonts/ templates/ backgrounds/"
+        "--assets", type=Path, default=bundled_assets_dir(), help="directory holding fonts/ templates/ backgrounds/"
     )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="render-bench-") as tmp:

@@ -18,9 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fulfilment.secrets import mask_secret, mask_url_password, url_passwords
-
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-IMAGE_ASSETS_DIR = Path("/app")
+from poster_assets import bundled_assets_dir
 
 
 class SettingsError(ValueError):
@@ -305,9 +303,8 @@ class _Reader:
                         **self.remediation())
 
     def paths(self) -> dict[str, Any]:
-        default_assets = IMAGE_ASSETS_DIR if (IMAGE_ASSETS_DIR / "templates").is_dir() else PACKAGE_ROOT
         return {"data_dir": self.directory("HEALER_DATA_DIR", "./var"),
-                "assets_dir": Path(self.text("HEALER_ASSETS_DIR", str(default_assets))).resolve(),
+                "assets_dir": Path(self.text("HEALER_ASSETS_DIR", str(bundled_assets_dir()))).resolve(),
                 "database_url": self.database_url()}
 
     def listeners(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ ensure_python_env() {
     python3 -m venv .venv
     quiet_pip install --upgrade pip
     quiet_pip install --require-hashes -r requirements.lock
-    quiet_pip install --no-deps -e .
+    quiet_pip install --no-deps --no-build-isolation -e .  # the lock holds the build backend
     rm -f .venv/.installed-* && touch "$stamp"
 }
 

@@ -9,7 +9,7 @@ ensure_apt_packages poppler-utils docker.io busybox-static prometheus prometheus
 ensure_python_env
 ensure_postgresql
 if [ $# -eq 0 ]; then  # the whole run also lints and type-checks
-    .venv/bin/ruff check healer checks fulfilment bench tests
-    .venv/bin/mypy healer checks fulfilment
+    .venv/bin/ruff check healer checks fulfilment poster_assets bench tests
+    .venv/bin/mypy healer checks fulfilment poster_assets
 fi
 exec .venv/bin/python -m pytest "$@"

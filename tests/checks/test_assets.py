@@ -10,7 +10,7 @@ from pathlib import Path
 
 from checks.assets import AssetsCheck
 from checks.base import CheckResult, Runbook, Status, run_check
-from tests.fakes.render_fixtures import REPO_ROOT
+from tests.fakes.render_fixtures import BUNDLED_ASSETS
 
 FONT = "DejaVuSans.ttf"  # a subtitle font of most templates
 
@@ -48,7 +48,7 @@ def test_a_deleted_font_fails_naming_the_file_and_recovers_when_restored(assets_
     naming_it = [t for t in (assets_dir / "templates").glob("*.toml") if f'"{FONT}"' in t.read_text()]
     assert result.data["templates_broken"] == len(naming_it) > 0
 
-    shutil.copy2(REPO_ROOT / "fonts" / FONT, font)
+    shutil.copy2(BUNDLED_ASSETS / "fonts" / FONT, font)
     assert run_check(check).status is Status.OK
 
 
@@ -61,7 +61,7 @@ def test_a_truncated_font_fails_as_unreadable_and_recovers_when_replaced(assets_
     result = _failing(run_check(check))
     assert f"font file {font} is unreadable" in result.detail
 
-    shutil.copy2(REPO_ROOT / "fonts" / FONT, font)
+    shutil.copy2(BUNDLED_ASSETS / "fonts" / FONT, font)
     assert run_check(check).status is Status.OK
 
 
@@ -130,7 +130,7 @@ def test_a_failing_verdict_is_cached_too_and_dropped_when_the_file_is_fixed(asse
     assert _failing(run_check(check)).data["canary_cached"] == 0
     assert _failing(run_check(check)).data["canary_cached"] == 1
 
-    shutil.copy2(REPO_ROOT / "fonts" / FONT, font)
+    shutil.copy2(BUNDLED_ASSETS / "fonts" / FONT, font)
     assert run_check(check).status is Status.OK
 
 

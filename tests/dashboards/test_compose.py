@@ -136,9 +136,11 @@ def test_the_image_installs_the_locked_versions_and_copies_the_assets_to_app() -
     assert "pip install --require-hashes --no-deps -r requirements-runtime.lock" in runs
     assert "--no-build-isolation --no-index ." in runs  # healer itself: nothing from an index
     assert any("requirements-runtime.lock" in c for c in copies)
+    assert "poster_assets ./poster_assets" in copies  # into the wheel: healer finds its assets anywhere
     assert "/app" in instructions("WORKDIR")
-    for assets in ("fonts", "templates", "backgrounds"):
-        assert f"{assets} ./{assets}" in copies, assets
+    for assets in ("fonts", "templates", "backgrounds"):  # and where an operator looks: /app
+        assert any(c.startswith(f"poster_assets/{assets}") and c.rstrip("/").endswith(f"./{assets}")
+                   for c in copies), assets
 
 
 def test_the_image_migrates_then_runs_the_daemon_with_a_livez_healthcheck() -> None:
@@ -175,7 +177,8 @@ def test_everything_the_dockerfile_copies_is_in_the_build_context() -> None:
     for source in sources:
         assert (REPO / source).exists(), source
         assert not any(fnmatch.fnmatch(source, pattern) for pattern in ignored), f"{source} is in .dockerignore"
-    for package in ("healer", "checks", "fulfilment", "fonts", "templates", "backgrounds"):
+    for package in ("healer", "checks", "fulfilment", "poster_assets", "poster_assets/fonts", "poster_assets/templates",
+                    "poster_assets/backgrounds"):
         assert package in sources
 
 

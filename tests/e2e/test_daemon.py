@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,13 +90,28 @@ def test_bad_configuration_stops_with_one_line_naming_the_variable(daemon_env: d
     ]
 
 
-def test_demo_completes_its_sample_orders(tmp_path: Path) -> None:
+def test_demo_from_the_built_wheel_completes_its_sample_orders_in_an_empty_directory(tmp_path: Path) -> None:
+    """What `pip install .` gives a new machine: healer and its poster assets from the wheel alone,
+    run from a directory that holds nothing (no fonts/, templates/ or source tree beside it)."""
+    wheels, site, empty = tmp_path / "wheels", tmp_path / "site", tmp_path / "empty"
+    empty.mkdir()
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)],
+                   check=True, timeout=120, capture_output=True)
+    (wheel,) = wheels.glob("healer-*.whl")
+    subprocess.run(pip + ["install", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, timeout=120, capture_output=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HEALER_", "DATABASE_URL", "S3_", "STRIPE_", "SENDGRID_"))}
-    env.update(HEALER_DATA_DIR=str(tmp_path / "demo"), HEALER_HTTP_PORT=str(free_port()),
+    # The wheel's packages first on the path; the venv still supplies the dependencies.
+    env.update(PYTHONPATH=str(site), HEALER_DATA_DIR=str(tmp_path / "demo"), HEALER_HTTP_PORT=str(free_port()),
                HEALER_OPS_PORT=str(free_port()), COLUMNS="200")
+    where = subprocess.run([sys.executable, "-c", "import healer, poster_assets; "
+                            "print(healer.__file__); print(poster_assets.bundled_assets_dir())"],
+                           env=env, cwd=empty, capture_output=True, text=True, check=True).stdout.split()
+    assert all(Path(path).is_relative_to(site) for path in where), where
 
-    result = subprocess.run(HEALER + ["demo", "--orders", "5", "--exit-when-done"], env=env,
-                            capture_output=True, text=True, timeout=240, cwd=REPO)
+    result = subprocess.run([sys.executable, "-m", "healer", "demo", "--orders", "5", "--exit-when-done"],
+                            env=env, capture_output=True, text=True, timeout=240, cwd=empty)
 
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -103,6 +119,7 @@ def test_demo_completes_its_sample_orders(tmp_path: Path) -> None:
     assert len(list((tmp_path / "demo" / "outbox").glob("*.eml"))) == 4
     assert len(list((tmp_path / "demo" / "store" / "pdfs").glob("final_*.pdf"))) == 4
     assert output.count("completed") >= 4 and "needs_attention" in output  # the corrupt photo
+    assert sorted(p.name for p in empty.iterdir()) == []  # nothing written where it was run
 
 
 def test_render_processes_hold_only_the_renderer_and_die_with_a_killed_daemon(

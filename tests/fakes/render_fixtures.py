@@ -15,19 +15,23 @@ import pytest
 
 from fulfilment.render import PosterInputs
 from healer.demo.samples import sample_audio, sample_photo, sample_waveform_png
+from poster_assets import bundled_assets_dir
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ASSET_DIRS = ("fonts", "templates", "backgrounds")
+BUNDLED_ASSETS = bundled_assets_dir()
 SAMPLE_TITLE = "Zoë & Ömer"
 SAMPLE_SUBTITLE = "14 February 2025 · Our first dance"
 
 
 @pytest.fixture
 def assets_dir(tmp_path: Path) -> Path:
-    root = tmp_path / "assets"
-    for name in ASSET_DIRS:
-        # The generator script is source, not an asset; the copy holds what a container would.
-        shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    return copy_assets(tmp_path / "assets")
+
+
+def copy_assets(root: Path) -> Path:
+    """A private copy of the bundled assets, for a test that damages or edits them."""
+    # The generator script and the package's own files are source, not assets: the copy holds
+    # what HEALER_ASSETS_DIR would.
+    shutil.copytree(BUNDLED_ASSETS, root, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     return root
 
 

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
@@ -24,7 +22,7 @@ from sqlalchemy import Engine
 from fulfilment.models import Base
 from healer import db
 from tests.fakes.db_fixtures import restart_postgresql
-from tests.fakes.render_fixtures import ASSET_DIRS, REPO_ROOT
+from tests.fakes.render_fixtures import copy_assets
 from tests.fakes.s3_fixtures import moto_client, unique_bucket_name
 from tests.fakes.stripe_server import FakeStripeServer
 from tests.faults.healer_target import WORKERS_PER_DAEMON, HealerTarget
@@ -58,7 +56,7 @@ def outcome(pg_url: str, moto_server: str, stripe_server_session: FakeStripeServ
     moto_client(moto_server).create_bucket(Bucket=bucket)
     with TappedSendGrid() as sendgrid:
         peers = Peers(db_url=pg_url, moto_url=moto_server, bucket=bucket, sendgrid=sendgrid,
-                      stripe=stripe_server_session, assets_dir=_assets_copy(work), work_dir=work,
+                      stripe=stripe_server_session, assets_dir=copy_assets(work / "assets"), work_dir=work,
                       restart_database=restart_postgresql)
         record = Scenario(PLAN, peers, HealerTarget, log=_log).run()
         verdict = judge(record, peers, engine)
@@ -77,13 +75,6 @@ def _empty_tables(engine: Engine) -> None:
     with engine.begin() as conn:
         for table in reversed(Base.metadata.sorted_tables):
             conn.execute(table.delete())
-
-
-def _assets_copy(work: Path) -> Path:
-    root = work / "assets"
-    for name in ASSET_DIRS:
-        shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
-    return root
 
 
 def _logs(record: RunRecord, lines: int = 40) -> str:

@@ -28,9 +28,9 @@ from fulfilment.render.fonts import load_font
 from fulfilment.render.layout import fit_text
 from fulfilment.templates import Box, Template, list_templates, load_template
 from healer.demo.samples import sample_audio, sample_photo
-from tests.fakes.render_fixtures import REPO_ROOT, SAMPLE_SUBTITLE, SAMPLE_TITLE
+from tests.fakes.render_fixtures import BUNDLED_ASSETS, SAMPLE_SUBTITLE, SAMPLE_TITLE
 
-TEMPLATES = list_templates(REPO_ROOT)
+TEMPLATES = list_templates(BUNDLED_ASSETS)
 MM_PER_PT = 25.4 / 72
 
 
@@ -145,7 +145,7 @@ _STORE_FOR_ORIENTATION = {
 @pytest.fixture(scope="module")
 def posters(sample_inputs: PosterInputs) -> dict[tuple[str, bool], bytes]:
     return {
-        (name, preview): render_poster(REPO_ROOT, replace(sample_inputs, template=name), preview=preview)
+        (name, preview): render_poster(BUNDLED_ASSETS, replace(sample_inputs, template=name), preview=preview)
         for name in TEMPLATES
         for preview in (False, True)
     }
@@ -158,7 +158,7 @@ def test_the_repository_ships_at_least_four_templates() -> None:
 @pytest.mark.parametrize("preview", [False, True], ids=["final", "preview"])
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_page_is_the_template_size_plus_bleed_with_the_trim_marked(posters, name: str, preview: bool) -> None:
-    template = load_template(REPO_ROOT, name)
+    template = load_template(BUNDLED_ASSETS, name)
     page = PdfReader(io.BytesIO(posters[name, preview])).pages[0]
     bleed = template.page.bleed_mm
     assert float(page.mediabox.width) * MM_PER_PT == pytest.approx(template.page.width_mm + 2 * bleed, abs=0.01)
@@ -182,7 +182,7 @@ def test_every_font_is_embedded(posters, name: str, preview: bool) -> None:
 def test_title_and_subtitle_are_real_text(posters, name: str, preview: bool) -> None:
     text = page_text(posters[name, preview])
     assert SAMPLE_TITLE in text
-    subtitle = load_template(REPO_ROOT, name).subtitle
+    subtitle = load_template(BUNDLED_ASSETS, name).subtitle
     assert (SAMPLE_SUBTITLE.upper() if subtitle.uppercase else SAMPLE_SUBTITLE) in text
 
 
@@ -195,7 +195,7 @@ def test_only_the_preview_carries_the_watermark(posters, name: str) -> None:
 @pytest.mark.parametrize("preview", [False, True], ids=["final", "preview"])
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_photo_and_waveform_boxes_are_drawn(posters, tmp_path: Path, name: str, preview: bool) -> None:
-    template = load_template(REPO_ROOT, name)
+    template = load_template(BUNDLED_ASSETS, name)
     page = rasterize(posters[name, preview], tmp_path)
     photo = box_pixels(page, template, template.photo.box, inset=0.2)
     assert photo.std(axis=(0, 1)).max() > 15, "photo box is flat: no photo drawn"
@@ -204,13 +204,13 @@ def test_photo_and_waveform_boxes_are_drawn(posters, tmp_path: Path, name: str, 
 
 
 def test_render_is_deterministic_and_the_same_in_a_worker_process(sample_inputs: PosterInputs) -> None:
-    here = render_poster(REPO_ROOT, sample_inputs, preview=False)
-    assert render_poster(REPO_ROOT, sample_inputs, preview=False) == here
+    here = render_poster(BUNDLED_ASSETS, sample_inputs, preview=False)
+    assert render_poster(BUNDLED_ASSETS, sample_inputs, preview=False) == here
     # A fresh process has loaded no fonts yet: the bytes must not depend on that history either.
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        there = pool.submit(render_poster, REPO_ROOT, sample_inputs, preview=False).result(timeout=120)
+        there = pool.submit(render_poster, BUNDLED_ASSETS, sample_inputs, preview=False).result(timeout=120)
         with pytest.raises(StepError) as caught:
-            pool.submit(render_poster, REPO_ROOT, replace(sample_inputs, photo=b"nope"), preview=False).result(120)
+            pool.submit(render_poster, BUNDLED_ASSETS, replace(sample_inputs, photo=b"nope"), preview=False).result(120)
     assert there == here
     assert caught.value.error_class is ErrorClass.BAD_INPUT
 
@@ -219,7 +219,7 @@ def test_render_is_deterministic_and_the_same_in_a_worker_process(sample_inputs:
 
 
 def test_final_embeds_the_customers_jpeg_byte_for_byte(sample_inputs: PosterInputs) -> None:
-    pdf = render_poster(REPO_ROOT, sample_inputs, preview=False)
+    pdf = render_poster(BUNDLED_ASSETS, sample_inputs, preview=False)
     assert any(x.get_data() == sample_inputs.photo for x in image_xobjects(pdf))
 
 
@@ -229,7 +229,7 @@ def test_a_phones_mpo_photo_embeds_only_its_first_jpeg(sample_inputs: PosterInpu
     out = io.BytesIO()
     main.save(out, "MPO", save_all=True, append_images=[depth_map], quality=90)
     mpo = out.getvalue()
-    pdf = render_poster(REPO_ROOT, replace(sample_inputs, photo=mpo), preview=False)
+    pdf = render_poster(BUNDLED_ASSETS, replace(sample_inputs, photo=mpo), preview=False)
     embedded = [x.get_data() for x in image_xobjects(pdf) if mpo.startswith(x.get_data())]
     assert len(embedded) == 1 and len(embedded[0]) < len(mpo) and embedded[0].endswith(b"\xff\xd9")
     assert Image.open(io.BytesIO(embedded[0])).size == (300, 400)
@@ -238,7 +238,7 @@ def test_a_phones_mpo_photo_embeds_only_its_first_jpeg(sample_inputs: PosterInpu
 def test_preview_carries_a_downscaled_copy_of_a_large_photo(sample_inputs: PosterInputs) -> None:
     large = sample_photo(seed=2, size=(2400, 1800))
     inputs = replace(sample_inputs, photo=large)
-    pdf = render_poster(REPO_ROOT, inputs, preview=True, limits=RenderLimits(preview_photo_px=800))
+    pdf = render_poster(BUNDLED_ASSETS, inputs, preview=True, limits=RenderLimits(preview_photo_px=800))
     widths = sorted(int(x["/Width"]) for x in image_xobjects(pdf))
     assert 800 in widths and 2400 not in widths
 
@@ -246,8 +246,8 @@ def test_preview_carries_a_downscaled_copy_of_a_large_photo(sample_inputs: Poste
 @pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
 def test_other_photo_formats_are_drawn(sample_inputs: PosterInputs, tmp_path: Path, fmt: str) -> None:
     photo = sample_photo(seed=3, size=(300, 400), fmt=fmt)
-    pdf = render_poster(REPO_ROOT, replace(sample_inputs, photo=photo), preview=False)
-    template = load_template(REPO_ROOT, "a4-portrait")
+    pdf = render_poster(BUNDLED_ASSETS, replace(sample_inputs, photo=photo), preview=False)
+    template = load_template(BUNDLED_ASSETS, "a4-portrait")
     assert box_pixels(rasterize(pdf, tmp_path), template, template.photo.box).std(axis=(0, 1)).max() > 15
 
 
@@ -256,7 +256,7 @@ def test_transparent_png_photo_keeps_its_alpha(sample_inputs: PosterInputs) -> N
     image.paste((0, 0, 0, 0), (0, 0, 100, 200))
     out = io.BytesIO()
     image.save(out, "PNG")
-    pdf = render_poster(REPO_ROOT, replace(sample_inputs, photo=out.getvalue()), preview=False)
+    pdf = render_poster(BUNDLED_ASSETS, replace(sample_inputs, photo=out.getvalue()), preview=False)
     assert any("/SMask" in x for x in image_xobjects(pdf))
 
 
@@ -269,8 +269,8 @@ def test_exif_orientation_is_respected(sample_inputs: PosterInputs, tmp_path: Pa
     exif[0x0112] = orientation
     out = io.BytesIO()
     stored.save(out, "JPEG", quality=95, exif=exif.tobytes())
-    pdf = render_poster(REPO_ROOT, replace(sample_inputs, photo=out.getvalue()), preview=False)
-    template = load_template(REPO_ROOT, "a4-portrait")
+    pdf = render_poster(BUNDLED_ASSETS, replace(sample_inputs, photo=out.getvalue()), preview=False)
+    template = load_template(BUNDLED_ASSETS, "a4-portrait")
     box = template.photo.box
     quarter = Box(box.x_mm, box.y_mm, box.width_mm / 2, box.height_mm / 2)
     page = rasterize(pdf, tmp_path)
@@ -310,9 +310,9 @@ def test_cover_fills_the_photo_box_and_contain_leaves_bands(
 
 
 def test_title_shrinks_to_fit_then_wraps_then_is_refused() -> None:
-    template = load_template(REPO_ROOT, "a4-portrait")
+    template = load_template(BUNDLED_ASSETS, "a4-portrait")
     spec = template.title
-    font = load_font(REPO_ROOT / "fonts" / spec.font)
+    font = load_font(BUNDLED_ASSETS / "fonts" / spec.font)
     short = fit_text("Zoë & Ömer", font, template, spec, "title")
     assert short.size == spec.max_pt and short.lines == ("Zoë & Ömer",)
     medium = fit_text("Zoë & Ömer, forever and a day", font, template, spec, "title")
@@ -329,24 +329,24 @@ def test_title_shrinks_to_fit_then_wraps_then_is_refused() -> None:
 
 def test_customer_text_is_never_read_as_markup(sample_inputs: PosterInputs) -> None:
     title = "<b>Zoë</b> & <font color=red>Ömer</font>"
-    pdf = render_poster(REPO_ROOT, replace(sample_inputs, title=title, subtitle="&amp; <br/>"), preview=False)
+    pdf = render_poster(BUNDLED_ASSETS, replace(sample_inputs, title=title, subtitle="&amp; <br/>"), preview=False)
     text = page_text(pdf).replace("\n", " ")
     assert "<b>Zoë</b>" in text and "<font color=red>Ömer</font>" in text and "&amp; <br/>" in text.lower()
 
 
 def test_invisible_characters_are_dropped_not_drawn(sample_inputs: PosterInputs) -> None:
     title = "Zoë\u200b &\u00ad Ömer \u2665\ufe0f\n"
-    pdf = render_poster(REPO_ROOT, replace(sample_inputs, title=title), preview=False)
+    pdf = render_poster(BUNDLED_ASSETS, replace(sample_inputs, title=title), preview=False)
     assert "Zoë & Ömer \u2665" in page_text(pdf)
 
 
 def test_text_the_font_cannot_draw_is_reported_with_the_font(sample_inputs: PosterInputs) -> None:
-    error = bad_input(REPO_ROOT, replace(sample_inputs, title="Zoë 😀 Ömer"))
+    error = bad_input(BUNDLED_ASSETS, replace(sample_inputs, title="Zoë 😀 Ömer"))
     assert "U+1F600" in error.message and "DejaVuSerif-Bold.ttf" in error.message and "title" in error.message
 
 
 def test_right_to_left_text_is_reported(sample_inputs: PosterInputs) -> None:
-    error = bad_input(REPO_ROOT, replace(sample_inputs, subtitle="שלום"))
+    error = bad_input(BUNDLED_ASSETS, replace(sample_inputs, subtitle="שלום"))
     assert "right-to-left" in error.message and "subtitle" in error.message
 
 
@@ -354,23 +354,23 @@ def test_right_to_left_text_is_reported(sample_inputs: PosterInputs) -> None:
 
 
 def test_a_lost_waveform_image_is_redrawn_from_the_audio(sample_inputs: PosterInputs, tmp_path: Path) -> None:
-    pdf = render_poster(REPO_ROOT, replace(sample_inputs, waveform_image=None), preview=False)
-    template = load_template(REPO_ROOT, "a4-portrait")
+    pdf = render_poster(BUNDLED_ASSETS, replace(sample_inputs, waveform_image=None), preview=False)
+    template = load_template(BUNDLED_ASSETS, "a4-portrait")
     wave = box_pixels(rasterize(pdf, tmp_path), template, template.waveform.box, inset=0.02)
     assert share_near(wave, template.waveform.color) > 0.05
 
 
 def test_a_damaged_waveform_image_falls_back_to_the_audio(sample_inputs: PosterInputs) -> None:
     damaged = replace(sample_inputs, waveform_image=b"\x89PNG broken")
-    assert render_poster(REPO_ROOT, damaged, preview=False) == render_poster(
-        REPO_ROOT, replace(sample_inputs, waveform_image=None), preview=False
+    assert render_poster(BUNDLED_ASSETS, damaged, preview=False) == render_poster(
+        BUNDLED_ASSETS, replace(sample_inputs, waveform_image=None), preview=False
     )
-    error = bad_input(REPO_ROOT, replace(damaged, audio=None))
+    error = bad_input(BUNDLED_ASSETS, replace(damaged, audio=None))
     assert "waveform image" in error.message
 
 
 def test_neither_waveform_nor_audio_is_bad_input(sample_inputs: PosterInputs) -> None:
-    error = bad_input(REPO_ROOT, replace(sample_inputs, waveform_image=None, audio=None))
+    error = bad_input(BUNDLED_ASSETS, replace(sample_inputs, waveform_image=None, audio=None))
     assert "waveform" in error.message and "audio" in error.message
 
 
@@ -378,7 +378,7 @@ def test_neither_waveform_nor_audio_is_bad_input(sample_inputs: PosterInputs) ->
 def test_compressed_audio_draws_the_waveform(sample_inputs: PosterInputs, fmt: str) -> None:
     audio = sample_audio(seed=4, seconds=3.0, fmt=fmt)
     inputs = replace(sample_inputs, waveform_image=None, audio=audio, audio_name=f"memo.{fmt.lower()}")
-    assert render_poster(REPO_ROOT, inputs, preview=False).startswith(b"%PDF")
+    assert render_poster(BUNDLED_ASSETS, inputs, preview=False).startswith(b"%PDF")
 
 
 # ------------------------------------------------------------------------------ bounded inputs
@@ -391,12 +391,12 @@ def test_compressed_audio_draws_the_waveform(sample_inputs: PosterInputs, fmt: s
 def test_a_decompression_bomb_photo_is_refused_from_its_header(
     sample_inputs: PosterInputs, size: tuple[int, int], limit: int
 ) -> None:
-    error = bad_input(REPO_ROOT, replace(sample_inputs, photo=png_header_only(*size)), max_photo_pixels=limit)
+    error = bad_input(BUNDLED_ASSETS, replace(sample_inputs, photo=png_header_only(*size)), max_photo_pixels=limit)
     assert "over the pixel limit" in error.message and f"{size[0]}x{size[1]} pixels" in error.message
 
 
 def test_an_oversized_photo_file_is_refused(sample_inputs: PosterInputs) -> None:
-    error = bad_input(REPO_ROOT, sample_inputs, max_photo_bytes=10_000)
+    error = bad_input(BUNDLED_ASSETS, sample_inputs, max_photo_bytes=10_000)
     assert "MiB" in error.message and "limit" in error.message
 
 
@@ -404,7 +404,7 @@ def test_a_two_hour_recording_is_refused_from_its_header(sample_inputs: PosterIn
     out = io.BytesIO()
     soundfile.write(out, np.zeros(7200 * 1000, dtype=np.int16), 1000, format="FLAC")  # 2 h of silence
     inputs = replace(sample_inputs, waveform_image=None, audio=out.getvalue(), audio_name="x.flac")
-    error = bad_input(REPO_ROOT, inputs)
+    error = bad_input(BUNDLED_ASSETS, inputs)
     assert "2:00:00" in error.message and "limit" in error.message
 
 
@@ -461,12 +461,12 @@ def test_invalid_template_field_names_the_file_and_field(assets_dir: Path, sampl
     ids=["empty", "garbage", "truncated-jpeg"],
 )
 def test_unreadable_photo_is_bad_input(sample_inputs: PosterInputs, photo: bytes) -> None:
-    assert "photo" in bad_input(REPO_ROOT, replace(sample_inputs, photo=photo)).message
+    assert "photo" in bad_input(BUNDLED_ASSETS, replace(sample_inputs, photo=photo)).message
 
 
 def test_unreadable_audio_is_bad_input(sample_inputs: PosterInputs) -> None:
     inputs = replace(sample_inputs, waveform_image=None, audio=b"RIFF\x00\x00broken", audio_name="memo.wav")
-    assert "audio 'memo.wav' could not be decoded" in bad_input(REPO_ROOT, inputs).message
+    assert "audio 'memo.wav' could not be decoded" in bad_input(BUNDLED_ASSETS, inputs).message
 
 
 def test_a_new_template_is_a_new_file(assets_dir: Path, sample_inputs: PosterInputs) -> None:

@@ -16,7 +16,7 @@ from reportlab.pdfbase.ttfonts import TTFontFile
 from fulfilment.errors import ErrorClass, StepError
 from fulfilment.render.assets import template_asset_problems
 from fulfilment.templates import Fit, WaveStyle, list_templates, load_template
-from tests.fakes.render_fixtures import REPO_ROOT
+from tests.fakes.render_fixtures import BUNDLED_ASSETS
 
 A4 = "a4-portrait"
 
@@ -39,44 +39,44 @@ def load_error(assets: Path, name: str) -> StepError:
 
 
 def test_shipped_templates_load_and_have_all_their_assets() -> None:
-    names = list_templates(REPO_ROOT)
+    names = list_templates(BUNDLED_ASSETS)
     assert len(names) >= 4
     for name in names:
-        template = load_template(REPO_ROOT, name)
-        assert template_asset_problems(REPO_ROOT, template) == [], name
+        template = load_template(BUNDLED_ASSETS, name)
+        assert template_asset_problems(BUNDLED_ASSETS, template) == [], name
 
 
 def test_shipped_templates_offer_the_sizes_the_shop_sells() -> None:
-    templates = [load_template(REPO_ROOT, name) for name in list_templates(REPO_ROOT)]
+    templates = [load_template(BUNDLED_ASSETS, name) for name in list_templates(BUNDLED_ASSETS)]
     sizes = {(t.page.width_mm, t.page.height_mm) for t in templates}
     assert {(210, 297), (297, 420), (500, 700), (300, 300)} <= sizes
 
 
 def test_shipped_templates_use_both_fits_and_both_waveform_styles() -> None:
-    templates = [load_template(REPO_ROOT, n) for n in list_templates(REPO_ROOT)]
+    templates = [load_template(BUNDLED_ASSETS, n) for n in list_templates(BUNDLED_ASSETS)]
     assert {t.photo.fit for t in templates} == set(Fit)
     assert {t.waveform.style for t in templates} == set(WaveStyle)
 
 
 def test_shipped_fonts_cover_accented_latin_and_carry_their_licence() -> None:
-    fonts = sorted((REPO_ROOT / "fonts").glob("*.ttf"))
+    fonts = sorted((BUNDLED_ASSETS / "fonts").glob("*.ttf"))
     assert 2 <= len(fonts) <= 4
     assert sum(f.stat().st_size for f in fonts) < 3 * 2**20
     for font in fonts:
         glyphs = TTFontFile(str(font)).charToGlyph
         assert all(ord(ch) in glyphs for ch in "Zoë & Ömer ÀÉÎÕÜçñßøåæœŁőűčšž ’“”–—·"), font.name
-    licence = (REPO_ROOT / "fonts" / "LICENSE-DejaVu.txt").read_text()
+    licence = (BUNDLED_ASSETS / "fonts" / "LICENSE-DejaVu.txt").read_text()
     assert "Bitstream" in licence and "Permission is hereby granted" in licence
 
 
 def test_backgrounds_are_what_the_committed_script_generates(monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = importlib.util.spec_from_file_location("generate_backgrounds", REPO_ROOT / "backgrounds" / "generate.py")
+    spec = importlib.util.spec_from_file_location("generate_backgrounds", BUNDLED_ASSETS / "backgrounds" / "generate.py")
     assert spec is not None and spec.loader is not None
     generate = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, generate)  # dataclasses look their module up there
     spec.loader.exec_module(generate)
     for recipe in generate.RECIPES:
-        committed = np.asarray(Image.open(REPO_ROOT / "backgrounds" / recipe.file_name), dtype=np.int16)
+        committed = np.asarray(Image.open(BUNDLED_ASSETS / "backgrounds" / recipe.file_name), dtype=np.int16)
         fresh = np.asarray(Image.open(io.BytesIO(generate.render(recipe))), dtype=np.int16)
         # Pixels, not bytes: another libjpeg may encode the same picture a little differently.
         assert fresh.shape == committed.shape and np.abs(fresh - committed).mean() < 1.0, recipe.file_name

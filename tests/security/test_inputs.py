@@ -26,7 +26,7 @@ from fulfilment.render import PosterInputs, render_poster
 from fulfilment.templates import load_template
 from healer.demo.samples import sample_photo
 from healer.worker import RenderPool
-from tests.fakes.render_fixtures import REPO_ROOT
+from tests.fakes.render_fixtures import BUNDLED_ASSETS
 from tests.fakes.shop_fixtures import Shop
 
 pytestmark = pytest.mark.timeout(180)
@@ -78,7 +78,7 @@ def png_bomb_1bit(width: int, height: int) -> bytes:
 def test_a_photo_that_is_not_jpeg_png_or_webp_is_bad_input(
     sample_inputs: PosterInputs, photo: bytes, named: str
 ) -> None:
-    error = refused(REPO_ROOT, replace(sample_inputs, photo=photo))
+    error = refused(BUNDLED_ASSETS, replace(sample_inputs, photo=photo))
     assert error.message == f"photo is {named}, not a JPEG, PNG or WebP image"
 
 
