@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from sqlalchemy.exc import DBAPIError, OperationalError
+
 
 @dataclass(frozen=True)
 class ErrorPolicy:
@@ -86,7 +88,7 @@ class StepError(Exception):
         return (StepError, (self.error_class, self.message))
 
     def __repr__(self) -> str:
-        return f"StepError({self.error_class.value}, {self.message!r})"
+        return f"StepError({self.error_class}, {self.message!r})"
 
 
 def one_line(error: BaseException, limit: int = 300) -> str:
@@ -94,3 +96,9 @@ def one_line(error: BaseException, limit: int = 300) -> str:
     (drivers and SDKs put a query, a traceback or a response body on the lines after)."""
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0] if lines else ''}"[:limit]
+
+
+def database_unreachable(error: BaseException) -> bool:
+    """The database went away (down, restarting, failing over, the network cut), as opposed to a
+    statement it refused: an outage of the `database` dependency, not a fault of the caller's."""
+    return isinstance(error, OperationalError) or (isinstance(error, DBAPIError) and error.connection_invalidated)

@@ -123,7 +123,7 @@ def renew_lease(
     if the order is still `owner`'s and still in `status`. False if it is not (someone took it,
     it was refunded, it moved on), or, with `only_if_live`, if the lease has run out: then another
     daemon may claim it any moment, so nothing new may be started on it."""
-    condition = [Order.id == order_id, Order.lease_owner == owner, Order.status == status.value]
+    condition = [Order.id == order_id, Order.lease_owner == owner, Order.status == status]
     if only_if_live:
         condition.append(Order.lease_expires_at > db_now())
     renewed = session.execute(update(Order).where(*condition).values(lease_expires_at=db_later(seconds)))

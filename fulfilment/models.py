@@ -11,10 +11,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Enum,
     Float,
     ForeignKey,
     Index,
@@ -27,6 +29,10 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from fulfilment.errors import ErrorClass
+
+E = TypeVar("E", bound=enum.StrEnum)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -44,6 +50,14 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+def enum_column(members: type[E], length: int) -> Enum:
+    """A `StrEnum` column stored as its plain string, in the VARCHAR(length) the migrations create
+    (no database enum type, no CHECK: adding a member is a code change, not a migration). Python
+    reads and writes the enum; a string that is not a member is refused before it reaches the table."""
+    return Enum(members, native_enum=False, create_constraint=False, length=length, validate_strings=True,
+                values_callable=lambda enum_type: [member.value for member in enum_type])
 
 
 def utcnow() -> datetime:
@@ -84,6 +98,7 @@ class Outcome(enum.StrEnum):
     GAVE_UP = "gave_up"  # order moved to needs_attention
     WAITING = "waiting"  # gated on a failing check; no attempt spent
     REQUEUED = "requeued"  # an operator or the daemon put it back in the queue
+    REFUNDED = "refunded"  # refunded in Stripe: a fact about the payment, not a step attempt
 
 
 class Base(DeclarativeBase):
@@ -101,8 +116,8 @@ class Order(Base):
     __tablename__ = "orders"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    status: Mapped[str] = mapped_column(
-        String(32), default=OrderStatus.PENDING_PAYMENT.value, server_default="pending_payment"
+    status: Mapped[OrderStatus] = mapped_column(
+        enum_column(OrderStatus, 32), default=OrderStatus.PENDING_PAYMENT, server_default="pending_payment"
     )
     email: Mapped[str] = mapped_column(String(320))
     session_token: Mapped[str | None] = mapped_column(String(128))
@@ -126,8 +141,8 @@ class Order(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    last_error_step: Mapped[str | None] = mapped_column(String(32))
-    last_error_class: Mapped[str | None] = mapped_column(String(32))
+    last_error_step: Mapped[Step | None] = mapped_column(enum_column(Step, 32))
+    last_error_class: Mapped[ErrorClass | None] = mapped_column(enum_column(ErrorClass, 32))
     last_error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
@@ -137,8 +152,8 @@ class Order(Base):
     )
 
     @property
-    def order_status(self) -> OrderStatus:
-        return OrderStatus(self.status)
+    def order_status(self) -> OrderStatus:  # TODO(issue 14): the last callers move to `status`
+        return self.status
 
 
 class OrderEvent(Base):
@@ -153,9 +168,9 @@ class OrderEvent(Base):
         Uuid, ForeignKey("orders.id", ondelete="CASCADE"), index=True
     )
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    step: Mapped[str] = mapped_column(String(32))
-    outcome: Mapped[str] = mapped_column(String(16))
+    step: Mapped[Step] = mapped_column(enum_column(Step, 32))
+    outcome: Mapped[Outcome] = mapped_column(enum_column(Outcome, 16))
     duration_seconds: Mapped[float] = mapped_column(Float, default=0.0)
-    error_class: Mapped[str | None] = mapped_column(String(32))
+    error_class: Mapped[ErrorClass | None] = mapped_column(enum_column(ErrorClass, 32))
     message: Mapped[str] = mapped_column(Text, default="")
     worker: Mapped[str | None] = mapped_column(String(128))

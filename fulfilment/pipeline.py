@@ -42,9 +42,8 @@ NEXT_STEP: dict[OrderStatus, Step] = {
 }
 # Where an order stands again when a given step is retried after `needs_attention`.
 STATUS_BEFORE: dict[Step, OrderStatus] = {step: status for status, step in NEXT_STEP.items()}
-ACTIVE = tuple(s.value for s in NEXT_STEP)
-# The story's outcome for a refund made in Stripe: a fact about the payment, not a step attempt.
-REFUNDED_OUTCOME = OrderStatus.REFUNDED.value
+ACTIVE = tuple(NEXT_STEP)  # the statuses with a step still to run
+REFUNDED_OUTCOME = Outcome.REFUNDED  # TODO(issue 14): healer.stripe.webhooks uses Outcome.REFUNDED
 
 # The health checks each step depends on: while one is failing, the step waits (no attempt spent).
 STEP_CHECKS: dict[Step, tuple[str, ...]] = {
@@ -133,7 +132,7 @@ class Pipeline:
         Whatever else goes wrong downstream, the order is queued and its status returned.
         """
         order = self.get(order_id)
-        status = order.order_status
+        status = order.status
         if status is OrderStatus.REFUNDED:
             raise PaymentNotSucceeded("the payment was refunded")
         if status is OrderStatus.PENDING_PAYMENT:
@@ -155,8 +154,8 @@ class Pipeline:
         with self._transaction() as session:
             moved = session.execute(
                 update(Order)
-                .where(Order.id == order.id, Order.status == OrderStatus.PENDING_PAYMENT.value)
-                .values(**done.values, status=done.status.value)
+                .where(Order.id == order.id, Order.status == OrderStatus.PENDING_PAYMENT)
+                .values(**done.values, status=done.status)
             )
             if moved.rowcount == 1:  # type: ignore[attr-defined]
                 self.recorder.add_event(session, order.id, Step.VERIFY_PAYMENT,
@@ -170,23 +169,23 @@ class Pipeline:
             order = session.get(Order, order_id, with_for_update=True)
             if order is None:
                 raise OrderNotFound(str(order_id))
-            status = order.order_status
+            status = order.status
             now = database_time(session)  # the clock the lease was written on
             if order.lease_expires_at is not None and order.lease_expires_at > now:
                 log.warning("Order %s not re-queued: %s holds it right now", order_id, order.lease_owner)
                 return status
             if status is OrderStatus.NEEDS_ATTENTION:
-                step = Step(order.last_error_step) if order.last_error_step else Step.VERIFY_PAYMENT
+                step = order.last_error_step or Step.VERIFY_PAYMENT
                 status = STATUS_BEFORE[step]
                 if step is Step.VERIFY_PAYMENT and order.payment_verified_at is not None:
                     status = OrderStatus.PAID
             if status not in NEXT_STEP:
                 return status
-            order.status = status.value
+            order.status = status
             order.attempts = 0
             order.next_attempt_at = now
             self.recorder.add_event(session, order_id, NEXT_STEP[status], StoryLine(Outcome.REQUEUED, reason))
-        log.info("Order %s re-queued at %s: %s", order_id, status.value, reason)
+        log.info("Order %s re-queued at %s: %s", order_id, status, reason)
         return status
 
     # -- payment facts from Stripe (signed webhooks, reconciliation) ---------------------------
@@ -205,7 +204,7 @@ class Pipeline:
             .where(Order.id == order_id, awaiting_payment_clause(),
                    or_(Order.stripe_payment_intent_id.is_(None),
                        Order.stripe_payment_intent_id == payment_intent_id))
-            .values(status=OrderStatus.PAID.value, paid_at=paid_at, payment_verified_at=now,
+            .values(status=OrderStatus.PAID, paid_at=paid_at, payment_verified_at=now,
                     stripe_payment_intent_id=payment_intent_id, attempts=0, next_attempt_at=db_now(),
                     last_error_step=None, last_error_class=None, last_error=None,
                     # A worker mid-verification must not overwrite this with its stale answer.
@@ -224,25 +223,25 @@ class Pipeline:
         order had, or None if there is no such order, it was refunded already (a replay), or it is
         no longer in the `expected` status."""
         order = session.get(Order, order_id, with_for_update=True)
-        if order is None or order.order_status is OrderStatus.REFUNDED:
+        if order is None or order.status is OrderStatus.REFUNDED:
             return None
-        if expected is not None and order.order_status is not expected:
+        if expected is not None and order.status is not expected:
             log.error("Order %s was refunded in Stripe but is %s now, not %s: check it (%s)",
-                      order_id, order.status, expected.value, message)
+                      order_id, order.status, expected, message)
             return None
-        before = order.order_status
-        order.status = OrderStatus.REFUNDED.value
+        before = order.status
+        order.status = OrderStatus.REFUNDED
         order.next_attempt_at = None
         # Taking the lease away makes a worker that is mid-step lose its commit, instead of
         # moving the order on from `refunded`.
         order.lease_owner = None
         order.lease_expires_at = None
         self.note(session, order_id, Step.VERIFY_PAYMENT, REFUNDED_OUTCOME, message)
-        log.warning("Order %s refunded (was %s): %s", order_id, before.value, message)
+        log.warning("Order %s refunded (was %s): %s", order_id, before, message)
         return before
 
     def note(
-        self, session: Session, order_id: uuid.UUID, step: Step, outcome: Outcome | str,
+        self, session: Session, order_id: uuid.UUID, step: Step, outcome: Outcome,
         message: str, error_class: ErrorClass | None = None,
     ) -> None:
         """Add a line to the order's story without changing the order (e.g. a declined card)."""
@@ -250,7 +249,7 @@ class Pipeline:
 
     def resume_waiting(self, check: str) -> int:
         """A check turned green: orders waiting on it go now, not at their next poll."""
-        statuses = [status.value for status, step in NEXT_STEP.items() if check in STEP_CHECKS[step]]
+        statuses = [status for status, step in NEXT_STEP.items() if check in STEP_CHECKS[step]]
         with self._transaction() as session:
             resumed = session.execute(
                 update(Order)
@@ -310,11 +309,11 @@ class Pipeline:
         self, order_id: uuid.UUID, owner: str, stopping: Callable[[], bool] = lambda: False
     ) -> StepResult | None:
         order = self.get(order_id)
-        if order.lease_owner != owner or order.order_status not in NEXT_STEP:
+        if order.lease_owner != owner or order.status not in NEXT_STEP:
             return None
         if not self._renew(order, owner):
             return None  # ours no longer: another daemon may claim it any moment, so start nothing
-        step = NEXT_STEP[order.order_status]
+        step = NEXT_STEP[order.status]
         if step is Step.VERIFY_PAYMENT and not self.steps.payments.enabled:
             pass  # verification disabled: nothing to wait for
         elif (reason := self.gate(STEP_CHECKS[step])) is not None:
@@ -337,7 +336,7 @@ class Pipeline:
         except MemoryError:
             failure = StepError(ErrorClass.RESOURCES, "out of memory")
         except Exception as error:  # a bug must not lose a paid order: record, back off, retry
-            log.exception("Unexpected error in step %s for order %s", step.value, order.id)
+            log.exception("Unexpected error in step %s for order %s", step, order.id)
             failure = StepError(ErrorClass.INTERNAL, one_line(error, 500))
         else:
             return self.recorder.succeed(order, step, owner, started, done, stopping)
@@ -347,14 +346,14 @@ class Pipeline:
         """Renew-or-fail before a step starts: the lease must still be live on the database's
         clock, and a step that starts gets a full lease."""
         with self._transaction() as session:
-            return renew_lease(session, order.id, owner, order.order_status, self.lease_seconds,
+            return renew_lease(session, order.id, owner, order.status, self.lease_seconds,
                                only_if_live=True)
 
     def _keeping_lease(self, order: Order, owner: str, step: Step) -> LeaseKeeper:
         # Renewed while the step's own work runs, not while its result is recorded: that commit
         # stamps a fresh lease itself, and moves the order past the status renewals are guarded by.
-        return LeaseKeeper(self.sessions, order.id, owner, order.order_status, self.lease_seconds,
-                           doing=step.value)
+        return LeaseKeeper(self.sessions, order.id, owner, order.status, self.lease_seconds,
+                           doing=step)
 
     # -- operator and remediation actions --------------------------------------------------
 
@@ -367,14 +366,14 @@ class Pipeline:
         Raises StepError as the render step does (files missing, S3 down, an asset gone).
         """
         order = self.get(order_id)
-        if order.order_status is not OrderStatus.COMPLETED:
+        if order.status is not OrderStatus.COMPLETED:
             raise StepError(ErrorClass.BAD_INPUT,
                             f"order {order_id} is {order.status}: only a completed order's PDF is rendered again")
         done = self.steps.render(order)
         key = str(done.values["final_pdf_key"])
         with self._transaction() as session:
             updated = session.execute(update(Order).where(Order.id == order_id,
-                                                          Order.status == OrderStatus.COMPLETED.value)
+                                                          Order.status == OrderStatus.COMPLETED)
                                       .values(final_pdf_key=key))
             if updated.rowcount != 1:  # type: ignore[attr-defined]  # refunded meanwhile, say
                 raise StepError(ErrorClass.BAD_INPUT, f"order {order_id} is no longer completed")
@@ -390,7 +389,7 @@ def awaiting_payment_clause() -> ColumnElement[bool]:
     # `needs_attention` without `paid_at` gave up at verification (a declined card, say); Stripe
     # saying the payment succeeded after all puts it back on track.
     return or_(
-        Order.status == OrderStatus.PENDING_PAYMENT.value,
-        and_(Order.status == OrderStatus.NEEDS_ATTENTION.value, Order.paid_at.is_(None)),
+        Order.status == OrderStatus.PENDING_PAYMENT,
+        and_(Order.status == OrderStatus.NEEDS_ATTENTION, Order.paid_at.is_(None)),
     )
 

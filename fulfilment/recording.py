@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 from tenacity.stop import stop_base
 
-from fulfilment.errors import ErrorClass, StepError, one_line
+from fulfilment.errors import ErrorClass, StepError, database_unreachable, one_line
 from fulfilment.leases import db_later, db_now
 from fulfilment.models import Order, OrderEvent, OrderStatus, Outcome, Step, transaction
 
@@ -74,7 +74,7 @@ class Done:
 class StoryLine:
     """One `order_events` row to add; `started` (monotonic) gives its duration, None for none."""
 
-    outcome: Outcome | str  # a str for facts that are not step outcomes (a refund)
+    outcome: Outcome
     message: str
     started: float | None = None
     error_class: ErrorClass | None = None
@@ -140,14 +140,14 @@ class Recorder:
             nonlocal attempts
             attempts += 1
             now = self.clock()
-            record = OutcomeRecord(order.id, owner, step, order.order_status, self._done_values(done),
+            record = OutcomeRecord(order.id, owner, step, order.status, self._done_values(done),
                                    StoryLine(Outcome.OK, done.message, started))
             if self.commit(record):
                 return now
             return now if attempts > 1 and self._recorded_by(order.id, step, owner) else None
 
         retrying = Retrying(
-            retry=retry_if_exception(_connection_lost),
+            retry=retry_if_exception(database_unreachable),
             stop=_StopWhen(stopping),
             wait=wait_exponential(multiplier=0.2, max=2.0),
             before_sleep=lambda state: _log_record_retry(state, order.id, step),
@@ -155,12 +155,12 @@ class Recorder:
         )
         recorded_at = retrying(attempt)
         if attempts > 1:
-            log.info("Recorded %s for order %s after %d attempts", step.value, order.id, attempts)
+            log.info("Recorded %s for order %s after %d attempts", step, order.id, attempts)
         return recorded_at
 
     def _done_values(self, done: Done) -> dict[str, object]:
         values = dict(done.values)
-        values.update(status=done.status.value, attempts=0, last_error_step=None, last_error_class=None,
+        values.update(status=done.status, attempts=0, last_error_step=None, last_error_class=None,
                       last_error=None)
         if done.status in self.continuing:
             values.update(next_attempt_at=db_now(), lease_expires_at=db_later(self.lease_seconds))
@@ -171,8 +171,8 @@ class Recorder:
     def _recorded_by(self, order_id: uuid.UUID, step: Step, owner: str) -> bool:
         with self._transaction() as session:
             return session.scalar(
-                select(OrderEvent.id).where(OrderEvent.order_id == order_id, OrderEvent.step == step.value,
-                                            OrderEvent.outcome == Outcome.OK.value, OrderEvent.worker == owner)
+                select(OrderEvent.id).where(OrderEvent.order_id == order_id, OrderEvent.step == step,
+                                            OrderEvent.outcome == Outcome.OK, OrderEvent.worker == owner)
                 .limit(1)
             ) is not None
 
@@ -183,25 +183,25 @@ class Recorder:
         give_up = not error.error_class.retryable or attempts >= self.retry_policy.max_attempts
         values: dict[str, object] = {
             "attempts": attempts,
-            "last_error_step": step.value,
-            "last_error_class": error.error_class.value,
+            "last_error_step": step,
+            "last_error_class": error.error_class,
             "last_error": error.message,
             "lease_owner": None,
             "lease_expires_at": None,
         }
         if give_up:
-            values.update(status=OrderStatus.NEEDS_ATTENTION.value, next_attempt_at=None)
+            values.update(status=OrderStatus.NEEDS_ATTENTION, next_attempt_at=None)
             outcome, status = Outcome.GAVE_UP, OrderStatus.NEEDS_ATTENTION
             log.error("Order %s needs attention after %d attempt(s) at %s: %s: %s", order.id,
-                      attempts, step.value, error.error_class.value, error.message)
+                      attempts, step, error.error_class, error.message)
         else:
             delay = self.retry_policy.delay(attempts)
             values["next_attempt_at"] = db_later(delay)
-            outcome, status = Outcome.FAILED, order.order_status
-            log.warning("Step %s failed for order %s (attempt %d, retry in %.0fs): %s: %s", step.value,
-                        order.id, attempts, delay, error.error_class.value, error.message)
+            outcome, status = Outcome.FAILED, order.status
+            log.warning("Step %s failed for order %s (attempt %d, retry in %.0fs): %s: %s", step,
+                        order.id, attempts, delay, error.error_class, error.message)
         line = StoryLine(outcome, error.message, started, error.error_class)
-        if not self._commit_failure(OutcomeRecord(order.id, owner, step, order.order_status, values, line)):
+        if not self._commit_failure(OutcomeRecord(order.id, owner, step, order.status, values, line)):
             _lost_lease(order.id, step)
             return None
         return StepResult(order.id, step, outcome, time.monotonic() - started, status,
@@ -212,7 +212,7 @@ class Recorder:
             return self.commit(record)
         except SQLAlchemyError as db_error:
             # The database itself is down: the lease expires and the step is retried then.
-            log.error("Could not record failure of %s for order %s: %s", record.step.value, record.order_id,
+            log.error("Could not record failure of %s for order %s: %s", record.step, record.order_id,
                       one_line(db_error, 500))
             return True
 
@@ -223,16 +223,16 @@ class Recorder:
             "next_attempt_at": db_later(self.gate_wait_seconds),
             "lease_owner": None,
             "lease_expires_at": None,
-            "last_error_step": step.value,
+            "last_error_step": step,
             "last_error": message,
         }
         # One story line per distinct reason, not one per poll.
         record = order.last_error != message
         if record:
-            log.info("Order %s waits before %s: %s", order.id, step.value, reason)
+            log.info("Order %s waits before %s: %s", order.id, step, reason)
         line = StoryLine(Outcome.WAITING, message) if record else None
-        self.commit(OutcomeRecord(order.id, owner, step, order.order_status, values, line))
-        return StepResult(order.id, step, Outcome.WAITING, 0.0, order.order_status, message=message)
+        self.commit(OutcomeRecord(order.id, owner, step, order.status, values, line))
+        return StepResult(order.id, step, Outcome.WAITING, 0.0, order.status, message=message)
 
     def commit(self, record: OutcomeRecord) -> bool:
         """Apply a step's result if we still hold the lease and the order still stands where the
@@ -241,7 +241,7 @@ class Recorder:
             updated = session.execute(
                 update(Order)
                 .where(Order.id == record.order_id, Order.lease_owner == record.owner,
-                       Order.status == record.from_status.value)
+                       Order.status == record.from_status)
                 .values(**record.values)
             )
             if updated.rowcount != 1:  # type: ignore[attr-defined]
@@ -258,10 +258,10 @@ class Recorder:
             OrderEvent(
                 order_id=order_id,
                 at=self.clock(),
-                step=step.value,
-                outcome=line.outcome.value if isinstance(line.outcome, Outcome) else line.outcome,
+                step=step,
+                outcome=line.outcome,
                 duration_seconds=0.0 if line.started is None else time.monotonic() - line.started,
-                error_class=line.error_class.value if line.error_class else None,
+                error_class=line.error_class,
                 message=line.message[:2000],
                 worker=worker,
             )
@@ -272,7 +272,7 @@ class Recorder:
 
 
 def _lost_lease(order_id: uuid.UUID, step: Step) -> None:
-    log.warning("Lost the lease on order %s during %s: another worker has it now", order_id, step.value)
+    log.warning("Lost the lease on order %s during %s: another worker has it now", order_id, step)
 
 
 class _StopWhen(stop_base):
@@ -285,14 +285,9 @@ class _StopWhen(stop_base):
         return self.stopping()
 
 
-def _connection_lost(error: BaseException) -> bool:
-    """The database went away (restart, failover, network), as opposed to a statement it refused."""
-    return isinstance(error, OperationalError) or (isinstance(error, DBAPIError) and error.connection_invalidated)
-
-
 def _log_record_retry(state: RetryCallState, order_id: uuid.UUID, step: Step) -> None:
     # One WARNING per outage and order; the worker's own line says the database is down.
     error = state.outcome.exception() if state.outcome else None
     log.log(logging.WARNING if state.attempt_number == 1 else logging.DEBUG,
-            "Could not record %s for order %s (database: %s); retrying until it is back", step.value, order_id,
+            "Could not record %s for order %s (database: %s); retrying until it is back", step, order_id,
             one_line(error, 500) if error else "?")

@@ -93,7 +93,7 @@ def _order_commands(sub: Subparsers) -> None:
     """orders list|show|complete|retry."""
     op = sub.add_parser("orders", help="inspect and repair orders").add_subparsers(required=True, metavar="ACTION")
     ls = op.add_parser("list", help="list orders, newest first")
-    ls.add_argument("--status", choices=[s.value for s in OrderStatus])
+    ls.add_argument("--status", choices=[str(s) for s in OrderStatus])  # str: the usage shows values
     ls.add_argument("--stuck", action="store_true", help="paid, not completed, past HEALER_ORDER_SLA_SECONDS")
     ls.add_argument("--limit", type=int, default=200)
     ls.add_argument("--json", action="store_true")
@@ -265,7 +265,7 @@ def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
         err.print(f"healer: cannot read {error.filename}: {error.strerror}", markup=False)
         return EXIT_FAILED
     except StepError as error:
-        err.print(f"healer: render failed ({error.error_class.value}): {error.message}", markup=False)
+        err.print(f"healer: render failed ({error.error_class}): {error.message}", markup=False)
         return EXIT_FAILED
     args.output.write_bytes(pdf)
     out.print(f"wrote {args.output} ({len(pdf)} bytes, {'preview' if args.preview else 'final'})")

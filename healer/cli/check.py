@@ -73,7 +73,7 @@ def print_check_results(results: dict[str, CheckResult]) -> None:
     for name, result in results.items():
         table.add_row(
             name,
-            Text(result.status.value, style=_STATUS_STYLES[result.status]),
+            Text(result.status, style=_STATUS_STYLES[result.status]),
             f"{result.latency_seconds * 1000:.0f} ms",
             Text(result.detail),
             Text(result.remedy),

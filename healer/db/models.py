@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from fulfilment.models import Base, UTCDateTime, utcnow
+from fulfilment.models import Base, UTCDateTime, enum_column, utcnow
 
 # Autoincrementing 64-bit keys on PostgreSQL; SQLite only autoincrements a plain INTEGER key.
 _BIG_ID = BigInteger().with_variant(Integer, "sqlite")
@@ -61,7 +61,7 @@ class ReconcileRun(Base):
     orders_repaired: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     orphans_found: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     stripe_requests: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    result: Mapped[str] = mapped_column(String(16), default=RunResult.RUNNING.value)
+    result: Mapped[RunResult] = mapped_column(enum_column(RunResult, 16), default=RunResult.RUNNING)
     error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(128))
 
@@ -102,6 +102,7 @@ class OrphanPayment(Base):
 
 class NoticeKind(enum.StrEnum):
     DELAY_EMAIL = "delay_email"
+    REFUND_EMAIL = "refund_email"
 
 
 class OrderNotice(Base):
@@ -113,7 +114,7 @@ class OrderNotice(Base):
     order_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("orders.id", ondelete="CASCADE"), primary_key=True
     )
-    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[NoticeKind] = mapped_column(enum_column(NoticeKind, 32), primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     detail: Mapped[str] = mapped_column(Text, default="", server_default="")
 

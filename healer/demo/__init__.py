@@ -148,7 +148,7 @@ def _report(daemon: Daemon, settings: Settings, samples: list[SampleOrder]) -> N
         assert view is not None
         where = (
             str(settings.local_store_dir / view.final_pdf_key)
-            if view.status == OrderStatus.COMPLETED.value and view.final_pdf_key
+            if view.status == OrderStatus.COMPLETED and view.final_pdf_key
             else f"{view.last_error_class}: {view.last_error}"
         )
         table.add_row(str(sample.id), view.status, view.template, sample.note, where)

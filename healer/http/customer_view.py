@@ -41,7 +41,7 @@ class Problem(BaseModel):
 
 
 def customer_order(order: Order, public_base_url: str) -> CustomerOrder:
-    status = order.order_status
+    status = order.status
     link = None
     if status is OrderStatus.COMPLETED and order.download_token:
         link = f"{public_base_url.rstrip('/')}/download/{order.download_token}"

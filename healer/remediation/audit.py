@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from fulfilment.errors import one_line
-from fulfilment.models import Base, UTCDateTime, transaction, utcnow
+from fulfilment.models import Base, UTCDateTime, enum_column, transaction, utcnow
 from healer.config import RemediationMode
 from healer.health.metrics import Metrics
 
@@ -52,11 +52,11 @@ class Remediation(Base):
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    action: Mapped[str] = mapped_column(String(32))
+    action: Mapped[Action] = mapped_column(enum_column(Action, 32))
     target: Mapped[str] = mapped_column(String(255))  # a container name, an order id, a path, a check
     reason: Mapped[str] = mapped_column(Text)  # why: what the check or the step saw
-    result: Mapped[str] = mapped_column(String(16))
-    mode: Mapped[str] = mapped_column(String(8))  # HEALER_REMEDIATION at the time: on | dry-run
+    result: Mapped[Result] = mapped_column(enum_column(Result, 16))
+    mode: Mapped[RemediationMode] = mapped_column(enum_column(RemediationMode, 8))  # HEALER_REMEDIATION at the time: on | dry-run
     detail: Mapped[str] = mapped_column(Text, default="", server_default="")
     worker: Mapped[str | None] = mapped_column(String(128))  # which daemon, when several share a database
 
@@ -88,25 +88,25 @@ class Audit:
         # Known label sets exist from start-up, so rate() and absence alerts see them at 0.
         for action in Action:
             for result in Result:
-                metrics.remediations.labels(action.value, result.value)
+                metrics.remediations.labels(action, result)
 
     @property
     def dry_run(self) -> bool:
         return self.mode is RemediationMode.DRY_RUN
 
     def record(self, action: Action, target: str, reason: str, result: Result, detail: str = "") -> None:
-        self.metrics.remediations.labels(action.value, result.value).inc()
-        log.log(_LOG_LEVELS[result], "Remediation %s on %s: %s (%s): %s%s", action.value, target, result.value,
-                self.mode.value, reason, f"; {detail}" if detail else "")
+        self.metrics.remediations.labels(action, result).inc()
+        log.log(_LOG_LEVELS[result], "Remediation %s on %s: %s (%s): %s%s", action, target, result,
+                self.mode, reason, f"; {detail}" if detail else "")
         try:
             with transaction(self.sessions) as session:
                 session.add(Remediation(
-                    at=utcnow(), action=action.value, target=target[:255], reason=reason[:2000],
-                    result=result.value, mode=self.mode.value, detail=detail[:2000], worker=self.worker,
+                    at=utcnow(), action=action, target=target[:255], reason=reason[:2000],
+                    result=result, mode=self.mode, detail=detail[:2000], worker=self.worker,
                 ))
         except SQLAlchemyError as error:
             # The action stands (and is counted and logged above); only its row is lost.
-            log.error("Remediation %s on %s not recorded: database unavailable: %s", action.value, target,
+            log.error("Remediation %s on %s not recorded: database unavailable: %s", action, target,
                       one_line(error))
 
     def attempts_since(self, action: Action, target: str, results: Sequence[Result], since: datetime) -> list[float]:
@@ -114,8 +114,8 @@ class Audit:
         with self.sessions() as session:
             rows = session.scalars(
                 select(Remediation.at).where(
-                    Remediation.action == action.value, Remediation.target == target,
-                    Remediation.result.in_([r.value for r in results]), Remediation.at >= since,
+                    Remediation.action == action, Remediation.target == target,
+                    Remediation.result.in_(results), Remediation.at >= since,
                 )
             ).all()
         return sorted(at.timestamp() for at in rows)
@@ -148,7 +148,7 @@ def list_remediations(
     """The newest remediations first."""
     query = select(Remediation).order_by(Remediation.at.desc(), Remediation.id.desc()).limit(limit)
     if action is not None:
-        query = query.where(Remediation.action == action.value)
+        query = query.where(Remediation.action == action)
     with sessions() as session:
         rows = session.scalars(query).all()
     return [

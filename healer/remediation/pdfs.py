@@ -88,7 +88,7 @@ class PdfRestorer:
             key = self.rerender(order_id)
         except StepError as error:
             self.audit.record(Action.RERENDER_PDF, str(order_id), reason, Result.FAILURE,
-                              f"{error.error_class.value}: {error.message}")
+                              f"{error.error_class}: {error.message}")
         except Exception as error:
             log.exception("Rendering the PDF of order %s again failed", order_id)
             self.audit.record(Action.RERENDER_PDF, str(order_id), reason, Result.FAILURE, one_line(error))

@@ -117,8 +117,8 @@ class Remediator:
         enabled = ((Action.RESTART_CONTAINER, self.containers), (Action.REGENERATE_WAVEFORM, self.waveforms),
                    (Action.RESUME_ORDERS, self.orders), (Action.FREE_SCRATCH, self.scratch),
                    (Action.RERENDER_PDF, self.pdfs))
-        actions = [action.value for action, component in enabled if component is not None]
-        line = f"remediation {self.mode.value}: {', '.join(actions) or 'no actions'}"
+        actions = [action for action, component in enabled if component is not None]
+        line = f"remediation {self.mode}: {', '.join(actions) or 'no actions'}"
         if self.containers is not None:
             p = self.containers.policy
             line += (f" (containers labelled {' and '.join(self.containers.labels)}, unhealthy for "

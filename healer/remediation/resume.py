@@ -34,7 +34,7 @@ class OrderResumer:
     def on_green(self, new: CheckResult, previous: CheckResult) -> None:
         if new.name not in _GATING_CHECKS:
             return  # no step waits on it
-        reason = f"check {new.name} is {new.status.value} again after failing: {previous.detail}"[:500]
+        reason = f"check {new.name} is {new.status} again after failing: {previous.detail}"[:500]
         try:
             if self.audit.dry_run:
                 waiting = count_waiting(self.sessions, new.name)
@@ -53,7 +53,7 @@ class OrderResumer:
 
 def count_waiting(sessions: sessionmaker[Session], check: str) -> int:
     """Orders that Pipeline.resume_waiting(check) would resume now."""
-    statuses = [status.value for status, step in NEXT_STEP.items() if check in STEP_CHECKS[step]]
+    statuses = [status for status, step in NEXT_STEP.items() if check in STEP_CHECKS[step]]
     with sessions() as session:
         return int(session.scalar(
             select(func.count()).select_from(Order).where(

@@ -55,7 +55,7 @@ class ScratchSweeper:
         if not self._lock.acquire(blocking=False):
             return
         try:
-            self.sweep(f"disk check {result.status.value}")
+            self.sweep(f"disk check {result.status}")
         finally:
             self._lock.release()
 

@@ -62,7 +62,7 @@ class WaveformRestorer:
             self.store.put(key, png, "image/png")
         except StepError as error:
             self.audit.record(Action.REGENERATE_WAVEFORM, str(order_id), reason, Result.FAILURE,
-                              f"{error.error_class.value}: {error.message}")
+                              f"{error.error_class}: {error.message}")
         else:
             self.audit.record(Action.REGENERATE_WAVEFORM, str(order_id), reason, Result.SUCCESS,
                               f"wrote {key} ({len(png)} bytes) from {audio_key}")

@@ -33,8 +33,8 @@ def claiming_order(payment: Payment, orders: list[Row[Any]]) -> Row[Any] | None:
 
 def awaiting_payment(order: Row[Any]) -> bool:
     # As the pipeline's mark_paid sees it: unpaid, or gave up at verification.
-    return bool(order.status == OrderStatus.PENDING_PAYMENT.value or (
-        order.status == OrderStatus.NEEDS_ATTENTION.value and order.paid_at is None))
+    return bool(order.status == OrderStatus.PENDING_PAYMENT or (
+        order.status == OrderStatus.NEEDS_ATTENTION and order.paid_at is None))
 
 
 def crossed_checkpoint(age: float, since_last_run: float | None, first: float) -> bool:

@@ -306,7 +306,7 @@ class Reconciler:
     def _start_run(self, started: datetime, window_start: datetime) -> int:
         with transaction(self.sessions) as session:
             run = ReconcileRun(started_at=started, window_start=window_start,
-                               result=RunResult.RUNNING.value, worker=self.worker)
+                               result=RunResult.RUNNING, worker=self.worker)
             session.add(run)
             session.flush()
             return run.id
@@ -318,7 +318,7 @@ class Reconciler:
                   exc_info=not isinstance(error, (stripe.StripeError, SQLAlchemyError)))  # a bug
         if run_id is None:
             return
-        self.metrics.reconcile_runs.labels(RunResult.FAILURE.value).inc()
+        self.metrics.reconcile_runs.labels(RunResult.FAILURE).inc()
         try:
             self._finish_run(run_id, tally, RunResult.FAILURE, reason[:2000])
         except Exception as db_error:  # the database may be what failed: the log line stands
@@ -333,7 +333,7 @@ class Reconciler:
             session.execute(update(ReconcileState).where(ReconcileState.name == STATE)
                             .values(cursor_created=newest, last_run_at=started))
         self._finish_run(run_id, tally, RunResult.SUCCESS, None, report)
-        self.metrics.reconcile_runs.labels(RunResult.SUCCESS.value).inc()
+        self.metrics.reconcile_runs.labels(RunResult.SUCCESS).inc()
         self.metrics.reconcile_last_success.set(time.time())
         log.info("Reconciliation done: %d payment(s) read since %s with %d Stripe request(s); "
                  "%d order(s) repaired, %d new orphan payment(s), %d resolved, in %.1fs",
@@ -346,7 +346,7 @@ class Reconciler:
         with transaction(self.sessions) as session:
             session.execute(update(ReconcileRun).where(ReconcileRun.id == run_id).values(
                 finished_at=self.clock(), payments_read=tally.payments_read,
-                stripe_requests=tally.stripe_requests, result=result.value, error=error,
+                stripe_requests=tally.stripe_requests, result=result, error=error,
                 orders_repaired=report.orders_repaired if report else 0,
                 orphans_found=report.orphans_found if report else 0,
             ))

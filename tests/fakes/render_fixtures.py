@@ -29,9 +29,8 @@ def assets_dir(tmp_path: Path) -> Path:
 
 def copy_assets(root: Path) -> Path:
     """A private copy of the bundled assets, for a test that damages or edits them."""
-    # The generator script and the package's own files are source, not assets: the copy holds
-    # what HEALER_ASSETS_DIR would.
-    shutil.copytree(BUNDLED_ASSETS, root, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    # The package's own module is source, not an asset: the copy holds what HEALER_ASSETS_DIR would.
+    shutil.copytree(BUNDLED_ASSETS, root, ignore=shutil.ignore_patterns("__init__.py", "__pycache__"))
     return root
 
 

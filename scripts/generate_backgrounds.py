@@ -1,6 +1,7 @@
-"""Generate the poster backgrounds in this directory, reproducibly; nothing is downloaded.
+"""Generate the poster backgrounds in `poster_assets/backgrounds/`, reproducibly; nothing is downloaded.
 
-Run `python backgrounds/generate.py` after changing a recipe and commit the images with it. Each
+Run `.venv/bin/python scripts/generate_backgrounds.py` after changing a recipe and commit the
+images with it. Each
 image comes from a fixed seed, so running it again writes the same bytes (with the same Pillow and
 libjpeg). The images are small on purpose: they hold only soft, low-frequency shapes, which stay
 smooth when a template stretches them over a 50 x 70 cm page, and they keep the repository light.
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-HERE = Path(__file__).resolve().parent
+BACKGROUNDS = Path(__file__).resolve().parents[1] / "poster_assets" / "backgrounds"
 
 Pixels = np.ndarray  # float32, height x width x 3, 0..255
 
@@ -126,7 +127,7 @@ def render(recipe: Recipe) -> bytes:
 def main() -> None:
     for recipe in RECIPES:
         data = render(recipe)
-        (HERE / recipe.file_name).write_bytes(data)
+        (BACKGROUNDS / recipe.file_name).write_bytes(data)
         print(f"{recipe.file_name}: {recipe.size[0]}x{recipe.size[1]}, {len(data) // 1024} KiB")
 
 
