@@ -1,4 +1,5 @@
-"""Read-side views of orders for the HTTP API and the CLI: lists, and an order with its story."""
+"""Orders as operators see them, from the HTTP API and the CLI alike: lists, an order with its story,
+and the one operator action on an order, `retry`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.models import Order, OrderEvent, OrderStatus, utcnow
-from fulfilment.pipeline import ACTIVE
+from fulfilment.pipeline import ACTIVE, Pipeline
 from fulfilment.secrets import Redactor
 
 
@@ -127,3 +128,34 @@ def count_by_status(sessions: sessionmaker[Session]) -> dict[str, int]:
 def find_by_download_token(sessions: sessionmaker[Session], token: str) -> Order | None:
     with sessions() as session:
         return session.scalar(select(Order).where(Order.download_token == token))
+
+
+# Statuses an operator's retry cannot move on: nothing is queued, nothing changes.
+NOTHING_TO_RETRY = {
+    OrderStatus.COMPLETED: "nothing to do: the order is completed",
+    OrderStatus.REFUNDED: "nothing to do: the order was refunded",
+    # Verifying again would ask Stripe about a payment it has already called not succeeded, and
+    # park the order in needs_attention; the webhook or reconciliation queues it once it is paid.
+    OrderStatus.PENDING_PAYMENT: "nothing to do: the payment has not succeeded; the order is queued "
+                                 "by itself once Stripe reports it paid",
+}
+
+
+class NothingToRetry(Exception):
+    """An operator asked to retry an order that has nothing to retry; it is unchanged."""
+
+
+def retry(pipeline: Pipeline, order_id: uuid.UUID, reason: str) -> OrderStatus:
+    """Re-queue an order where it stopped (`healer orders retry`, `POST /api/orders/{id}/retry`).
+
+    Returns the status the order is queued at. Idempotent: an order already queued and due, or
+    being worked right now, stays as it is (no story line, no reset, no Stripe call). Raises
+    OrderNotFound, or NothingToRetry for a completed, refunded or unpaid order.
+    """
+    status = pipeline.get(order_id).status
+    if status in NOTHING_TO_RETRY:
+        raise NothingToRetry(NOTHING_TO_RETRY[status])
+    status = pipeline.requeue(order_id, reason)
+    if status.is_final:  # completed or refunded between the two reads: still nothing was done
+        raise NothingToRetry(NOTHING_TO_RETRY[status])
+    return status

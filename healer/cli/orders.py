@@ -85,14 +85,14 @@ def cmd_orders_complete(settings: Settings, args: argparse.Namespace) -> int:
         memory_mb=settings.render_memory_mb, max_photo_megapixels=settings.max_photo_megapixels))
     order_id = args.order_id
     try:
-        if pipeline.get(order_id).order_status is OrderStatus.NEEDS_ATTENTION:
+        if pipeline.get(order_id).status is OrderStatus.NEEDS_ATTENTION:
             pipeline.requeue(order_id, "completed by an operator in the foreground")
     except OrderNotFound:
         err.print(f"healer: unknown order {order_id}")
         return EXIT_FAILED
     owner = worker_identity()
     if not pipeline.claim_order(order_id, owner):
-        status = pipeline.get(order_id).order_status
+        status = pipeline.get(order_id).status
         if status.is_final:
             out.print(f"order {order_id} is already {status.value}")
             return EXIT_OK
@@ -105,7 +105,7 @@ def cmd_orders_complete(settings: Settings, args: argparse.Namespace) -> int:
         out.print(result.message if result.outcome is Outcome.OK else
                   f"{result.error_class.value if result.error_class else ''}: {result.message}", markup=False)
         ok = result.outcome is Outcome.OK
-    status = pipeline.get(order_id).order_status
+    status = pipeline.get(order_id).status
     out.print(f"order {order_id}: {status.value}")
     return EXIT_OK if ok and status is OrderStatus.COMPLETED else EXIT_FAILED
 
@@ -118,12 +118,21 @@ def cmd_orders_retry(settings: Settings, args: argparse.Namespace) -> int:
             services.sessions, status=OrderStatus.NEEDS_ATTENTION, limit=100_000)]
     else:
         targets = [args.order_id]
+    requeued = 0
     for order_id in targets:
         try:
-            status = pipeline.requeue(order_id, "retry requested by an operator")
+            # The same retry as POST /api/orders/{id}/retry: refused when there is nothing to do.
+            status = orders.retry(pipeline, order_id, "retry requested by an operator")
         except OrderNotFound:
             err.print(f"healer: unknown order {order_id}")
             return EXIT_FAILED
+        except orders.NothingToRetry as nothing:
+            if not args.all:
+                err.print(f"healer: order {order_id}: {nothing}")
+                return EXIT_FAILED
+            out.print(f"{order_id}: {nothing}")  # finished meanwhile: the others still go
+            continue
         out.print(f"{order_id}: queued at {status.value}")
-    out.print(f"{len(targets)} order(s) re-queued")
+        requeued += 1
+    out.print(f"{requeued} order(s) re-queued")
     return EXIT_OK

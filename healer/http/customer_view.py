@@ -22,8 +22,10 @@ MESSAGES: dict[OrderStatus, str] = {
 
 
 class CustomerOrder(BaseModel):
+    """The customer's view of their order (`GET /api/orders/{order_id}` on the public listener)."""
+
     order_id: str
-    status: str
+    status: OrderStatus
     message: str
     created_at: datetime
     paid_at: datetime | None
@@ -32,12 +34,10 @@ class CustomerOrder(BaseModel):
 
 
 class CompletionAccepted(BaseModel):
+    """`complete` (202) and the admin's `retry` (202): the order and the status it is queued at."""
+
     order_id: str
-    status: str
-
-
-class Problem(BaseModel):
-    detail: str
+    status: OrderStatus
 
 
 def customer_order(order: Order, public_base_url: str) -> CustomerOrder:
@@ -47,7 +47,7 @@ def customer_order(order: Order, public_base_url: str) -> CustomerOrder:
         link = f"{public_base_url.rstrip('/')}/download/{order.download_token}"
     return CustomerOrder(
         order_id=str(order.id),
-        status=status.value,
+        status=status,
         message=MESSAGES[status],
         created_at=order.created_at,
         paid_at=order.paid_at,

@@ -4,7 +4,10 @@ Bound to HEALER_OPS_HOST/HEALER_OPS_PORT (loopback by default) and never publish
 internet: it shows internals (check details, error classes, worker ids) that customers must not
 see. Admin actions still need the bearer token (HEALER_ADMIN_TOKEN). Everything shown passes
 through the redactor, so no secret leaves here even when an exception message carried one.
-`/readyz` and `/health` answer from the health monitor's cache, so they never wait on a probe.
+The probes and `/health` are healer.http.probes; they answer from the health monitor's cache, so
+they never wait on a probe. An admin's retry is healer.orders.retry, the same as `healer orders
+retry`: 409 and no change for an order with nothing to retry, and no new story line while the order
+is already queued.
 """
 
 from __future__ import annotations
@@ -14,20 +17,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.responses import PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.pipeline import OrderNotFound, Pipeline
 from fulfilment.secrets import Redactor
 from healer import __version__, orders
 from healer.config import Secret
-from healer.health.monitor import HealthMonitor, Readiness
-from healer.http.auth import bearer_token, same_secret
-from healer.http.customer_view import CompletionAccepted, Problem
-from healer.http.errors import install_error_handlers
-
-NO_STORE = {"Cache-Control": "no-store"}
+from healer.health.monitor import HealthMonitor
+from healer.http.auth import same_secret
+from healer.http.customer_view import CompletionAccepted
+from healer.http.layers import install_layers
+from healer.http.observe import HttpMetrics
+from healer.http.openapi import Responses, operation_id, plain_text, problem, unavailable
+from healer.http.probes import health_routes, probe_routes
 
 
 @dataclass
@@ -46,14 +51,26 @@ class OperatorContext:
     public_schema: Callable[[], dict[str, Any]] | None = None
     # Sentences for /health about how this daemon runs (embedded defaults, payments unverified).
     notices: tuple[str, ...] = ()
+    # healer_http_requests_total and its duration; None: not counted (tests of one route).
+    http_metrics: HttpMetrics | None = None
+
+
+ADMIN = HTTPBearer(scheme_name="AdminToken", auto_error=False, description="HEALER_ADMIN_TOKEN")
+SHOW_RESPONSES: Responses = {404: problem("no such order"), 503: unavailable()}
+RETRY_RESPONSES: Responses = {
+    403: problem("admin endpoints disabled (no HEALER_ADMIN_TOKEN), or a wrong or missing bearer token"),
+    404: problem("no such order"),
+    409: problem("nothing to do: the order is completed or refunded, or its payment has not succeeded"),
+    503: unavailable(),
+}
 
 
 def create_operator_app(ctx: OperatorContext) -> FastAPI:
-    app = FastAPI(title="healer operator API", version=__version__)
-    install_error_handlers(app)
+    app = FastAPI(title="healer operator API", version=__version__, generate_unique_id_function=operation_id)
+    install_layers(app, "operator", ctx.http_metrics)
     _order_routes(app, ctx)
-    _probe_routes(app, ctx)
-    _health_routes(app, ctx)
+    probe_routes(app, ctx.liveness, ctx.health, ctx.redact)
+    health_routes(app, ctx.health, ctx.notices, ctx.redact)
     _exposition_routes(app, ctx)
     return app
 
@@ -61,15 +78,13 @@ def create_operator_app(ctx: OperatorContext) -> FastAPI:
 def _order_routes(app: FastAPI, ctx: OperatorContext) -> None:
     """An order's whole story, and the admin's retry."""
 
-    def admin(authorization: Annotated[str | None, Header()] = None) -> None:
+    def admin(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(ADMIN)]) -> None:
         if ctx.admin_token is None:
             raise HTTPException(403, "admin endpoints are disabled: set HEALER_ADMIN_TOKEN")
-        given = bearer_token(authorization)
-        if given is None or not same_secret(given, ctx.admin_token.value):
+        if credentials is None or not same_secret(credentials.credentials, ctx.admin_token.value):
             raise HTTPException(403, "admin bearer token required")
 
-    @app.get("/api/orders/{order_id}", responses={404: {"model": Problem}},
-             summary="An order and its story (every step attempt)")
+    @app.get("/api/orders/{order_id}", responses=SHOW_RESPONSES, summary="An order and its story (every step attempt)")
     def show(order_id: uuid.UUID) -> orders.OrderView:
         view = orders.story(ctx.sessions, order_id)
         if view is None:
@@ -77,61 +92,15 @@ def _order_routes(app: FastAPI, ctx: OperatorContext) -> None:
         return orders.redacted(view, ctx.redact)
 
     @app.post("/api/orders/{order_id}/retry", status_code=202, dependencies=[Depends(admin)],
-              responses={403: {"model": Problem}, 404: {"model": Problem}},
-              summary="Re-queue an order where it stopped (admin)")
+              responses=RETRY_RESPONSES, summary="Re-queue an order where it stopped (admin)")
     def retry(order_id: uuid.UUID) -> CompletionAccepted:
         try:
-            status = ctx.pipeline.requeue(order_id, "retry requested through the API")
+            status = orders.retry(ctx.pipeline, order_id, "retry requested through the API")
         except OrderNotFound:
             raise HTTPException(404, "unknown order") from None
-        return CompletionAccepted(order_id=str(order_id), status=status.value)
-
-
-def _probe_routes(app: FastAPI, ctx: OperatorContext) -> None:
-    """Kubernetes-style liveness and readiness, answered from the scheduler and the check cache."""
-
-    @app.get("/livez", response_class=PlainTextResponse, responses={503: {"description": "not alive"}})
-    def livez(verbose: str | None = None) -> PlainTextResponse:
-        alive, detail = ctx.liveness()
-        if verbose is not None:
-            body = f"[{'+' if alive else '-'}]scheduler {'ok' if alive else 'failed: ' + detail}\n"
-            body += f"livez check {'passed' if alive else 'failed'}\n"
-        else:
-            body = "ok" if alive else f"failed: {detail}"
-        return PlainTextResponse(ctx.redact(body), status_code=200 if alive else 503)
-
-    @app.get("/readyz", response_class=PlainTextResponse, responses={503: {"description": "not ready"}})
-    def readyz(
-        verbose: str | None = None, exclude: Annotated[list[str] | None, Query()] = None
-    ) -> PlainTextResponse:
-        readiness = ctx.health.ready(exclude or ()) if ctx.health else Readiness(True, ())
-        return PlainTextResponse(
-            ctx.redact(readyz_body(readiness, verbose=verbose is not None)),
-            status_code=200 if readiness.ready else 503,
-            headers=NO_STORE,
-        )
-
-
-def _health_routes(app: FastAPI, ctx: OperatorContext) -> None:
-    """Every check as JSON (status, latency, last success, detail, remedy), redacted."""
-
-    @app.get("/health", summary="Every check: status, latency, last success, detail, remedy")
-    def health() -> JSONResponse:
-        body: dict[str, Any] = {"status": "ok", "checks": {}}
-        if ctx.health is not None:
-            body = {
-                "status": ctx.health.overall().value,
-                "checks": {report.name: report.as_dict() for report in ctx.health.reports()},
-            }
-        body["notices"] = list(ctx.notices)
-        return JSONResponse(redacted_json(body, ctx.redact), headers=NO_STORE)
-
-    @app.get("/health/{check}", responses={404: {"model": Problem}})
-    def health_of(check: str) -> JSONResponse:
-        if ctx.health is None or check not in ctx.health.names:
-            known = ", ".join(ctx.health.names) if ctx.health else "none"
-            raise HTTPException(404, f"unknown check {check[:64]!r}; checks here: {known}")
-        return JSONResponse(redacted_json(ctx.health.report(check).as_dict(), ctx.redact), headers=NO_STORE)
+        except orders.NothingToRetry as nothing:
+            raise HTTPException(409, str(nothing)) from None
+        return CompletionAccepted(order_id=str(order_id), status=status)
 
 
 def _exposition_routes(app: FastAPI, ctx: OperatorContext) -> None:
@@ -139,7 +108,8 @@ def _exposition_routes(app: FastAPI, ctx: OperatorContext) -> None:
     if ctx.metrics is not None:
         exposition = ctx.metrics
 
-        @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus exposition")
+        @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus exposition",
+                 responses={200: plain_text("the text exposition format")})
         def metrics() -> Response:
             body, content_type = exposition()
             return Response(body, media_type=content_type)
@@ -148,39 +118,5 @@ def _exposition_routes(app: FastAPI, ctx: OperatorContext) -> None:
         public_schema = ctx.public_schema
 
         @app.get("/public/openapi.json", summary="The public listener's OpenAPI schema")
-        def public_openapi() -> JSONResponse:
-            return JSONResponse(public_schema())
-
-
-def redacted_json(value: Any, redact: Redactor) -> Any:
-    """Every string in a JSON-shaped value, redacted."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {key: redacted_json(item, redact) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redacted_json(item, redact) for item in value]
-    return value
-
-
-def readyz_body(readiness: Readiness, *, verbose: bool) -> str:
-    """Kubernetes' format: `[+]name ok` / `[-]name failed: reason` lines, then the verdict.
-
-    A passing probe that did not ask for detail gets a bare "ok"; a failing one always gets the
-    lines, so whoever reads a 503 sees why.
-    """
-    if readiness.ready and not verbose:
-        return "ok"
-    lines = []
-    for line in readiness.lines:
-        if line.excluded:
-            lines.append(f"[+]{line.name} excluded: ok")
-        elif line.ok:
-            lines.append(f"[+]{line.name} ok")
-        else:
-            lines.append(f"[-]{line.name} failed: {line.reason}")
-    if readiness.unknown_excludes and verbose:
-        names = ", ".join(f'"{name}"' for name in readiness.unknown_excludes)
-        lines.append(f"warn: some health checks cannot be excluded: no matches for {names}")
-    lines.append(f"readyz check {'passed' if readiness.ready else 'failed'}")
-    return "\n".join(lines) + "\n"
+        def public_openapi() -> dict[str, Any]:
+            return public_schema()

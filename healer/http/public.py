@@ -16,10 +16,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, HTTPException
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi import Depends, FastAPI, HTTPException, Security
+from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.errors import ErrorClass, StepError
@@ -28,8 +29,10 @@ from fulfilment.pipeline import OrderNotFound, PaymentNotSucceeded, Pipeline
 from fulfilment.storage import LocalStore, ObjectStore
 from healer import __version__, orders
 from healer.http.auth import SessionDenied, check_session
-from healer.http.customer_view import CompletionAccepted, CustomerOrder, Problem, customer_order
-from healer.http.errors import install_error_handlers
+from healer.http.customer_view import CompletionAccepted, CustomerOrder, customer_order
+from healer.http.layers import install_layers
+from healer.http.observe import HttpMetrics
+from healer.http.openapi import TOO_MANY, Responses, operation_id, problem, unavailable
 from healer.http.ratelimit import ClientRateLimit
 
 log = logging.getLogger(__name__)
@@ -60,17 +63,39 @@ class PublicContext:
     # A download's PDF is gone: (order id, why) -> True while it is being rendered again
     # (healer.remediation.remediator.Remediator.on_missing_download); None: nobody to heal it.
     restore_pdf: Callable[[uuid.UUID, str], bool] | None = None
+    # healer_http_requests_total and its duration; None: not counted (tests of one route).
+    http_metrics: HttpMetrics | None = None
 
 
-def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": Problem} for code in codes}
+# The customer's session token, as the shop's checkout hands it to their browser.
+SESSION_TOKEN = APIKeyHeader(name="X-Session-Token", scheme_name="SessionToken", auto_error=False,
+                             description="the session token the shop gave the customer for this order")
+FORBIDDEN = problem("wrong or missing X-Session-Token, or the session expired")
+UNKNOWN_ORDER = problem("no such order")
+COMPLETE_RESPONSES: Responses = {
+    403: FORBIDDEN, 404: UNKNOWN_ORDER,
+    409: problem("the payment has not succeeded, or the order was refunded"),
+    429: TOO_MANY, 503: unavailable(),
+}
+SHOW_RESPONSES: Responses = {403: FORBIDDEN, 404: UNKNOWN_ORDER, 429: TOO_MANY, 503: unavailable()}
+DOWNLOAD_RESPONSES: Responses = {
+    307: {"description": f"to a presigned URL of the PDF, valid {DOWNLOAD_URL_SECONDS} seconds",
+          "headers": {"Location": {"description": "the presigned URL", "required": True,
+                                   "schema": {"type": "string"}}}},
+    200: {"description": "the PDF itself (only with the local-directory store of `healer demo`)",
+          "content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}}},
+    404: problem("unknown link, or its file is missing from storage"),
+    410: problem("the order was refunded: its link no longer works"),
+    429: TOO_MANY,
+    503: unavailable("storage unavailable, or the PDF is being rendered again: try again in a minute"),
+}
 
 
 def create_public_app(ctx: PublicContext) -> FastAPI:
     # No docs or schema here: the public API's schema is served on the operator listener.
     app = FastAPI(title="healer public API", version=__version__, docs_url=None, redoc_url=None,
-                  openapi_url=None)
-    install_error_handlers(app)
+                  openapi_url=None, generate_unique_id_function=operation_id)
+    install_layers(app, "public", ctx.http_metrics)
     _order_routes(app, ctx)
     _download_route(app, ctx)
     return app
@@ -92,12 +117,12 @@ def _order_routes(app: FastAPI, ctx: PublicContext) -> None:
         return order
 
     @app.post("/api/orders/{order_id}/complete", status_code=202, dependencies=limited,
-              responses=_problems(403, 404, 409, 429, 503), summary="Complete a paid order (queued)")
+              responses=COMPLETE_RESPONSES, summary="Complete a paid order (queued)")
     def complete(
-        order_id: uuid.UUID, x_session_token: Annotated[str | None, Header()] = None
+        order_id: uuid.UUID, session_token: Annotated[str | None, Security(SESSION_TOKEN)]
     ) -> CompletionAccepted:
-        order = customers_order(order_id, x_session_token)
-        if order.order_status is OrderStatus.REFUNDED:
+        order = customers_order(order_id, session_token)
+        if order.status is OrderStatus.REFUNDED:
             raise HTTPException(409, "this order was refunded")
         try:
             status = ctx.pipeline.request_completion(order_id)
@@ -106,21 +131,19 @@ def _order_routes(app: FastAPI, ctx: PublicContext) -> None:
         except PaymentNotSucceeded:
             # Stripe's reason is logged for operators (with the order id); the customer needs the gist.
             raise HTTPException(409, "payment not succeeded: please complete the payment at checkout") from None
-        return CompletionAccepted(order_id=str(order_id), status=status.value)
+        return CompletionAccepted(order_id=str(order_id), status=status)
 
-    @app.get("/api/orders/{order_id}", dependencies=limited, responses=_problems(403, 404, 429, 503),
+    @app.get("/api/orders/{order_id}", dependencies=limited, responses=SHOW_RESPONSES,
              summary="The customer's view of an order")
-    def show(order_id: uuid.UUID, x_session_token: Annotated[str | None, Header()] = None) -> CustomerOrder:
-        return customer_order(customers_order(order_id, x_session_token), ctx.public_base_url)
+    def show(order_id: uuid.UUID, session_token: Annotated[str | None, Security(SESSION_TOKEN)]) -> CustomerOrder:
+        return customer_order(customers_order(order_id, session_token), ctx.public_base_url)
 
 
 def _download_route(app: FastAPI, ctx: PublicContext) -> None:
     """The link in the email: a fresh presigned URL (or the file), 410 once the order is refunded."""
 
-    @app.get("/download/{token}", response_model=None, dependencies=[Depends(ctx.rate_limit)], status_code=307,
-             responses={307: {"description": "redirect to a short-lived presigned URL"},
-                        200: {"description": "the PDF (local store)", "content": {"application/pdf": {}}},
-                        **_problems(404, 410, 429, 503)},
+    @app.get("/download/{token}", response_model=None, response_class=Response, status_code=307,
+             dependencies=[Depends(ctx.rate_limit)], responses=DOWNLOAD_RESPONSES,
              summary="A download link from the email")
     def download(token: str) -> RedirectResponse | FileResponse:
         if not _TOKEN.fullmatch(token):
@@ -128,7 +151,7 @@ def _download_route(app: FastAPI, ctx: PublicContext) -> None:
         order = orders.find_by_download_token(ctx.sessions, token)
         if order is None or not order.final_pdf_key:
             raise HTTPException(404, "unknown download link")
-        if order.order_status is OrderStatus.REFUNDED:
+        if order.status is OrderStatus.REFUNDED:
             raise HTTPException(410, REFUNDED)
         return _send_pdf(ctx, order, order.final_pdf_key)
 
@@ -147,7 +170,7 @@ def _send_pdf(ctx: PublicContext, order: Order, key: str) -> RedirectResponse | 
     except StepError as error:
         raise _failed_download(ctx, order, error) from None
     if url is None:
-        raise HTTPException(503, "download temporarily unavailable")
+        raise HTTPException(503, "download temporarily unavailable", headers={"Retry-After": "60"})
     return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
 
 
@@ -155,7 +178,7 @@ def _missing_download(ctx: PublicContext, order: Order, error_class: ErrorClass,
                       fix: str) -> HTTPException:
     order_id = order.id
     # Only a completed order's PDF is rendered again (one refunded meanwhile has no poster to give).
-    completed = order.status == OrderStatus.COMPLETED.value
+    completed = order.status is OrderStatus.COMPLETED
     if completed and ctx.restore_pdf is not None and ctx.restore_pdf(order_id, f"{error_class.value}: {what}"):
         log.warning("Download for order %s: %s: %s; the PDF is being rendered again", order_id,
                     error_class.value, what)

@@ -1,9 +1,11 @@
 """`POST /stripe/webhook`: Stripe's signed event deliveries, each applied once.
 
-The signature is checked on the raw body with STRIPE_WEBHOOK_SECRET before anything is parsed; a
-delivery that fails it changes nothing. Each event id is stored in the same transaction as its
-effect, so a redelivery (Stripe retries for three days, and may deliver twice) is acknowledged and
-ignored, and two copies arriving at once cannot both apply.
+The signature is checked on the raw body with STRIPE_WEBHOOK_SECRET before anything is parsed, and
+the body is then read into typed models of the fields healer uses (healer.stripe.webhook_events);
+a delivery that fails either is a 400 naming what is wrong, counted once, and changes nothing: a
+malformed event is never a 500 that Stripe would redeliver for three days. Each event id is stored
+in the same transaction as its effect, so a redelivery (Stripe may deliver twice) is acknowledged
+and ignored, and two copies arriving at once cannot both apply.
 
 A `payment_intent.succeeded` event counts as verification: it is signed by Stripe and carries the
 PaymentIntent itself, checked here against the order's amount, currency and payment id exactly as
@@ -19,17 +21,13 @@ Nothing slow happens in the request: no Stripe calls, no rendering, one short tr
 
 from __future__ import annotations
 
-import enum
-import json
 import logging
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-import stripe
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import SQLAlchemyError
@@ -38,59 +36,59 @@ from starlette.concurrency import run_in_threadpool
 
 from fulfilment.errors import ErrorClass
 from fulfilment.models import Order, OrderStatus, Outcome, Step, transaction
-from fulfilment.pipeline import REFUNDED_OUTCOME, Pipeline
+from fulfilment.pipeline import Pipeline
 from healer.config import Secret
 from healer.db.models import OrphanPayment, WebhookEvent, insert_once
 from healer.health.metrics import Metrics
+from healer.http.openapi import inline_schema, problem, unavailable
 from healer.stripe.orphans import resolve as resolve_orphan
+from healer.stripe.webhook_events import (
+    HANDLED_TYPES,
+    SUCCEEDED,
+    Charge,
+    Delivery,
+    PaymentIntent,
+    Refusal,
+    StripeEvent,
+    WebhookResult,
+    verify,
+)
 
 log = logging.getLogger(__name__)
 
 # Stripe's largest events (a charge with its refunds) are a few tens of kilobytes.
 MAX_BODY_BYTES = 256 * 1024
-TOLERANCE_SECONDS = stripe.Webhook.DEFAULT_TOLERANCE
-
-SUCCEEDED = "payment_intent.succeeded"
-PAYMENT_FAILED = "payment_intent.payment_failed"
-REFUNDED = "charge.refunded"
-HANDLED_TYPES = (SUCCEEDED, PAYMENT_FAILED, REFUNDED)
 
 
-class WebhookResult(enum.StrEnum):
-    APPLIED = "applied"  # the order changed
-    RECORDED = "recorded"  # a line in the order's story, nothing else
-    UNCHANGED = "unchanged"  # already so: a late or out-of-order delivery
-    REFUND_AFTER_COMPLETION = "refund_after_completion"  # the customer has poster and money
-    MISMATCH = "mismatch"  # amount, currency or payment differ from the order's: not applied
-    UNKNOWN_ORDER = "unknown_order"  # reconciliation reports the payment if it stays so
-    ORPHAN_RESOLVED = "orphan_resolved"  # refund of a payment no order claims: the orphan is dealt with
-    IGNORED = "ignored"  # a type healer does not act on
-    DUPLICATE = "duplicate"  # this event id was handled before
-    BAD_SIGNATURE = "bad_signature"
-    MALFORMED = "malformed"
-    TOO_LARGE = "too_large"
-    NOT_CONFIGURED = "not_configured"
-    ERROR = "error"  # the database failed: Stripe retries the delivery
+class WebhookAnswer(BaseModel):
+    """200: the delivery was verified and handled (or recognised as a replay); Stripe stops."""
+
+    received: bool
+    result: WebhookResult
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """A verified event: its id, type, when Stripe created it, and its `data.object`."""
+def _openapi() -> dict[str, Any]:
+    """The header and body the route reads itself (raw bytes, for the signature), documented."""
+    event = inline_schema(StripeEvent)
+    event["properties"]["data"]["properties"]["object"] = {
+        "description": "read according to `type`; other types are acknowledged unread",
+        "anyOf": [inline_schema(PaymentIntent), inline_schema(Charge), {"type": "object"}]}
+    return {
+        "parameters": [{"name": "Stripe-Signature", "in": "header", "required": True,
+                        "description": "Stripe's signature of the raw body (`t=…,v1=…`), "
+                                       "checked with STRIPE_WEBHOOK_SECRET",
+                        "schema": {"type": "string"}}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": event}}},
+    }
 
-    event_id: str
-    type: str
-    created: datetime
-    obj: dict[str, Any]
 
-
-class Refused(Exception):
-    """A delivery answered with an error before anything was touched."""
-
-    def __init__(self, status: int, result: WebhookResult, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.result = result
-        self.detail = detail
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: problem("bad, stale or missing signature; or a signed body that is not a Stripe event "
+                 "healer understands (the field is named)"),
+    413: problem(f"body over {MAX_BODY_BYTES} bytes"),
+    503: unavailable("STRIPE_WEBHOOK_SECRET unset, or the database unavailable (with Retry-After)",
+                     always_retry_after=False),
+}
 
 
 def webhook_router(
@@ -108,25 +106,20 @@ def webhook_router(
         label = event_type if event_type in HANDLED_TYPES or event_type == "unknown" else "other"
         metrics.webhook_events.labels(label, result.value).inc()
 
-    @router.post("/stripe/webhook", summary="Stripe event deliveries (signed)")
+    @router.post("/stripe/webhook", summary="Stripe event deliveries (signed)", response_model=WebhookAnswer,
+                 responses=RESPONSES, openapi_extra=_openapi())
     async def stripe_webhook(request: Request) -> JSONResponse:
         try:
             if webhook_secret is None:
-                raise Refused(503, WebhookResult.NOT_CONFIGURED,
+                raise Refusal(503, WebhookResult.NOT_CONFIGURED,
                               "STRIPE_WEBHOOK_SECRET is not set: deliveries cannot be verified")
             body = await _read_body(request, max_body_bytes)
             delivery = verify(body, request.headers.get("stripe-signature"), webhook_secret.value)
-        except Refused as refused:
-            log.warning("Stripe webhook refused (%s): %s", refused.result.value, refused.detail)
-            count("unknown", refused.result)
-            return JSONResponse({"detail": refused.detail}, status_code=refused.status)
-        try:
             result = await run_in_threadpool(handler.handle, delivery)
-        except (KeyError, TypeError, ValueError) as error:  # rolled back: nothing was stored
-            log.warning("Stripe event %s (%s) lacks what healer reads: %r", delivery.event_id,
-                        delivery.type, error)
-            count(delivery.type, WebhookResult.MALFORMED)
-            return JSONResponse({"detail": f"event object not understood: {error!r}"}, status_code=400)
+        except Refusal as refused:
+            log.warning("Stripe webhook refused (%s): %s", refused.result.value, refused.detail)
+            count(refused.event_type, refused.result)
+            return JSONResponse({"detail": refused.detail}, status_code=refused.status)
         except SQLAlchemyError as error:
             log.error("Stripe event %s not stored, database unavailable: %s", delivery.event_id,
                       str(error).splitlines()[0])
@@ -142,55 +135,14 @@ def webhook_router(
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise Refused(413, WebhookResult.TOO_LARGE, f"body over {limit} bytes")
+        raise Refusal(413, WebhookResult.TOO_LARGE, f"body over {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():  # a lying or absent Content-Length is still bounded
         size += len(chunk)
         if size > limit:
-            raise Refused(413, WebhookResult.TOO_LARGE, f"body over {limit} bytes")
+            raise Refusal(413, WebhookResult.TOO_LARGE, f"body over {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def verify(body: bytes, signature: str | None, secret: str) -> Delivery:
-    """The event in `body` if Stripe signed it with `secret` recently; raises `Refused`."""
-    try:
-        stripe.WebhookSignature.verify_header(body.decode("utf-8", "replace"), signature, secret,
-                                              TOLERANCE_SECONDS)
-    except stripe.SignatureVerificationError as error:
-        raise Refused(400, WebhookResult.BAD_SIGNATURE, f"signature not verified: {error}") from None
-    try:
-        event = json.loads(body)
-        delivery = Delivery(
-            event_id=str(event["id"])[:255],
-            type=str(event["type"])[:64],
-            created=datetime.fromtimestamp(int(event["created"]), UTC),
-            obj=dict(event["data"]["object"]),
-        )
-    # Signed by Stripe, yet not what Stripe sends: refused whole, nothing stored. RecursionError:
-    # JSON nested deeper than the parser follows; Overflow/OSError: a timestamp beyond any date.
-    except (ValueError, KeyError, TypeError, OverflowError, OSError, RecursionError) as error:
-        raise Refused(400, WebhookResult.MALFORMED, f"not a Stripe event: {type(error).__name__}: {error}"[:300]) from None
-    try:
-        if delivery.type in HANDLED_TYPES:  # others are acknowledged and ignored, unread
-            _check_shape(delivery.obj)
-    except TypeError as error:
-        raise Refused(400, WebhookResult.MALFORMED, f"event object not understood: {error}") from None
-    return delivery
-
-
-def _check_shape(obj: dict[str, Any]) -> None:
-    """The fields healer reads have the types Stripe's API gives them."""
-    if not isinstance(obj.get("id"), str):
-        raise TypeError("object id is not a string")
-    if not isinstance(obj.get("metadata") or {}, dict):
-        raise TypeError("metadata is not an object")
-    for field in ("payment_intent", "currency"):
-        if obj.get(field) is not None and not isinstance(obj[field], str):
-            raise TypeError(f"{field} is not a string")
-    for field in ("amount", "amount_refunded"):
-        if obj.get(field) is not None and (not isinstance(obj[field], int) or isinstance(obj[field], bool)):
-            raise TypeError(f"{field} is not a whole number")
 
 
 class WebhookHandler:
@@ -216,33 +168,34 @@ class WebhookHandler:
         return result
 
     def _apply(self, session: Session, delivery: Delivery) -> tuple[WebhookResult, uuid.UUID | None]:
-        if delivery.type not in HANDLED_TYPES:
-            return WebhookResult.IGNORED, None
         obj = delivery.obj
-        payment_intent_id = obj["id"] if delivery.type != REFUNDED else obj.get("payment_intent")
-        orphan = self._refunded_orphan(session, delivery) if delivery.type == REFUNDED else None
+        if obj is None:
+            return WebhookResult.IGNORED, None
+        orphan = self._refunded_orphan(session, delivery.event_id, obj) if isinstance(obj, Charge) else None
+        payment_intent_id = obj.payment_intent if isinstance(obj, Charge) else obj.id
         order = _find_order(session, _metadata_order_id(obj), payment_intent_id)
         if order is None and orphan is not None:
             return orphan, None
         if order is None:
             log.warning("Stripe event %s (%s) names no known order (metadata.order_id %r, %s)",
-                        delivery.event_id, delivery.type, _metadata_order_id(obj), payment_intent_id)
+                        delivery.event_id, delivery.type, obj.metadata and obj.metadata.order_id, payment_intent_id)
             return WebhookResult.UNKNOWN_ORDER, None
-        apply = {SUCCEEDED: self._succeeded, PAYMENT_FAILED: self._failed, REFUNDED: self._refunded}
-        return apply[delivery.type](session, delivery, order), order.id
+        if isinstance(obj, Charge):
+            return self._refunded(session, delivery.event_id, obj, order), order.id
+        if delivery.type == SUCCEEDED:
+            return self._succeeded(session, delivery, obj, order), order.id
+        return self._failed(session, delivery.event_id, obj, order), order.id
 
-    def _refunded_orphan(self, session: Session, delivery: Delivery) -> WebhookResult | None:
+    def _refunded_orphan(self, session: Session, event_id: str, charge: Charge) -> WebhookResult | None:
         """Resolves the orphan this charge's refund repays; None if its payment is no orphan.
         Only a full refund resolves: after a partial one, some money is still taken for nothing."""
-        charge = delivery.obj
-        payment_intent_id = charge.get("payment_intent")
+        payment_intent_id = charge.payment_intent
         if not payment_intent_id:
             return None
-        resolution = f"refunded in Stripe (event {delivery.event_id})"
-        if charge.get("refunded") and resolve_orphan(session, payment_intent_id, resolution,
-                                                     self.pipeline.clock()):
+        resolution = f"refunded in Stripe (event {event_id})"
+        if charge.refunded and resolve_orphan(session, payment_intent_id, resolution, self.pipeline.clock()):
             log.info("Orphan payment %s resolved: refunded in Stripe (charge %s, event %s)",
-                     payment_intent_id, charge["id"], delivery.event_id)
+                     payment_intent_id, charge.id, event_id)
             return WebhookResult.ORPHAN_RESOLVED
         row = session.execute(select(OrphanPayment.resolved_at)
                               .where(OrphanPayment.payment_intent_id == payment_intent_id)).first()
@@ -251,50 +204,46 @@ class WebhookHandler:
         if row.resolved_at is None:
             log.info("Partial refund of orphan payment %s (%s of %s %s, event %s): it stays unresolved "
                      "until refunded in full or resolved by an operator", payment_intent_id,
-                     charge.get("amount_refunded"), charge.get("amount"), charge.get("currency"),
-                     delivery.event_id)
+                     charge.amount_refunded, charge.amount, charge.currency, event_id)
         return WebhookResult.UNCHANGED  # resolved before: by an operator, or an earlier refund event
 
-    def _succeeded(self, session: Session, delivery: Delivery, order: Row[Any]) -> WebhookResult:
-        intent = delivery.obj
-        problem = payment_mismatch(order, intent)
+    def _succeeded(self, session: Session, delivery: Delivery, intent: PaymentIntent, order: Row[Any]) -> WebhookResult:
+        problem = payment_mismatch(order, intent.model_dump())
         if problem is not None:
-            log.warning("Payment %s for order %s not applied: %s", intent["id"], order.id, problem)
+            log.warning("Payment %s for order %s not applied: %s", intent.id, order.id, problem)
             self.pipeline.note(session, order.id, Step.VERIFY_PAYMENT, Outcome.FAILED,
                                f"Stripe event {delivery.event_id} not applied: {problem}",
                                ErrorClass.PAYMENT_UNVERIFIED)
             return WebhookResult.MISMATCH
-        message = (f"Payment succeeded: {intent['id']} ({intent['amount']} {intent['currency']}), "
+        message = (f"Payment succeeded: {intent.id} ({intent.amount} {intent.currency}), "
                    f"Stripe event {delivery.event_id}")
-        paid = self.pipeline.mark_paid(session, order.id, payment_intent_id=intent["id"],
+        paid = self.pipeline.mark_paid(session, order.id, payment_intent_id=intent.id,
                                        paid_at=delivery.created, message=message)
         return WebhookResult.APPLIED if paid else WebhookResult.UNCHANGED
 
-    def _failed(self, session: Session, delivery: Delivery, order: Row[Any]) -> WebhookResult:
-        error = delivery.obj.get("last_payment_error") or {}
-        reason = ": ".join(str(p) for p in (error.get("code"), error.get("message")) if p)
-        log.info("Payment attempt %s failed for order %s: %s", delivery.obj["id"], order.id,
-                 reason or "no reason given")
+    def _failed(self, session: Session, event_id: str, intent: PaymentIntent, order: Row[Any]) -> WebhookResult:
+        error = intent.last_payment_error
+        reason = ": ".join(p for p in (error.code, error.message) if p) if error else ""
+        log.info("Payment attempt %s failed for order %s: %s", intent.id, order.id, reason or "no reason given")
         self.pipeline.note(session, order.id, Step.VERIFY_PAYMENT, Outcome.FAILED,
                            f"Payment attempt failed: {reason or 'no reason given'} "
-                           f"({delivery.obj['id']}, Stripe event {delivery.event_id})",
+                           f"({intent.id}, Stripe event {event_id})",
                            ErrorClass.PAYMENT_UNVERIFIED)
         return WebhookResult.RECORDED
 
-    def _refunded(self, session: Session, delivery: Delivery, order: Row[Any]) -> WebhookResult:
-        charge = delivery.obj
-        amounts = f"{charge['amount_refunded']} of {charge['amount']} {charge['currency']}"
-        where = f"charge {charge['id']}, Stripe event {delivery.event_id}"
-        refunded_intent = charge.get("payment_intent")
+    def _refunded(self, session: Session, event_id: str, charge: Charge, order: Row[Any]) -> WebhookResult:
+        amounts = f"{charge.amount_refunded} of {charge.amount} {charge.currency}"
+        where = f"charge {charge.id}, Stripe event {event_id}"
+        refunded_intent = charge.payment_intent
         if order.stripe_payment_intent_id and refunded_intent and refunded_intent != order.stripe_payment_intent_id:
             # Another payment naming this order (a double payment, say) was refunded: the order's
             # own payment stands, so fulfilment goes on.
-            self.pipeline.note(session, order.id, Step.VERIFY_PAYMENT, REFUNDED_OUTCOME,
+            self.pipeline.note(session, order.id, Step.VERIFY_PAYMENT, Outcome.REFUNDED,
                                f"Refund of another payment {refunded_intent} naming this order: {amounts} ({where})")
             return WebhookResult.RECORDED
-        if not charge.get("refunded"):
+        if not charge.refunded:
             # A partial refund (a goodwill gesture, say) leaves the order to go on.
-            self.pipeline.note(session, order.id, Step.VERIFY_PAYMENT, REFUNDED_OUTCOME,
+            self.pipeline.note(session, order.id, Step.VERIFY_PAYMENT, Outcome.REFUNDED,
                                f"Partial refund in Stripe: {amounts} ({where})")
             return WebhookResult.RECORDED
         before = self.pipeline.mark_refunded(session, order.id, f"Refunded in Stripe: {amounts} ({where})")
@@ -341,8 +290,8 @@ def _find_order(session: Session, order_id: uuid.UUID | None, payment_intent_id:
     return next((r for r in rows if r.id == order_id), rows[0] if rows else None)
 
 
-def _metadata_order_id(obj: dict[str, Any]) -> uuid.UUID | None:
-    return parse_order_id((obj.get("metadata") or {}).get("order_id"))
+def _metadata_order_id(obj: PaymentIntent | Charge) -> uuid.UUID | None:
+    return parse_order_id(obj.metadata.order_id if obj.metadata else None)
 
 
 def parse_order_id(value: object) -> uuid.UUID | None:

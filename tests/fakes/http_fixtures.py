@@ -15,6 +15,7 @@ from fulfilment.secrets import Redactor
 from fulfilment.storage import ObjectStore
 from healer.config import Secret
 from healer.health.monitor import HealthMonitor
+from healer.http.observe import HttpMetrics
 from healer.http.operator import OperatorContext, create_operator_app
 from healer.http.public import PublicContext, create_public_app
 from healer.http.ratelimit import ClientRateLimit
@@ -31,11 +32,13 @@ def public_client(
     session_lifetime: timedelta = DAY,
     restore_pdf: Callable[[uuid.UUID, str], bool] | None = None,
     per_minute: int = 10_000,
+    http_metrics: HttpMetrics | None = None,
     **client_options: Any,
 ) -> TestClient:
     app = create_public_app(PublicContext(
         sessions=sessions, pipeline=pipeline, store=store, public_base_url=PUBLIC_BASE_URL,
         session_lifetime=session_lifetime, rate_limit=ClientRateLimit(per_minute), restore_pdf=restore_pdf,
+        http_metrics=http_metrics,
     ))
     return TestClient(app, follow_redirects=False, **client_options)
 
@@ -48,10 +51,11 @@ def operator_client(
     health: HealthMonitor | None = None,
     liveness: Callable[[], tuple[bool, str]] = lambda: (True, "ok"),
     redact: Redactor | None = None,
+    http_metrics: HttpMetrics | None = None,
     **client_options: Any,
 ) -> TestClient:
     app = create_operator_app(OperatorContext(
         sessions=sessions, pipeline=pipeline, admin_token=Secret(admin) if admin else None,
-        redact=redact or Redactor(), liveness=liveness, health=health,
+        redact=redact or Redactor(), liveness=liveness, health=health, http_metrics=http_metrics,
     ))
     return TestClient(app, **client_options)

@@ -87,3 +87,30 @@ def test_render_writes_a_poster_from_files(shop_env: dict[str, str], tmp_path: P
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "o.pdf").read_bytes().startswith(b"%PDF")
     assert missing.returncode == 1 and "none.jpg" in missing.stderr
+
+
+def test_retry_of_an_order_with_nothing_to_retry_says_so_and_exits_1(shop: Shop, shop_env: dict[str, str]) -> None:
+    done = shop.paid_order()
+    assert healer(shop_env, "orders", "complete", str(done)).returncode == 0
+    refunded = shop.paid_order(status="refunded", queued=False)
+    unpaid = shop.paid_order(payment_status="requires_payment_method", queued=False)
+    stripe_calls = len(shop.stripe.requests)
+
+    results = {order_id: healer(shop_env, "orders", "retry", str(order_id)) for order_id in (done, refunded, unpaid)}
+
+    for order_id, result in results.items():
+        assert result.returncode == 1, (order_id, result.stdout, result.stderr)
+        assert "nothing to do" in result.stderr and "re-queued" not in result.stdout
+    assert [shop.order(o).status for o in results] == ["completed", "refunded", "pending_payment"]
+    assert shop.events(unpaid) == [] and shop.order(unpaid).next_attempt_at is None
+    assert len(shop.stripe.requests) == stripe_calls
+
+
+def test_retry_twice_requeues_once(shop: Shop, shop_env: dict[str, str]) -> None:
+    order_id = shop.paid_order(status="needs_attention", last_error_step="email", queued=False)
+
+    first, second = (healer(shop_env, "orders", "retry", str(order_id)) for _ in range(2))
+
+    assert first.returncode == second.returncode == 0
+    assert f"{order_id}: queued at pdf_rendered" in second.stdout
+    assert [e.outcome for e in shop.events(order_id)] == ["requeued"]

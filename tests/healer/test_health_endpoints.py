@@ -92,7 +92,7 @@ def test_readyz_fails_with_the_reason_when_a_critical_check_fails(
         "[+]database ok\n[-]s3 failed: access denied: list s3://shop/healthcheck/\nreadyz check failed\n")
 
 
-def test_readyz_exclude_may_be_repeated_and_warns_about_unknown_names(
+def test_readyz_exclude_may_be_repeated_and_warns_about_checks_that_gate_nothing(
     services: Services, monitor: HealthMonitor, s3: Peer
 ) -> None:
     s3.set(Status.FAILING, "no such bucket")
@@ -100,12 +100,12 @@ def test_readyz_exclude_may_be_repeated_and_warns_about_unknown_names(
     client = client_for(services, monitor)
 
     plain = client.get("/readyz", params=[("exclude", "s3")])
-    verbose = client.get("/readyz", params=[("verbose", ""), ("exclude", "s3"), ("exclude", "nope")])
+    verbose = client.get("/readyz", params=[("verbose", ""), ("exclude", "s3"), ("exclude", "stripe")])
 
     assert (plain.status_code, plain.text) == (200, "ok")
     assert verbose.status_code == 200
     assert verbose.text == ('[+]database ok\n[+]s3 excluded: ok\n'
-                            'warn: some health checks cannot be excluded: no matches for "nope"\n'
+                            'warn: some health checks cannot be excluded: no matches for "stripe"\n'
                             'readyz check passed\n')
 
 
@@ -221,3 +221,22 @@ def test_no_configured_secret_appears_in_any_health_body(
     assert '"sendgrid":{"name":"sendgrid","status":"failing"' in bodies[-len(paths)]
     leaked = [secret for secret in setup.secrets if any(secret in body for body in bodies)]
     assert leaked == []
+
+
+@pytest.mark.parametrize("forged", ["\n[+]fake ok", "s3\n[+]fake ok", 'nope"\n[+]x ok', "[+]s3", "nope", "S3", ""])
+def test_readyz_refuses_an_exclude_that_is_no_check_name_and_forges_no_line(
+    services: Services, monitor: HealthMonitor, forged: str
+) -> None:
+    monitor.run_all()
+
+    response = client_for(services, monitor).get("/readyz", params=[("verbose", ""), ("exclude", forged)])
+
+    assert response.status_code == 422 and response.headers["content-type"] == "application/json"
+    assert not [line for line in response.text.splitlines() if line.startswith("[")]  # no probe line at all
+    assert "not a check of this daemon; its checks: database, s3, stripe" in response.text
+
+
+def test_readyz_refuses_verbose_given_twice(services: Services, monitor: HealthMonitor) -> None:
+    response = client_for(services, monitor).get("/readyz", params=[("verbose", "1"), ("verbose", "\n[+]x")])
+
+    assert response.status_code == 422

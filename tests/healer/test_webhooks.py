@@ -449,3 +449,66 @@ def test_refund_of_an_orphan_on_the_embedded_sqlite_database(
 
     assert hook.deliver(*refund_payment(lite, pi))[1]["result"] == "orphan_resolved"
     assert orphan(lite, pi).resolved_at is not None and unresolved_gauge(hook) == 0
+
+
+# -- issue 20: no delivery, signed or not, gets a 500 ----------------------------------------------
+
+
+def test_a_non_ascii_signature_is_a_bad_signature_not_a_500(shop: Shop, hook: Hook) -> None:
+    order_id = shop.paid_order(queued=False)
+    body, _ = succeeded(shop, order_id)
+
+    # What `curl -H $'Stripe-Signature: t=1,v1=\xc3\xa9'` sends: the stripe library's own
+    # comparison raised TypeError on it.
+    response = hook.client.post("/stripe/webhook", content=body,
+                                headers={"Stripe-Signature": b"t=1,v1=\xc3\xa9"})
+
+    assert response.status_code == 400 and "signature" in response.json()["detail"]
+    assert hook.counted("unknown", "bad_signature") == 1
+    assert hook.stored_events() == [] and shop.events(order_id) == []
+
+
+@pytest.mark.parametrize("last_payment_error", [42, "card_declined", ["card_declined"], True])
+def test_a_failed_payment_whose_error_is_not_an_object_is_400_naming_the_field(
+    shop: Shop, hook: Hook, last_payment_error: object
+) -> None:
+    order_id = shop.paid_order(queued=False)
+    intent = shop.stripe.payment_intent(shop.order(order_id).stripe_payment_intent_id)
+    intent["last_payment_error"] = last_payment_error
+    body, headers = shop.stripe.webhook_payload("payment_intent.payment_failed", intent)
+
+    first, again = hook.deliver(body, headers), hook.deliver(body, headers)  # Stripe redelivers
+
+    assert first == again == (400, {"detail": first[1]["detail"]})
+    assert "data.object.last_payment_error" in first[1]["detail"]
+    assert hook.counted("payment_intent.payment_failed", "malformed") == 2  # each delivery, once
+    assert hook.stored_events() == [] and shop.events(order_id) == []
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("amount", "4900"), ("amount", 4900.0), ("currency", 978), ("metadata", {"order_id": 7}),
+    ("id", "pi_\x00"),
+])
+def test_a_succeeded_event_with_a_field_of_the_wrong_type_is_400_naming_it(
+    shop: Shop, hook: Hook, field: str, value: object
+) -> None:
+    order_id = shop.paid_order(queued=False)
+
+    status, answer = hook.deliver(*succeeded(shop, order_id, **{field: value}))
+
+    assert status == 400 and f"data.object.{field}" in answer["detail"]
+    assert hook.counted("payment_intent.succeeded", "malformed") == 1
+    assert shop.order(order_id).status == "pending_payment" and hook.stored_events() == []
+
+
+def test_a_refund_whose_refunded_flag_is_not_a_boolean_is_400(shop: Shop, hook: Hook) -> None:
+    order_id = shop.paid_order(queued=False)
+    hook.deliver(*succeeded(shop, order_id))
+    body, _ = refund(shop, order_id)
+    event = json.loads(body)
+    event["data"]["object"]["refunded"] = "yes"
+
+    status, answer = hook.deliver(*shop.stripe.webhook_for(event))
+
+    assert status == 400 and "data.object.refunded" in answer["detail"]
+    assert shop.order(order_id).status == "paid"

@@ -1,0 +1,176 @@
+"""The operator listener's probes and health: `/livez`, `/readyz` (Kubernetes-style plain text) and
+`/health`, `/health/{check}` (JSON), all answered from the scheduler and the monitor's cache, so
+none waits on a probe, and all redacted.
+
+`?exclude=` takes the names of this daemon's checks (an enum in the schema): anything else, a typo
+or a newline and a bracket that would read as a line of its own (`[+]fake ok`) once echoed into the
+probe's text, is refused with 422, so a misconfigured probe fails where its operator sees it. A
+check that is not critical matches no line: Kubernetes' warning line says so.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the routes' annotations at run time,
+# and `exclude`'s (the checks of this daemon) is made per app, a name only the enclosing function has.
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict
+
+from fulfilment.secrets import Redactor
+from healer.health.monitor import HealthMonitor, Readiness
+from healer.http.openapi import plain_text, problem
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def verbose_flag(request: Request, verbose: Annotated[str | None, Query(
+        description="present (any value, `?verbose` too): a line per check")] = None) -> bool:
+    """Whether `?verbose` was given. Given twice it is refused like any malformed parameter:
+    a scalar sent as a list means the caller built the query wrong."""
+    if len(request.query_params.getlist("verbose")) > 1:
+        raise RequestValidationError([{"type": "too_long", "loc": ("query", "verbose"),
+                                       "msg": "verbose may be given once", "input": None}])
+    return verbose is not None
+
+
+Verbose = Annotated[bool, Depends(verbose_flag)]
+
+
+def exclusions(names: tuple[str, ...]) -> Callable[..., tuple[str, ...]]:
+    """A dependency: the `?exclude=` names, each one of `names`, or 422 naming the ones that are not."""
+
+    def excluded(exclude: Annotated[list[str], Query(
+            default_factory=list, description="a check whose failure does not count (repeatable)",
+            json_schema_extra={"items": {"type": "string", "enum": list(names)}})]) -> tuple[str, ...]:
+        unknown = [{"type": "enum", "loc": ("query", "exclude", index), "input": None,
+                    "msg": f"not a check of this daemon; its checks: {', '.join(names) or 'none'}"}
+                   for index, name in enumerate(exclude) if name not in names]
+        if unknown:
+            raise RequestValidationError(unknown)
+        return tuple(exclude)
+
+    return excluded
+
+
+class CheckReport(BaseModel):
+    """One check as the monitor reports it. More fields may follow: clients must ignore them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    status: str  # ok, warning, failing, disabled, skipped; "pending" before its first run
+    latency_seconds: float | None
+    detail: str
+    remedy: str
+    runbook: str
+    checked_at: str | None
+    data: dict[str, Any]
+    last_success: str | None
+    critical: bool
+    interval_seconds: float
+    timeout_seconds: float
+    failure_threshold: int
+    consecutive_failures: int
+    probe_status: str | None
+
+
+class HealthReport(BaseModel):
+    """Every check, the worst status among them, and how this daemon runs (embedded defaults)."""
+
+    status: str
+    checks: dict[str, CheckReport]
+    notices: list[str]
+
+
+def probe_routes(app: FastAPI, liveness: Callable[[], tuple[bool, str]], health: HealthMonitor | None,
+                 redact: Redactor) -> None:
+    """Kubernetes-style liveness and readiness, answered from the scheduler and the check cache."""
+    excluded = exclusions(tuple(health.names) if health else ())
+
+    @app.get("/livez", response_class=PlainTextResponse, summary="The process and its scheduler run",
+             responses={200: plain_text("alive"), 503: plain_text("not alive: why")})
+    def livez(verbose: Verbose) -> PlainTextResponse:
+        alive, detail = liveness()
+        if verbose:
+            body = f"[{'+' if alive else '-'}]scheduler {'ok' if alive else 'failed: ' + detail}\n"
+            body += f"livez check {'passed' if alive else 'failed'}\n"
+        else:
+            body = "ok" if alive else f"failed: {detail}"
+        return PlainTextResponse(redact(body), status_code=200 if alive else 503)
+
+    @app.get("/readyz", response_class=PlainTextResponse, summary="The critical checks pass (from the cache)",
+             responses={200: plain_text("ready"), 503: plain_text("not ready: a line per critical check")})
+    def readyz(verbose: Verbose, exclude: Annotated[tuple[str, ...], Depends(excluded)]) -> PlainTextResponse:
+        readiness = health.ready(exclude) if health else Readiness(True, ())
+        return PlainTextResponse(redact(readyz_body(readiness, verbose=verbose)),
+                                 status_code=200 if readiness.ready else 503, headers=NO_STORE)
+
+
+def health_routes(app: FastAPI, health: HealthMonitor | None, notices: tuple[str, ...], redact: Redactor) -> None:
+    """Every check as JSON (status, latency, last success, detail, remedy), redacted."""
+
+    @app.get("/health", response_model=HealthReport,
+             summary="Every check: status, latency, last success, detail, remedy")
+    def health_report() -> JSONResponse:
+        body: dict[str, Any] = {"status": "ok", "checks": {}}
+        if health is not None:
+            body = {"status": health.overall().value,
+                    "checks": {report.name: report.as_dict() for report in health.reports()}}
+        body["notices"] = list(notices)
+        return JSONResponse(redacted_json(body, redact), headers=NO_STORE)
+
+    @app.get("/health/{check}", response_model=CheckReport, responses={404: problem("no such check")},
+             summary="One check")
+    def health_of(check: str) -> JSONResponse:
+        if health is None or check not in health.names:
+            known = ", ".join(health.names) if health else "none"
+            raise HTTPException(404, f"unknown check {check[:64]!r}; checks here: {known}")
+        return JSONResponse(redacted_json(health.report(check).as_dict(), redact), headers=NO_STORE)
+
+
+def redacted_json(value: Any, redact: Redactor) -> Any:
+    """Every string in a JSON-shaped value, redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: redacted_json(item, redact) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redacted_json(item, redact) for item in value]
+    return value
+
+
+def readyz_body(readiness: Readiness, *, verbose: bool) -> str:
+    """Kubernetes' format: `[+]name ok` / `[-]name failed: reason` lines, then the verdict.
+
+    A passing probe that did not ask for detail gets a bare "ok"; a failing one always gets the
+    lines, so whoever reads a 503 sees why.
+    """
+    if readiness.ready and not verbose:
+        return "ok"
+    lines = []
+    for line in readiness.lines:
+        if line.excluded:
+            lines.append(f"[+]{line.name} excluded: ok")
+        elif line.ok:
+            lines.append(f"[+]{line.name} ok")
+        else:
+            lines.append(f"[-]{line.name} failed: {_one_line(line.reason)}")
+    if readiness.unknown_excludes and verbose:
+        # Only known names get here (see `exclusions`); escaped all the same, so no name can
+        # ever add a line of its own.
+        names = ", ".join(_quoted(name) for name in readiness.unknown_excludes)
+        lines.append(f"warn: some health checks cannot be excluded: no matches for {names}")
+    lines.append(f"readyz check {'passed' if readiness.ready else 'failed'}")
+    return "\n".join(lines) + "\n"
+
+
+def _one_line(text: str) -> str:
+    # A probe's reason is its own text (an exception's message may span lines): one line each.
+    return " ".join(text.split())
+
+
+def _quoted(name: str) -> str:
+    escaped = name.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    return f'"{escaped}"'
