@@ -5,6 +5,7 @@ A check is a small frozen dataclass whose fields are its configuration. Its `pro
 line of detail when all is well and raises `CheckFailed` (or `CheckWarning`, `CheckDisabled`)
 when not, each carrying a remedy: what an operator should do, in words tied to the runbook. Only
 `run_check` catches; a probe that raises anything else is reported as failing with its exception.
+A probe whose dependency fails it raises `CheckSkipped`: one outage, one alarm (the dependency's).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import ClassVar
@@ -69,6 +70,24 @@ class CheckDisabled(_ProbeOutcome):
     status = Status.DISABLED
 
 
+def skipped_because(failing: Sequence[str]) -> tuple[str, str]:
+    """Detail and remedy of a check skipped while the checks it depends on fail: one alarm, theirs."""
+    names = ", ".join(failing)
+    return f"skipped: {names} failing", f"fix {names} first"
+
+
+class CheckSkipped(_ProbeOutcome):
+    """Raised by a probe that has nothing of its own to judge because a dependency failed it (the
+    database refused its query, say): reported as skipped, never as a second alarm for that cause,
+    even in the moment before the dependency's own check has flipped to failing."""
+
+    status = Status.SKIPPED
+
+    def __init__(self, failing: Sequence[str], why: str = "", data: Mapping[str, float] | None = None) -> None:
+        detail, remedy = skipped_because(failing)
+        super().__init__(f"{detail} ({why})" if why else detail, remedy, data)
+
+
 @dataclass(frozen=True)
 class Healthy:
     """What a passing probe may return instead of a bare detail string: detail plus measurements."""
@@ -115,6 +134,8 @@ class Check(abc.ABC):
     timeout_seconds: float = 10.0
     critical: bool = True  # critical checks gate readiness
     failure_threshold: int = 2  # consecutive failures before the reported status flips
+    # Checks this one needs to judge anything (the database, for a query): while one of them fails,
+    # this one is skipped, so that one outage raises one alarm.
     depends_on: tuple[str, ...] = ()
 
     @abc.abstractmethod

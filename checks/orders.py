@@ -11,6 +11,9 @@ holding the orders up), however many orders there are. Rules, worst first:
 - warning: paid orders past the SLA (`sla_seconds`) but not yet that old. They are usually waiting
   on a failing dependency whose own check is already alarming; a warning avoids a second alarm
   for the same cause while still showing the backlog.
+
+It depends on the `database` check: skipped while that one fails, and skipped (not failing, no
+traceback) when its own query finds the database gone before that check has noticed.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from checks.base import Check, CheckFailed, CheckWarning, Healthy, Runbook
-from fulfilment.errors import ErrorClass
-from fulfilment.models import Order, OrderStatus, Step, utcnow
+from checks.base import Check, CheckFailed, CheckSkipped, CheckWarning, Healthy, Runbook
+from fulfilment.errors import ErrorClass, one_line
+from fulfilment.models import Order, OrderStatus, Step, database_unreachable, utcnow
 from fulfilment.pipeline import ACTIVE, NEXT_STEP
 
 # Paid, but the uploads are still at their temporary keys: the next step is verification or migration.
@@ -61,7 +65,12 @@ class OrdersCheck(Check):
 
     def probe(self) -> str | Healthy:
         now = utcnow()
-        backlog = self._backlog(now)
+        try:
+            backlog = self._backlog(now)
+        except SQLAlchemyError as error:
+            if database_unreachable(error):  # the database check raises this alarm, not us
+                raise CheckSkipped(self.depends_on, one_line(error)) from None
+            raise
         data = _data(backlog, now, self.session_expiration_seconds)
         problems = self._failures(backlog, now)
         summary = _summary(backlog, now, self.sla_seconds)

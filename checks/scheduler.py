@@ -7,6 +7,11 @@ succeeded). Fast jobs get at least `min_interval_seconds` per interval, so a wor
 2 s is not declared dead by one slow run or a busy machine: 5 x 6 s matches the 30 s grace the
 scheduler's own liveness uses.
 
+A job waits, rather than fails, while a check it depends on is failing (the scheduler does not
+run it then, as the pipeline does not run a gated step): such a job is not late, and when nothing
+else is wrong the check reports `skipped: database failing`, leaving the alarm to that check.
+Whether a waiting job still runs at all is liveness's question (`/livez`), not this check's.
+
 The check takes callables rather than the scheduler, so this package does not depend on `healer`.
 """
 
@@ -17,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
-from checks.base import Check, CheckDisabled, CheckFailed, CheckWarning, Healthy, Runbook
+from checks.base import Check, CheckDisabled, CheckFailed, CheckSkipped, CheckWarning, Healthy, Runbook
 
 
 class JobLike(Protocol):
@@ -33,14 +38,22 @@ class JobLike(Protocol):
     @property
     def last_error(self) -> str | None: ...
 
+    @property
+    def waiting_on(self) -> tuple[str, ...]: ...  # checks it depends on that are failing now
+
+    @property
+    def last_waited(self) -> float | None: ...  # when it last waited on a failing dependency
+
 
 @dataclass(frozen=True)
 class Lateness:
     name: str
     silent_seconds: float  # since the last success, or since the start if none yet
+    late_seconds: float  # the same, but from its last wait on a dependency if that is later
     allowed_seconds: float  # before the job counts as dead
     succeeded: bool
     last_error: str | None
+    waiting_on: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,22 +77,29 @@ class SchedulerCheck(Check):
         now = self.clock()
         jobs = [self._lateness(job, now, started) for job in self.jobs()]
         data = {f"{j.name}.seconds_since_success": round(j.silent_seconds, 3) for j in jobs}
-        dead = [j for j in jobs if j.silent_seconds > j.allowed_seconds]
-        late = [j for j in jobs if j not in dead and j.silent_seconds > self._warn_after(j)]
-        data.update({"jobs": float(len(jobs)), "jobs_late": float(len(late)), "jobs_dead": float(len(dead))})
+        waiting = [j for j in jobs if j.waiting_on]
+        dead = [j for j in jobs if not j.waiting_on and j.late_seconds > j.allowed_seconds]
+        late = [j for j in jobs if not j.waiting_on and j not in dead and j.late_seconds > self._warn_after(j)]
+        data.update({"jobs": float(len(jobs)), "jobs_late": float(len(late)), "jobs_dead": float(len(dead)),
+                     "jobs_waiting": float(len(waiting))})
         if dead:
             raise CheckFailed("; ".join(_describe(j) for j in dead), _remedy(dead), data)
         if late:
             raise CheckWarning("; ".join(_describe(j) for j in late), _remedy(late), data)
+        if waiting:  # their dependency's check raises the alarm; a job that hangs fails /livez
+            failing = list(dict.fromkeys(name for j in waiting for name in j.waiting_on))
+            raise CheckSkipped(failing, f"jobs {', '.join(sorted(j.name for j in waiting))} wait for it", data)
         if not jobs:
             return Healthy("no periodic jobs registered", data)
         return Healthy(f"{len(jobs)} jobs succeeding: {', '.join(sorted(j.name for j in jobs))}", data)
 
     def _lateness(self, job: JobLike, now: float, started: float) -> Lateness:
         since = job.last_success if job.last_success is not None else started
+        # A job that has just stopped waiting gets its intervals again, counted from then.
+        excused = max(since, job.last_waited or since)
         interval = max(job.interval_seconds, self.min_interval_seconds)
-        return Lateness(job.name, max(0.0, now - since), interval * self.failing_intervals,
-                        job.last_success is not None, job.last_error)
+        return Lateness(job.name, max(0.0, now - since), max(0.0, now - excused), interval * self.failing_intervals,
+                        job.last_success is not None, job.last_error, tuple(job.waiting_on))
 
     def _warn_after(self, job: Lateness) -> float:
         return job.allowed_seconds * self.warning_intervals / self.failing_intervals

@@ -11,8 +11,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from sqlalchemy.exc import DBAPIError, OperationalError
-
 
 @dataclass(frozen=True)
 class ErrorPolicy:
@@ -96,9 +94,3 @@ def one_line(error: BaseException, limit: int = 300) -> str:
     (drivers and SDKs put a query, a traceback or a response body on the lines after)."""
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0] if lines else ''}"[:limit]
-
-
-def database_unreachable(error: BaseException) -> bool:
-    """The database went away (down, restarting, failing over, the network cut), as opposed to a
-    statement it refused: an outage of the `database` dependency, not a fault of the caller's."""
-    return isinstance(error, OperationalError) or (isinstance(error, DBAPIError) and error.connection_invalidated)

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Uuid,
     func,
 )
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from fulfilment.errors import ErrorClass
@@ -62,6 +63,13 @@ def enum_column(members: type[E], length: int) -> Enum:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# Here, not in fulfilment.errors: render processes import that module, and must not load SQLAlchemy.
+def database_unreachable(error: BaseException) -> bool:
+    """The database went away (down, restarting, failing over, the network cut), as opposed to a
+    statement it refused: an outage of the `database` dependency, not a fault of the caller's."""
+    return isinstance(error, OperationalError) or (isinstance(error, DBAPIError) and error.connection_invalidated)
 
 
 @contextmanager
@@ -150,10 +158,6 @@ class Order(Base):
         Index("ix_orders_status", "status"),
         Index("ix_orders_payment_intent", "stripe_payment_intent_id"),
     )
-
-    @property
-    def order_status(self) -> OrderStatus:  # TODO(issue 14): the last callers move to `status`
-        return self.status
 
 
 class OrderEvent(Base):

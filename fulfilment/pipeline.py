@@ -43,7 +43,6 @@ NEXT_STEP: dict[OrderStatus, Step] = {
 # Where an order stands again when a given step is retried after `needs_attention`.
 STATUS_BEFORE: dict[Step, OrderStatus] = {step: status for status, step in NEXT_STEP.items()}
 ACTIVE = tuple(NEXT_STEP)  # the statuses with a step still to run
-REFUNDED_OUTCOME = Outcome.REFUNDED  # TODO(issue 14): healer.stripe.webhooks uses Outcome.REFUNDED
 
 # The health checks each step depends on: while one is failing, the step waits (no attempt spent).
 STEP_CHECKS: dict[Step, tuple[str, ...]] = {
@@ -181,6 +180,8 @@ class Pipeline:
                     status = OrderStatus.PAID
             if status not in NEXT_STEP:
                 return status
+            if status == order.status and order.next_attempt_at is not None and order.next_attempt_at <= now:
+                return status  # already queued: a repeated retry adds no story line and resets nothing
             order.status = status
             order.attempts = 0
             order.next_attempt_at = now
@@ -236,7 +237,7 @@ class Pipeline:
         # moving the order on from `refunded`.
         order.lease_owner = None
         order.lease_expires_at = None
-        self.note(session, order_id, Step.VERIFY_PAYMENT, REFUNDED_OUTCOME, message)
+        self.note(session, order_id, Step.VERIFY_PAYMENT, Outcome.REFUNDED, message)
         log.warning("Order %s refunded (was %s): %s", order_id, before, message)
         return before
 

@@ -25,9 +25,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 from tenacity.stop import stop_base
 
-from fulfilment.errors import ErrorClass, StepError, database_unreachable, one_line
+from fulfilment.errors import ErrorClass, StepError, one_line
 from fulfilment.leases import db_later, db_now
-from fulfilment.models import Order, OrderEvent, OrderStatus, Outcome, Step, transaction
+from fulfilment.models import Order, OrderEvent, OrderStatus, Outcome, Step, database_unreachable, transaction
 
 log = logging.getLogger(__name__)
 

@@ -88,6 +88,7 @@ class Settings:
     autoheal_window_seconds: float
     delay_email_after_seconds: int | None
     refund_on_failure: bool
+    refund_grace_seconds: int
     max_photo_megapixels: float
     render_memory_mb: int
     render_timeout_seconds: float
@@ -371,7 +372,8 @@ class _Reader:
             )
         return {"retry_base_seconds": retry_base, "retry_max_seconds": retry_max,
                 "max_attempts": self.integer("HEALER_MAX_ATTEMPTS", 10, minimum=1),
-                "refund_on_failure": self.flag("HEALER_REFUND_ON_FAILURE", False)}
+                "refund_on_failure": self.flag("HEALER_REFUND_ON_FAILURE", False),
+                "refund_grace_seconds": self.integer("HEALER_REFUND_GRACE_SECONDS", 86400, minimum=0)}
 
     def remediation(self) -> dict[str, Any]:
         remediation = self.text("HEALER_REMEDIATION", "on").lower()

@@ -21,13 +21,13 @@ from fulfilment.recording import StepResult
 from healer import __version__, db
 from healer.config import Settings
 from healer.health.metrics import Metrics
-from healer.jobs.scheduler import Scheduler
 from healer.wiring import (
     Services,
     build_apps,
     build_monitor,
     build_remediator,
     build_render_pool,
+    build_scheduler,
     build_stuck_sweep,
     reconcile_job,
     scheduler_check,
@@ -54,7 +54,7 @@ class Daemon:
         self.services = Services.build(settings)
         self.render_pool = build_render_pool(settings)
         self.metrics = Metrics()
-        self.scheduler = Scheduler()
+        self.scheduler = build_scheduler(settings, lambda names: self.health.failing(names))
         self.health = build_monitor(settings, self.services, [scheduler_check(settings, self.scheduler)])
         self.pipeline: Pipeline = self.services.pipeline(self.render_pool, gate=self.health.gate,
                                                          observe=self._observe_step)
@@ -68,6 +68,7 @@ class Daemon:
         )
         # Restarts containers, frees scratch, resumes orders waiting on a check that turned green.
         self.health.add_listener(self.remediator.on_check_result)
+        self.health.add_listener(self.scheduler.resume_waiting)  # and jobs waiting on it
         self._schedule_jobs()
         self.metrics.watch_checks(self.health.reports)
         self.metrics.watch_jobs(self.scheduler.jobs)
@@ -80,15 +81,16 @@ class Daemon:
 
     def _schedule_jobs(self) -> None:
         """Every check on its interval, the worker, Stripe reconciliation (one daemon at a time, by
-        lock) and the stuck-order sweep."""
+        lock) and the stuck-order sweep, each waiting while a check it depends on fails."""
         settings = self.settings
         self.health.schedule(self.scheduler)
-        self.scheduler.add("worker", self.worker.tick, settings.worker_interval_seconds)
+        self.scheduler.add("worker", self.worker.tick, settings.worker_interval_seconds,
+                           depends_on=Worker.depends_on)
         job = reconcile_job(self.services, self.pipeline, self.metrics, self.worker.owner)
         if job is not None:
-            self.scheduler.add("reconcile", job, settings.reconcile_interval_seconds)
+            self.scheduler.add("reconcile", job, settings.reconcile_interval_seconds, depends_on=job.depends_on)
         stuck = build_stuck_sweep(settings, self.services, self.pipeline, self.metrics)
-        self.scheduler.add("stuck", stuck, min(60.0, settings.order_sla_seconds / 2))
+        self.scheduler.add("stuck", stuck, min(60.0, settings.order_sla_seconds / 2), depends_on=stuck.depends_on)
 
     def _observe_step(self, result: StepResult) -> None:
         self.metrics.observe_step(result)

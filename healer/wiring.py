@@ -39,10 +39,11 @@ from healer import db
 from healer.config import Settings
 from healer.health.metrics import Metrics
 from healer.health.monitor import HealthMonitor
+from healer.http.observe import HttpMetrics
 from healer.http.operator import OperatorContext, create_operator_app
 from healer.http.public import PublicContext, create_public_app
 from healer.http.ratelimit import ClientRateLimit
-from healer.jobs.scheduler import Scheduler
+from healer.jobs.scheduler import Failing, Scheduler
 from healer.jobs.stuck import StuckOrders, StuckPolicy
 from healer.remediation.audit import Audit
 from healer.remediation.containers import ContainerHealer
@@ -331,6 +332,12 @@ def build_render_pool(settings: Settings) -> RenderPool:
                       max_photo_megapixels=settings.max_photo_megapixels)
 
 
+def build_scheduler(settings: Settings, failing: Failing) -> Scheduler:
+    """The job scheduler; `failing` names the checks that fail now (the monitor's, read late: the
+    monitor holds the scheduler's own check, so it is built after the scheduler)."""
+    return Scheduler(failing=failing, redact=Redactor(settings.secret_values()))
+
+
 def scheduler_check(settings: Settings, scheduler: Scheduler) -> SchedulerCheck:
     """The dead-man's switch over the scheduler's own jobs."""
     return SchedulerCheck(jobs=scheduler.jobs, started_at=lambda: scheduler.started_at,
@@ -344,7 +351,8 @@ def build_stuck_sweep(settings: Settings, services: Services, pipeline: Pipeline
         pipeline,
         StuckPolicy(sla_seconds=settings.order_sla_seconds,
                     delay_email_after_seconds=settings.delay_email_after_seconds,
-                    refund_on_failure=settings.refund_on_failure),
+                    refund_on_failure=settings.refund_on_failure,
+                    refund_grace_seconds=settings.refund_grace_seconds),
         mailer=services.mailer,
         stripe_client=payments.client if isinstance(payments, StripePayments) else None,
         metrics=metrics,
@@ -361,17 +369,20 @@ def build_apps(settings: Settings, services: Services, pipeline: Pipeline, healt
                metrics: Metrics, liveness: Callable[[], tuple[bool, str]],
                restore_pdf: Callable[[uuid.UUID, str], bool]) -> Apps:
     """The two listeners' apps: the public one with Stripe's webhook, the operator one serving
-    the public one's schema beside its own."""
+    the public one's schema beside its own. Both count their requests in the one registry."""
+    http_metrics = HttpMetrics(metrics.registry)
     public = create_public_app(PublicContext(
         sessions=services.sessions, pipeline=pipeline, store=services.store,
         public_base_url=settings.public_base_url,
         session_lifetime=timedelta(seconds=settings.session_expiration_seconds),
         rate_limit=ClientRateLimit(settings.public_rate_limit_per_minute), restore_pdf=restore_pdf,
+        http_metrics=http_metrics,
     ))
     public.include_router(webhook_router(services.sessions, pipeline, settings.stripe_webhook_secret, metrics))
     operator = create_operator_app(OperatorContext(
         sessions=services.sessions, pipeline=pipeline, admin_token=settings.admin_token,
         redact=Redactor(settings.secret_values()), liveness=liveness, health=health,
         metrics=metrics.exposition, public_schema=public.openapi, notices=tuple(settings.embedded_defaults()),
+        http_metrics=http_metrics,
     ))
     return Apps(public, operator)

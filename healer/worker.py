@@ -19,7 +19,7 @@ from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, Thre
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -183,6 +183,10 @@ DATABASE_WARNING_EVERY_SECONDS = 30.0
 
 
 class Worker:
+    # Claiming needs the database: while its check fails, the scheduler does not tick the worker.
+    # Orders already running go on; their steps record through the outage (fulfilment.recording).
+    depends_on: ClassVar[tuple[str, ...]] = ("database",)
+
     def __init__(
         self,
         pipeline: Pipeline,

@@ -10,6 +10,7 @@ import pytest
 pytest_plugins = [
     "tests.fakes.db_fixtures",
     "tests.fakes.docker_fixtures",
+    "tests.fakes.proxy_fixtures",
     "tests.fakes.render_fixtures",
     "tests.fakes.s3_fixtures",
     "tests.fakes.sendgrid_fixtures",

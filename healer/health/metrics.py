@@ -148,8 +148,8 @@ class _ChecksCollector(Collector):
         self.states = states
 
     def collect(self) -> Iterable[Metric]:
-        up = GaugeMetricFamily("healer_check_up", "0 if the check is failing (or skipped), else 1.",
-                               labels=["check"])
+        up = GaugeMetricFamily("healer_check_up", "0 if the check is failing, 1 if it passes (ok, warning, "
+                               "disabled); no sample while it is skipped or has not run.", labels=["check"])
         duration = GaugeMetricFamily("healer_check_duration_seconds", "Duration of the last probe.",
                                      labels=["check"])
         success = GaugeMetricFamily("healer_check_last_success_timestamp_seconds",
@@ -157,12 +157,13 @@ class _ChecksCollector(Collector):
         for state in self.states():
             if state.last_success is not None:
                 success.add_metric([state.name], state.last_success.timestamp())
-            if state.result is None:
-                continue  # not probed yet: no sample rather than a false 0
+            if state.result is None or state.result.status is Status.SKIPPED:
+                # Not probed (yet, or while a check it depends on fails): no sample rather than a
+                # false 0. A skipped check's 0 would page for a cause whose own check already does.
+                continue
             # A warning is degraded, not down: only a failing check pages through this gauge.
-            up.add_metric([state.name], 0 if state.result.status in (Status.FAILING, Status.SKIPPED) else 1)
-            if state.result.status is not Status.SKIPPED:
-                duration.add_metric([state.name], state.result.latency_seconds)
+            up.add_metric([state.name], 0 if state.result.status is Status.FAILING else 1)
+            duration.add_metric([state.name], state.result.latency_seconds)
         return [up, duration, success]
 
 
@@ -198,6 +199,7 @@ class OrderFigures:
         self.ttl = ttl_seconds
         self.queries = 0
         self._snapshot: OrderSnapshot | None = None
+        self._unavailable = False  # the last query failed: said once, not on every scrape
         self._lock = threading.Lock()
 
     def snapshot(self) -> OrderSnapshot | None:
@@ -206,8 +208,13 @@ class OrderFigures:
                 try:
                     self._snapshot = self._query()
                 except SQLAlchemyError as error:
-                    log.warning("Order metrics unavailable: %s", str(error).splitlines()[0])
+                    log.log(logging.DEBUG if self._unavailable else logging.WARNING,
+                            "Order metrics unavailable: %s", str(error).splitlines()[0])
+                    self._unavailable, self._snapshot = True, None
                     return None  # absent series, not stale ones: the database check says why
+                if self._unavailable:
+                    self._unavailable = False
+                    log.info("Order metrics available again")
             return self._snapshot
 
     def _query(self) -> OrderSnapshot:

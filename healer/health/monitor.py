@@ -9,7 +9,8 @@ Two rules shape what is *reported*, while the raw result of every probe is kept 
 - a failure threshold: a check that was ok (or warning) keeps that status until it has failed
   `failure_threshold` times in a row, so one blip does not flip readiness or gate orders;
 - dependencies: a check whose `depends_on` names a failing check reports `skipped: database
-  failing` instead of raising a second alarm for the same cause.
+  failing` instead of raising a second alarm for the same cause. Scheduled jobs wait on the same
+  answers (`failing`, read by healer.jobs.scheduler).
 
 The configured checks come from `healer.wiring.build_monitor`, the one place that reads Settings.
 """
@@ -26,7 +27,7 @@ from datetime import datetime
 from functools import partial
 from typing import Protocol
 
-from checks.base import Check, CheckResult, Healthy, Status, run_with_timeout
+from checks.base import Check, CheckResult, Healthy, Status, run_with_timeout, skipped_because
 from checks.registry import display_order
 from fulfilment.secrets import Redactor
 
@@ -44,7 +45,8 @@ _HANG_REMEDY = "the peer accepts connections but does not answer: check its load
 class JobScheduler(Protocol):
     """What `schedule` needs of healer.scheduler.Scheduler."""
 
-    def add(self, name: str, func: Callable[[], object], interval_seconds: float) -> None: ...
+    def add(self, name: str, func: Callable[[], object], interval_seconds: float, *,
+            depends_on: tuple[str, ...]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,8 @@ class HealthMonitor:
     def schedule(self, scheduler: JobScheduler) -> None:
         """One job per check, `check:<name>`, at the check's own interval (first run at once)."""
         for name, check in self._checks.items():
-            scheduler.add(f"check:{name}", partial(self.run, name), check.interval_seconds)
+            # Never gated by the scheduler: run() skips a check whose dependency fails, and says so.
+            scheduler.add(f"check:{name}", partial(self.run, name), check.interval_seconds, depends_on=())
 
     # -- running -----------------------------------------------------------------------------------
 
@@ -195,13 +198,11 @@ class HealthMonitor:
         return {name: results[name] for name in selected}
 
     def _skipped(self, check: Check) -> CheckResult | None:
-        with self._lock:
-            failing = [d for d in check.depends_on
-                       if (e := self._entries.get(d)) is not None and e.reported.status is Status.FAILING]
+        failing = self.failing(check.depends_on)
         if not failing:
             return None
-        return CheckResult(check.name, Status.SKIPPED, 0.0, f"skipped: {', '.join(failing)} failing",
-                           f"fix {', '.join(failing)} first", check.runbook)
+        detail, remedy = skipped_because(failing)
+        return CheckResult(check.name, Status.SKIPPED, 0.0, detail, remedy, check.runbook)
 
     def _probe(self, check: Check) -> CheckResult:
         previous = self._probes.get(check.name)
@@ -276,6 +277,13 @@ class HealthMonitor:
                       for name, check in self._checks.items() if check.critical)
         unknown = tuple(sorted(excluded - {line.name for line in lines}))
         return Readiness(all(line.ok for line in lines), lines, unknown)
+
+    def failing(self, names: Iterable[str]) -> tuple[str, ...]:
+        """Those of `names` whose reported status is failing: what a dependent (a check, a scheduled
+        job) waits on. Unknown names and checks not run yet are not failing."""
+        with self._lock:
+            return tuple(name for name in names
+                         if (e := self._entries.get(name)) is not None and e.reported.status is Status.FAILING)
 
     def gate(self, checks: tuple[str, ...]) -> str | None:
         """fulfilment.pipeline.Gate: why a step must wait ("s3 failing: access denied"), or None.

@@ -1,2 +1,3 @@
-"""The scheduler (APScheduler, with a dead-man's switch per job) and the scheduled jobs that are
-not checks: the stuck-order sweep, customer notices and refunds of orders that gave up."""
+"""The scheduler (APScheduler: jobs gated on the checks they depend on, liveness, a dead-man's
+switch per job) and the scheduled jobs that are not checks: the stuck-order sweep (stuck), customer
+notices (notices) and refunds of orders that gave up (refunds)."""

@@ -1,25 +1,61 @@
-"""Periodic jobs on an APScheduler background scheduler, each with a dead-man's switch.
+"""Periodic jobs on an APScheduler background scheduler. Each job declares the health checks it
+depends on, is not run while one of them is failing (as a gated order step waits), and keeps a
+record of its runs.
 
-Every job records when it last succeeded; liveness (`/livez`) and the `scheduler` check read that,
-so a wedged scheduler is noticed even though the process still answers HTTP.
+Two questions are asked of that record, and kept apart:
+- liveness (`/livez`): can the process still do its work? A job is alive while its runs keep
+  finishing, whatever their outcome: a run skipped, or failed because a dependency is down, is
+  alive, because restarting the daemon would not bring the database back. Only a run that never
+  returns (hung), or a job whose runs stop coming (a wedged scheduler), fails liveness.
+- success (the `scheduler` check, `healer_job_last_success_timestamp_seconds`): does each job get
+  its work done? A dead-man's switch on its last success (checks/scheduler.py) that excuses a job
+  waiting on a failing dependency: that dependency's own check raises the one alarm.
+
+A run that fails because a dependency is unreachable (the database, before its check has flipped)
+is one WARNING line per outage, never a traceback; a job's own failure is an ERROR with its
+traceback, since it is a bug or a fault no check watches.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
-from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+
+from checks.base import CheckResult, Status
+from fulfilment.errors import one_line
+from fulfilment.models import database_unreachable
+from fulfilment.secrets import Redactor
 
 log = logging.getLogger(__name__)
 
 PROBES = "probes"
+# A job is not alive once its runs have not finished for this many of its intervals (and at least
+# LIVENESS_MIN_GRACE_SECONDS, so a busy machine does not restart a daemon polling every 2 s).
+LIVENESS_INTERVALS = 5.0
+LIVENESS_MIN_GRACE_SECONDS = 30.0
+
+# The checks, of `names`, that are failing now (healer.health.monitor.HealthMonitor.failing).
+Failing = Callable[[tuple[str, ...]], tuple[str, ...]]
+
+# Which exceptions mean that a dependency is down, by the name of the check that watches it; any
+# other exception a job raises is its own failure.
+OUTAGES: dict[str, Callable[[BaseException], bool]] = {"database": database_unreachable}
+
+
+class RunOutcome(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    SKIPPED = "skipped"  # not run: a check it depends on is failing
+    DEPENDENCY_DOWN = "dependency_down"  # ran, and a dependency it declares failed it
+    FAILED = "failed"  # ran, and failed of its own
 
 
 @dataclass(frozen=True)
@@ -28,17 +64,38 @@ class JobState:
     interval_seconds: float
     last_success: float | None  # time.time()
     last_error: str | None
-    runs: int
-    failures: int
+    runs: int  # finished, whatever the outcome (skipped ones included)
+    failures: int  # runs that failed of their own
+    depends_on: tuple[str, ...] = ()
+    last_outcome: RunOutcome | None = None
+    last_finished: float | None = None  # time.time() of the last run's end, whatever its outcome
+    last_waited: float | None = None  # time.time() of its last run skipped on a failing dependency
+    running_since: float | None = None  # time.time(), while a run is in progress
+    waiting_on: tuple[str, ...] = ()  # of `depends_on`, those failing now: not run meanwhile
 
-    def overdue(self, now: float, since: float, grace_intervals: float = 5.0, minimum_grace: float = 30.0) -> bool:
-        """No success for several intervals (counting from `since` if it never succeeded)."""
-        allowed = max(self.interval_seconds * grace_intervals, minimum_grace)
-        return now - (self.last_success or since) > allowed
+    def stalled(self, now: float, since: float, min_grace: float = LIVENESS_MIN_GRACE_SECONDS) -> str | None:
+        """Why this job is not alive, or None: a run that has not returned, or no run finishing
+        (counted from `since` if none ever did), for several intervals."""
+        allowed = max(self.interval_seconds * LIVENESS_INTERVALS, min_grace)
+        if self.running_since is not None:
+            busy = now - self.running_since
+            return f"{self.name}: a run has not returned for {busy:.0f}s" if busy > allowed else None
+        idle = now - (self.last_finished or since)
+        return f"{self.name}: no run finished for {idle:.0f}s" if idle > allowed else None
+
+
+@dataclass(frozen=True)
+class _Job:
+    func: Callable[[], object]
+    depends_on: tuple[str, ...]
 
 
 class Scheduler:
-    def __init__(self) -> None:
+    """`failing` says which checks are failing now (the monitor's cache); `redact` scrubs the
+    error lines the scheduler logs and keeps; `min_grace_seconds` is liveness's floor."""
+
+    def __init__(self, *, failing: Failing = lambda _names: (), redact: Redactor = Redactor(),
+                 min_grace_seconds: float = LIVENESS_MIN_GRACE_SECONDS) -> None:
         # Probes block a thread for up to their timeout; on their own pool, a wide outage that
         # hangs every probe cannot delay the worker or reconciliation.
         self._scheduler = BackgroundScheduler(
@@ -46,50 +103,112 @@ class Scheduler:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
             timezone="UTC",
         )
-        self._scheduler.add_listener(self._on_event, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
-        self._jobs: dict[str, JobState] = {}
+        self._failing = failing
+        self._redact = redact
+        self._min_grace = min_grace_seconds
+        self._jobs: dict[str, _Job] = {}
+        self._states: dict[str, JobState] = {}
         self._lock = threading.Lock()
         self.started_at: float | None = None
 
-    def add(self, name: str, func: Callable[[], object], interval_seconds: float, *, run_now: bool = True) -> None:
+    def add(self, name: str, func: Callable[[], object], interval_seconds: float, *,
+            depends_on: tuple[str, ...], run_now: bool = True) -> None:
+        """Run `func` every `interval_seconds`, except while a check named in `depends_on` fails.
+        Every job says what it depends on, `()` included: the declaration is the point."""
         with self._lock:
-            self._jobs[name] = JobState(name, interval_seconds, None, None, 0, 0)
-        kwargs = {"next_run_time": datetime.now(UTC)} if run_now else {}
+            self._jobs[name] = _Job(func, depends_on)
+            self._states[name] = JobState(name, interval_seconds, None, None, 0, 0, depends_on)
+        kwargs: dict[str, Any] = {"next_run_time": datetime.now(UTC)} if run_now else {}
         executor = PROBES if name.startswith("check:") else "default"
-        self._scheduler.add_job(func, "interval", seconds=interval_seconds, id=name, name=name,
-                                executor=executor, **kwargs)
+        self._scheduler.add_job(self._run, "interval", args=(name,), seconds=interval_seconds, id=name,
+                                name=name, executor=executor, **kwargs)
 
-    def _on_event(self, event: JobExecutionEvent) -> None:
+    # -- one run ---------------------------------------------------------------------------------
+
+    def _run(self, name: str) -> None:
+        """The one boundary around a job's run: nothing it raises reaches APScheduler."""
+        job = self._jobs[name]
+        waiting = self._failing(job.depends_on) if job.depends_on else ()
+        if waiting:
+            self._skipped(name, waiting)
+            return
+        self._update(name, running_since=time.time())
+        try:
+            job.func()
+        except Exception as error:
+            self._failed(name, job, error)
+        else:
+            previous = self._finish(name, RunOutcome.SUCCEEDED, last_success=time.time(), last_error=None)
+            if previous in (RunOutcome.SKIPPED, RunOutcome.DEPENDENCY_DOWN):
+                log.info("Job %s runs again: its dependencies are back", name)
+
+    def _skipped(self, name: str, waiting: tuple[str, ...]) -> None:
+        previous = self._finish(name, RunOutcome.SKIPPED, last_waited=time.time())
+        if previous is not RunOutcome.SKIPPED:
+            log.info("Job %s waits while %s failing: not run until it is back", name, ", ".join(waiting))
+
+    def _failed(self, name: str, job: _Job, error: Exception) -> None:
+        said = self._redact(one_line(error, 500))
+        down = next((d for d in job.depends_on if OUTAGES.get(d, _never)(error)), None)
+        if down is None:
+            self._finish(name, RunOutcome.FAILED, last_error=said, failed=True)
+            log.error("Job %s failed: %s", name, said, exc_info=error)
+            return
+        previous = self._finish(name, RunOutcome.DEPENDENCY_DOWN, last_error=f"{down} unreachable: {said}")
+        # One line per outage: the dependency's check says the rest, and the job waits on it.
+        waited = previous in (RunOutcome.DEPENDENCY_DOWN, RunOutcome.SKIPPED)
+        level = logging.DEBUG if waited else logging.WARNING
+        log.log(level, "Job %s could not run: %s unreachable (%s); it runs again when %s is back",
+                name, down, said, down)
+
+    def _finish(self, name: str, outcome: RunOutcome, *, failed: bool = False,
+                **changes: Any) -> RunOutcome | None:
+        """Record a finished run; returns the outcome of the run before it."""
         with self._lock:
-            state = self._jobs.get(event.job_id)
-            if state is None:
-                return
-            if event.code == EVENT_JOB_EXECUTED:
-                self._jobs[event.job_id] = JobState(state.name, state.interval_seconds, time.time(), None,
-                                                    state.runs + 1, state.failures)
-            elif event.code == EVENT_JOB_ERROR:
-                message = f"{type(event.exception).__name__}: {event.exception}"
-                log.error("Job %s failed: %s", event.job_id, message)
-                self._jobs[event.job_id] = JobState(state.name, state.interval_seconds, state.last_success,
-                                                    message[:500], state.runs + 1, state.failures + 1)
-            else:
-                log.warning("Job %s missed its run time", event.job_id)
+            state = self._states[name]
+            self._states[name] = replace(state, last_outcome=outcome, last_finished=time.time(),
+                                         running_since=None, runs=state.runs + 1,
+                                         failures=state.failures + int(failed), **changes)
+            return state.last_outcome
+
+    def _update(self, name: str, **changes: Any) -> None:
+        with self._lock:
+            self._states[name] = replace(self._states[name], **changes)
+
+    def resume_waiting(self, result: CheckResult, previous: CheckResult | None) -> None:
+        """A health monitor listener: when a check stops failing, the jobs that waited on it run
+        now rather than at their next interval (minutes away, for reconciliation), as waiting
+        orders are resumed, so that no job looks late, or is, once its dependency is back."""
+        if previous is None or previous.status is not Status.FAILING or result.status is Status.FAILING:
+            return
+        with self._lock:
+            waited = [name for name, state in self._states.items()
+                      if result.name in state.depends_on and state.last_outcome is RunOutcome.SKIPPED]
+        for name in waited:
+            self._scheduler.modify_job(name, next_run_time=datetime.now(UTC))
+
+    # -- what the check, the metrics and /livez read ----------------------------------------------
 
     def jobs(self) -> list[JobState]:
+        """Every job's record, with the dependencies it waits on now."""
         with self._lock:
-            return list(self._jobs.values())
+            states = list(self._states.values())
+        return [replace(s, waiting_on=self._failing(s.depends_on)) if s.depends_on else s for s in states]
 
     @property
     def running(self) -> bool:
         return bool(self._scheduler.running)
 
     def liveness(self) -> tuple[bool, str]:
+        """Alive while the scheduler runs and every job's runs keep finishing (see the module)."""
         if not self.running:
             return False, "scheduler not running"
         now = time.time()
-        late = [j.name for j in self.jobs() if j.overdue(now, since=self.started_at or now)]
-        if late:
-            return False, f"jobs not succeeding: {', '.join(late)}"
+        with self._lock:
+            states = list(self._states.values())
+        stalled = [why for job in states if (why := job.stalled(now, self.started_at or now, self._min_grace))]
+        if stalled:
+            return False, f"jobs hung or not running: {'; '.join(stalled)}"
         return True, "ok"
 
     def start(self) -> None:
@@ -99,3 +218,7 @@ class Scheduler:
     def shutdown(self) -> None:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
+
+
+def _never(_error: BaseException) -> bool:
+    return False

@@ -10,8 +10,8 @@ after the last attempt, instead of being retried for ever by this sweep. Gating 
 pipeline: a re-queued order whose next step depends on a failing check waits without spending one.
 
 Two optional, off-by-default policies ride on the same sweep: a "your poster is delayed" email
-once an order is past a longer SLA (once per order), and a refund of an order that has given up
-for good (idempotent: one `Idempotency-Key` per order, so a retried or concurrent refund is one).
+once an order is past a longer SLA (healer.jobs.notices), and a refund of an order that has given
+up for good, after a grace period (healer.jobs.refunds), with its "refunded, and why" email.
 
 Leases, here as everywhere, are on the database's clock (fulfilment.leases): whether a lease is
 live, and when a refund's hold runs out, is the database's to say, so a daemon whose clock is off
@@ -23,32 +23,26 @@ lines it writes.
 
 from __future__ import annotations
 
-import html
 import logging
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import ClassVar
 
 import stripe
-from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from fulfilment.errors import StepError
-from fulfilment.leases import db_later, db_now
-from fulfilment.mailer import Email, Mailer, single_line
+from fulfilment.leases import db_now
+from fulfilment.mailer import Mailer
 from fulfilment.models import Order, OrderEvent, OrderStatus, Outcome, transaction, utcnow
 from fulfilment.pipeline import ACTIVE, NEXT_STEP, Pipeline
-from healer.db.models import NoticeKind, OrderNotice, insert_once
 from healer.health.metrics import Metrics
+from healer.jobs.notices import send_delay_emails, send_refund_emails
+from healer.jobs.refunds import DEFAULT_REFUND_GRACE_SECONDS, refund_failed_orders
 
 log = logging.getLogger(__name__)
-
-# An operator's working day to fix the cause and retry before the money goes back on its own.
-REFUND_GRACE_SECONDS = 86_400
-# How long a refund holds its order: far longer than one Stripe call, short enough that a daemon
-# dying mid-refund leaves the order to the next sweep soon.
-REFUND_HOLD_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -64,7 +58,7 @@ class StuckPolicy:
     batch: int = 100  # orders re-queued per sweep, oldest first
     delay_email_after_seconds: int | None = None  # HEALER_DELAY_EMAIL_AFTER_SECONDS; None: off
     refund_on_failure: bool = False  # HEALER_REFUND_ON_FAILURE
-    refund_grace_seconds: int = REFUND_GRACE_SECONDS
+    refund_grace_seconds: int = DEFAULT_REFUND_GRACE_SECONDS  # HEALER_REFUND_GRACE_SECONDS
 
 
 def find_stuck(
@@ -138,167 +132,15 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m"
 
 
-# -- "your poster is delayed" ----------------------------------------------------------------------
-
-_DELAY_TEXT = """\
-Hello,
-
-Your poster{title} is taking longer than usual. It is not forgotten: we are on it, and we will
-email you the download link as soon as it is ready. You do not need to do anything.
-
-Order reference: {order_id}
-"""
-
-
-def delay_email(*, to: str, title: str, order_id: str) -> Email:
-    title = single_line(title)
-    quoted = f" \u201c{title}\u201d" if title else ""
-    text = _DELAY_TEXT.format(title=quoted, order_id=order_id)
-    body = "".join(f"<p>{html.escape(p).replace(chr(10), ' ')}</p>" for p in text.strip().split("\n\n"))
-    return Email(to=to, subject="Your poster is on its way, a little late", text=text,
-                 html=f"<!DOCTYPE html><html><body>{body}</body></html>")
-
-
-def send_delay_emails(
-    sessions: sessionmaker[Session], mailer: Mailer, *, after_seconds: int, limit: int = 50,
-    clock: Callable[[], datetime] = utcnow,
-) -> list[uuid.UUID]:
-    """Tell customers whose paid order is past `after_seconds` that it is delayed, once each."""
-    now = clock()
-    waiting = (*ACTIVE, OrderStatus.NEEDS_ATTENTION.value)
-    already = exists().where(OrderNotice.order_id == Order.id,
-                             OrderNotice.kind == NoticeKind.DELAY_EMAIL.value)
-    with sessions() as session:
-        rows = session.execute(
-            select(Order.id, Order.email, Order.title)
-            .where(Order.status.in_(waiting), Order.paid_at < now - timedelta(seconds=after_seconds),
-                   ~already)
-            .order_by(Order.paid_at).limit(limit)
-        ).all()
-    return [r.id for r in rows if _send_delay_email(sessions, mailer, r.id, r.email, r.title, now)]
-
-
-def _send_delay_email(
-    sessions: sessionmaker[Session], mailer: Mailer, order_id: uuid.UUID, address: str, title: str,
-    now: datetime,
-) -> bool:
-    with transaction(sessions) as session:
-        # Claimed before sending, so two daemons never both send it: at most once, by design.
-        if not insert_once(session, OrderNotice, order_id=order_id,
-                           kind=NoticeKind.DELAY_EMAIL.value, at=now, detail="sending"):
-            return False
-    try:
-        message_id = mailer.send(delay_email(to=address, title=title, order_id=str(order_id)))
-    except StepError as error:
-        log.warning("Delay email for order %s not sent (%s): %s; will try again", order_id,
-                    error.error_class.value, error.message)
-        with transaction(sessions) as session:
-            session.execute(delete(OrderNotice).where(
-                OrderNotice.order_id == order_id, OrderNotice.kind == NoticeKind.DELAY_EMAIL.value))
-        return False
-    with transaction(sessions) as session:
-        session.execute(update(OrderNotice).where(
-            OrderNotice.order_id == order_id, OrderNotice.kind == NoticeKind.DELAY_EMAIL.value
-        ).values(detail=f"sent: message {message_id}"))
-    log.info("Delay email sent for order %s (message %s)", order_id, message_id)
-    return True
-
-
-# -- refund after a final failure ------------------------------------------------------------------
-
-
-def refund_key(order_id: uuid.UUID) -> str:
-    """One Idempotency-Key per order: however often it is retried, Stripe refunds once."""
-    return f"healer-refund-{order_id}"
-
-
-def refund_failed_orders(
-    sessions: sessionmaker[Session], pipeline: Pipeline, client: stripe.StripeClient, *,
-    grace_seconds: int = REFUND_GRACE_SECONDS, limit: int = 20,
-    clock: Callable[[], datetime] = utcnow,
-) -> list[uuid.UUID]:
-    """Refund verified payments of orders that gave up more than `grace_seconds` ago (counted from
-    the last give-up, so an operator's retry that fails again gets a new working day)."""
-    now = clock()
-    gave_up_at = (
-        select(func.max(OrderEvent.at))
-        .where(OrderEvent.order_id == Order.id, OrderEvent.outcome == Outcome.GAVE_UP.value)
-        .scalar_subquery()
-    )
-    with sessions() as session:
-        rows = session.execute(
-            select(Order.id, Order.stripe_payment_intent_id)
-            .where(Order.status == OrderStatus.NEEDS_ATTENTION.value,
-                   and_(Order.payment_verified_at.is_not(None),
-                        Order.stripe_payment_intent_id.is_not(None)),
-                   func.coalesce(gave_up_at, Order.paid_at) < now - timedelta(seconds=grace_seconds))
-            .order_by(Order.paid_at).limit(limit)
-        ).all()
-    refunded = []
-    for row in rows:
-        if not _hold_for_refund(sessions, row.id):
-            continue
-        if _refund(sessions, pipeline, client, row.id, row.stripe_payment_intent_id):
-            refunded.append(row.id)
-        else:
-            _release_refund_hold(sessions, row.id)
-    return refunded
-
-
-REFUND_HOLDER = "refund"
-
-
-def _release_refund_hold(sessions: sessionmaker[Session], order_id: uuid.UUID) -> None:
-    with transaction(sessions) as session:
-        session.execute(update(Order).where(Order.id == order_id, Order.lease_owner == REFUND_HOLDER)
-                        .values(lease_owner=None, lease_expires_at=None))
-
-
-def _hold_for_refund(sessions: sessionmaker[Session], order_id: uuid.UUID) -> bool:
-    """Lease the order to the refund first: an operator's retry meanwhile is refused, not raced.
-    Another daemon's live hold (on the database's clock) means that daemon is refunding it."""
-    with transaction(sessions) as session:
-        held = session.execute(
-            update(Order)
-            .where(Order.id == order_id, Order.status == OrderStatus.NEEDS_ATTENTION.value,
-                   or_(Order.lease_expires_at.is_(None), Order.lease_expires_at < db_now()))
-            .values(lease_owner=REFUND_HOLDER, lease_expires_at=db_later(REFUND_HOLD_SECONDS))
-        )
-        return bool(held.rowcount == 1)  # type: ignore[attr-defined]
-
-
-def _refund(
-    sessions: sessionmaker[Session], pipeline: Pipeline, client: stripe.StripeClient,
-    order_id: uuid.UUID, payment_intent_id: str,
-) -> bool:
-    try:
-        refund = client.v1.refunds.create(
-            params={"payment_intent": payment_intent_id, "reason": "requested_by_customer",
-                    "metadata": {"order_id": str(order_id)}},
-            options={"idempotency_key": refund_key(order_id)},
-        )
-        detail = f"{refund.id} ({refund.amount} {refund.currency})"
-    except stripe.InvalidRequestError as error:
-        if error.code != "charge_already_refunded":
-            log.error("Refund for order %s refused by Stripe: %s", order_id, error.user_message)
-            return False
-        detail = "refunded already in Stripe"
-    except stripe.StripeError as error:
-        log.warning("Refund for order %s not made now (%s); will try again", order_id,
-                    type(error).__name__)
-        return False
-    # A crash before this commit is harmless: the next sweep replays the same Idempotency-Key.
-    with transaction(sessions) as session:
-        pipeline.mark_refunded(session, order_id, f"Refunded after final failure: {detail}",
-                               expected=OrderStatus.NEEDS_ATTENTION)
-    return True
-
-
 # -- the scheduled job ------------------------------------------------------------------------------
 
 
 class StuckOrders:
     """The `stuck` job: re-queue stuck orders, then the optional policies. Safe on every daemon."""
+
+    # Everything it does starts with a query: while the database check fails, it waits. Emails and
+    # refunds handle SendGrid's and Stripe's faults order by order, and retry on the next sweep.
+    depends_on: ClassVar[tuple[str, ...]] = ("database",)
 
     def __init__(
         self, sessions: sessionmaker[Session], pipeline: Pipeline, policy: StuckPolicy, *,
@@ -317,14 +159,19 @@ class StuckOrders:
         p = self.policy
         requeued = requeue_stuck(self.sessions, sla_seconds=p.sla_seconds, limit=p.batch,
                                  clock=self.clock)
-        if self.metrics is not None and requeued:
-            self.metrics.remediations.labels("requeue_stuck_order", "success").inc(len(requeued))
+        self._count("requeue_stuck_order", len(requeued))
+        refunds = p.refund_on_failure and self.stripe_client is not None
         if p.delay_email_after_seconds is not None and self.mailer is not None:
             send_delay_emails(self.sessions, self.mailer, after_seconds=p.delay_email_after_seconds,
-                              clock=self.clock)
-        if p.refund_on_failure and self.stripe_client is not None:
+                              refunds=refunds, clock=self.clock)
+        if refunds and self.stripe_client is not None:
             refunded = refund_failed_orders(self.sessions, self.pipeline, self.stripe_client,
                                             grace_seconds=p.refund_grace_seconds, clock=self.clock)
-            if self.metrics is not None and refunded:
-                self.metrics.remediations.labels("refund_failed_order", "success").inc(len(refunded))
+            self._count("refund_failed_order", len(refunded))
+        if self.mailer is not None:  # also those a crash or a SendGrid outage left unsent
+            send_refund_emails(self.sessions, self.mailer)
         return len(requeued)
+
+    def _count(self, action: str, done: int) -> None:
+        if self.metrics is not None and done:
+            self.metrics.remediations.labels(action, "success").inc(done)

@@ -313,9 +313,12 @@ class Reconciler:
 
     def _record_failure(self, run_id: int | None, tally: Tally, error: Exception) -> None:
         reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-        log.error("Reconciliation failed after %d payment(s) and %d Stripe request(s): %s",
-                  tally.payments_read, tally.stripe_requests, reason,
-                  exc_info=not isinstance(error, (stripe.StripeError, SQLAlchemyError)))  # a bug
+        # Stripe or the database failing is their checks' alarm (the job then waits on them): a
+        # warning here. Anything else is a bug, with its traceback.
+        expected = isinstance(error, (stripe.StripeError, SQLAlchemyError))
+        log.log(logging.WARNING if expected else logging.ERROR,
+                "Reconciliation failed after %d payment(s) and %d Stripe request(s): %s",
+                tally.payments_read, tally.stripe_requests, reason, exc_info=not expected)
         if run_id is None:
             return
         self.metrics.reconcile_runs.labels(RunResult.FAILURE).inc()

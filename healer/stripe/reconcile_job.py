@@ -4,7 +4,7 @@ advisory lock held on its own connection, or on SQLite a lease on the reconcile 
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from sqlalchemy import Engine, or_, text, update
 from sqlalchemy.engine import Connection
@@ -101,6 +101,10 @@ def run_lock(engine: Engine, sessions: sessionmaker[Session], owner: str) -> Run
 class ReconcileJob:
     """The scheduled job: reconcile if no other daemon is; a failed run is logged, recorded and
     counted, not raised, so a Stripe outage does not read as a wedged scheduler."""
+
+    # It reads Stripe and writes the database: while either's check fails, it waits (the check
+    # raises the alarm), instead of failing a run per interval.
+    depends_on: ClassVar[tuple[str, ...]] = ("database", "stripe")
 
     def __init__(self, reconciler: Reconciler, lock: RunLock) -> None:
         self.reconciler = reconciler

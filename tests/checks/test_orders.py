@@ -3,10 +3,12 @@ one query, each named with its runbook, and the check is green again once they a
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, event, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -15,6 +17,7 @@ from checks.orders import OrdersCheck
 from fulfilment.models import Order, OrderStatus, transaction, utcnow
 from healer import db
 from tests.fakes.shop_fixtures import Shop
+from tests.fakes.tcp_proxy import TcpProxy
 
 SLA = 600
 EXPIRATION = 86400
@@ -195,3 +198,21 @@ def test_the_check_depends_on_the_database_and_does_not_gate_readiness(sessions:
     assert check.depends_on == ("database",)
     assert check.critical is False
 
+
+
+def test_a_database_gone_before_its_check_noticed_is_a_skip_not_a_second_alarm(
+    pg_proxy: TcpProxy, pg_url: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    engine = db.make_engine(pg_proxy.replace_port(pg_url))
+    check = _check(db.make_session_factory(engine))
+    assert run_check(check).status is Status.OK
+    pg_proxy.cut()
+
+    result = run_check(check)
+
+    assert result.status is Status.SKIPPED
+    assert result.detail.startswith("skipped: database failing (OperationalError: ")
+    assert result.remedy == "fix database first"
+    assert not [r for r in caplog.records if r.exc_info], "no traceback for a dependency's outage"
+    engine.dispose()

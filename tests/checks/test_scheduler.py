@@ -59,8 +59,8 @@ def test_a_job_that_starts_failing_is_named_with_its_error_and_clears_when_it_su
     scheduler: Scheduler,
 ) -> None:
     job = Switch()
-    scheduler.add("reconcile", job, INTERVAL)
-    scheduler.add("cleanup", Switch(), INTERVAL)
+    scheduler.add("reconcile", job, INTERVAL, depends_on=())
+    scheduler.add("cleanup", Switch(), INTERVAL, depends_on=())
     scheduler.start()
     check = _check(scheduler)
     _wait_for_successes(scheduler)
@@ -82,7 +82,7 @@ def test_a_job_that_starts_failing_is_named_with_its_error_and_clears_when_it_su
 
 def test_a_hung_job_is_named_as_hung(scheduler: Scheduler) -> None:
     job = Switch()
-    scheduler.add("worker", job, INTERVAL)
+    scheduler.add("worker", job, INTERVAL, depends_on=())
     scheduler.start()
     check = _check(scheduler)
     _wait_for_successes(scheduler)
@@ -100,7 +100,7 @@ def test_a_hung_job_is_named_as_hung(scheduler: Scheduler) -> None:
 def test_a_job_that_never_succeeded_counts_from_the_schedulers_start(scheduler: Scheduler) -> None:
     job = Switch()
     job.error = "database is starting up"
-    scheduler.add("metrics", job, INTERVAL)
+    scheduler.add("metrics", job, INTERVAL, depends_on=())
     scheduler.start()
 
     failing = _wait_for(_check(scheduler), Status.FAILING)
@@ -110,7 +110,7 @@ def test_a_job_that_never_succeeded_counts_from_the_schedulers_start(scheduler: 
 
 
 def test_a_scheduler_not_started_is_disabled(scheduler: Scheduler) -> None:
-    scheduler.add("reconcile", Switch(), INTERVAL, run_now=False)
+    scheduler.add("reconcile", Switch(), INTERVAL, depends_on=(), run_now=False)
 
     result = run_check(_check(scheduler))
 
@@ -152,3 +152,51 @@ def test_a_fast_job_gets_the_minimum_interval_as_grace() -> None:
     assert result.status is Status.WARNING  # past 2 x 6 s
     assert run_check(SchedulerCheck(jobs=_states(job), started_at=now - 600, clock=lambda: now + 11)).status \
         is Status.FAILING  # 31 s > 30 s
+
+
+def test_a_job_waiting_on_a_failing_dependency_is_skipped_not_late() -> None:
+    now = 10_000.0
+    check = SchedulerCheck(
+        jobs=_states(
+            # Silent for 20 of its intervals, because the database check fails: not its alarm.
+            JobState("stuck", 60, last_success=now - 1200, last_error="database unreachable: x", runs=30,
+                     failures=0, depends_on=("database",), waiting_on=("database",)),
+            JobState("reconcile", 300, last_success=now - 900, last_error=None, runs=3, failures=0,
+                     depends_on=("database", "stripe"), waiting_on=("database",)),
+            JobState("check:s3", 30, last_success=now - 1, last_error=None, runs=99, failures=0),
+        ),
+        started_at=now - 86400,
+        clock=lambda: now,
+    )
+
+    result = run_check(check)
+
+    assert result.status is Status.SKIPPED
+    assert result.detail == "skipped: database failing (jobs reconcile, stuck wait for it)"
+    assert result.remedy == "fix database first"
+    assert result.data["jobs_waiting"] == 2 and result.data["jobs_dead"] == 0
+
+
+def test_a_job_dead_of_its_own_fails_the_check_while_others_wait() -> None:
+    now = 10_000.0
+    waiting = JobState("stuck", 60, last_success=now - 1200, last_error=None, runs=30, failures=0,
+                       depends_on=("database",), waiting_on=("database",))
+    dead = JobState("cleanup", 60, last_success=now - 1200, last_error="RuntimeError: bug", runs=30, failures=20)
+
+    result = run_check(SchedulerCheck(jobs=_states(waiting, dead), started_at=now - 86400, clock=lambda: now))
+
+    assert result.status is Status.FAILING
+    assert result.detail == "job cleanup: no success for 1200s, last error: RuntimeError: bug"
+
+
+def test_a_job_that_just_stopped_waiting_gets_its_intervals_again() -> None:
+    # The database came back a second ago; the job has not had its turn yet, and is not late.
+    now = 10_000.0
+    job = JobState("reconcile", 300, last_success=now - 7200, last_error=None, runs=30, failures=0,
+                   depends_on=("database", "stripe"), last_waited=now - 1)
+
+    fresh = run_check(SchedulerCheck(jobs=_states(job), started_at=now - 86400, clock=lambda: now))
+    later = run_check(SchedulerCheck(jobs=_states(job), started_at=now - 86400, clock=lambda: now + 1600))
+
+    assert fresh.status is Status.OK and fresh.data["reconcile.seconds_since_success"] == 7200
+    assert later.status is Status.FAILING and later.detail.startswith("job reconcile: no success for 8800s")

@@ -64,6 +64,7 @@ _INSTALL = {
     "promtool": "apt-get install prometheus",
     "prometheus": "apt-get install prometheus",
     "amtool": "apt-get install prometheus-alertmanager",
+    "prometheus-alertmanager": "apt-get install prometheus-alertmanager",
     "docker-compose": "apt-get install docker-compose",
     "haproxy": "apt-get install haproxy",
 }

@@ -23,7 +23,9 @@ Endpoints: GET /v1/payment_intents/{id}, GET+POST /v1/payment_intents, GET /v1/e
 POST /v1/refunds, GET /v1/charges/{id}, GET /v1/balance.
 
 Faults are switched from Python: `fail_next(status, count)` (429, 5xx...), `set_delay(seconds)`,
-`hang()` (accept, never answer), keys that are unknown (401) or restricted (403). Every request is
+`hang()` (accept, never answer), keys that are unknown (401) or restricted (403), and
+`omit_fields(path, *names)` (successful answers there lack those fields, as an answer of another
+API version or a trimming proxy may: the object is made all the same). Every request is
 logged in `server.requests`. The fake-only `test_status` parameter of POST /v1/payment_intents
 sets the new intent's status; `confirm=true` (with a `pm_card_...` payment method) gives
 `succeeded`, as in Stripe's test mode.
@@ -244,6 +246,7 @@ class FakeStripeServer:
         self._requests: list[RecordedRequest] = []
         self._delay = 0.0
         self._hang_remaining: int | None = 0  # None: hang every request
+        self._omitted: dict[str, frozenset[str]] = {}  # path -> fields left out of its answers
         self._release = threading.Event()
 
     # -- faults and keys ---------------------------------------------------------------------------
@@ -269,6 +272,12 @@ class FakeStripeServer:
         """
         with self._lock:
             self._hang_remaining = count
+
+    def omit_fields(self, path: str, *names: str) -> None:
+        """From now on (until `reset()`), successful answers to requests on `path` leave out the
+        top-level fields `names`; what the request did (an object made, a refund) is unchanged."""
+        with self._lock:
+            self._omitted[path] = frozenset(names)
 
     def add_key(self, key: str, permissions: Iterable[str] = ALL_PERMISSIONS) -> None:
         """Accept another key; a restricted key gets only `permissions` (see ALL_PERMISSIONS)."""
@@ -407,6 +416,11 @@ class FakeStripeServer:
         except ApiError as err:
             response = _Response(err.status, {"error": err.body}, dict(err.headers))
         response.headers["Request-Id"] = request_id
+        with self._lock:
+            omitted = self._omitted.get(split.path, frozenset())
+        if omitted and response.status == 200:
+            body = {k: v for k, v in response.body.items() if k not in omitted}
+            response = _Response(response.status, body, response.headers)
         return response
 
     def _take_hang(self) -> bool:

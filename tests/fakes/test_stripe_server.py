@@ -123,6 +123,21 @@ def test_refund_with_same_idempotency_key_refunds_once(
     assert [e["type"] for e in stripe_server.events("charge.refunded")] == ["charge.refunded"]
 
 
+def test_omitted_fields_are_left_out_of_the_answer_but_the_refund_is_made(
+    stripe_server: FakeStripeServer, client: stripe.StripeClient
+) -> None:
+    pi = stripe_server.create_payment_intent(2999, "eur")
+    stripe_server.omit_fields("/v1/refunds", "amount", "currency", "status")
+
+    refund = client.v1.refunds.create(params={"payment_intent": pi["id"]})
+
+    assert refund.id.startswith("re_") and "amount" not in refund and "status" not in refund
+    with pytest.raises(AttributeError):
+        refund.amount  # noqa: B018 (what a caller reading it as always there meets)
+    assert stripe_server.refunds(pi["id"])[0]["amount"] == 2999
+    assert stripe_server.charge(pi["id"])["refunded"] is True
+
+
 def test_reusing_an_idempotency_key_with_other_params_fails(
     stripe_server: FakeStripeServer, client: stripe.StripeClient
 ) -> None:

@@ -32,7 +32,7 @@ def complete(pipeline: Pipeline, order_id: uuid.UUID, owner: str = OWNER) -> Ord
     _make_due(pipeline, order_id)
     assert pipeline.claim_order(order_id, owner)
     pipeline.run(order_id, owner)
-    return pipeline.get(order_id).order_status
+    return pipeline.get(order_id).status
 
 
 def _make_due(pipeline: Pipeline, order_id: uuid.UUID) -> None:
@@ -375,7 +375,7 @@ def outage_at_email(pg_engine, s3_bucket, stripe_server, assets_dir, request) ->
         pipeline = shop.pipeline(lease_seconds=60)
         _make_due(pipeline, order_id)
         assert pipeline.claim_order(order_id, OWNER)
-        while pipeline.get(order_id).order_status is not OrderStatus.PDF_RENDERED:
+        while pipeline.get(order_id).status is not OrderStatus.PDF_RENDERED:
             pipeline.run_step(order_id, OWNER)
         rig = OutageRig(shop, sendgrid, pipeline, order_id, [])
         sendgrid.on_accepted = lambda _key: rig.outages.append(postgresql_outage(seconds=seconds))

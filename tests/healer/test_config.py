@@ -72,6 +72,16 @@ def test_a_bad_value_is_one_line_naming_the_variable(env: dict[str, str], names:
             assert value not in message
 
 
+def test_the_refund_grace_is_a_day_unless_set() -> None:
+    assert Settings.from_env({}).refund_grace_seconds == 86400
+    assert Settings.from_env({"HEALER_REFUND_GRACE_SECONDS": "3600"}).refund_grace_seconds == 3600
+    assert Settings.from_env({"HEALER_REFUND_GRACE_SECONDS": "0"}).refund_grace_seconds == 0  # at once
+    with pytest.raises(SettingsError, match=r"^HEALER_REFUND_GRACE_SECONDS='-1' must be at least 0$"):
+        Settings.from_env({"HEALER_REFUND_GRACE_SECONDS": "-1"})
+    with pytest.raises(SettingsError, match=r"^HEALER_REFUND_GRACE_SECONDS='24h' is not a whole number$"):
+        Settings.from_env({"HEALER_REFUND_GRACE_SECONDS": "24h"})
+
+
 def test_session_expiration_accepts_durations() -> None:
     assert Settings.from_env({"SESSION_EXPIRATION": "24h"}).session_expiration_seconds == 86400
     assert Settings.from_env({"SESSION_EXPIRATION": "3600"}).session_expiration_seconds == 3600

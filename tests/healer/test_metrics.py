@@ -10,11 +10,16 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from checks.base import CheckResult, Runbook, Status
+from checks.database import DatabaseCheck
+from checks.orders import OrdersCheck
 from fulfilment.errors import ErrorClass
 from fulfilment.models import Order, OrderStatus, Outcome, Step, transaction, utcnow
 from fulfilment.recording import StepResult
+from healer import db
 from healer.health.metrics import Metrics
+from healer.health.monitor import HealthMonitor
 from healer.jobs.scheduler import JobState
+from tests.fakes.db_fixtures import unreachable_pg_url
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -76,6 +81,24 @@ def test_check_and_job_state_is_read_at_scrape_time() -> None:
     assert ("healer_check_up", (("check", "docker"),)) not in found  # not probed yet
     assert found[("healer_check_last_success_timestamp_seconds", (("check", "s3"),))] == passed.timestamp()
     assert found[("healer_job_last_success_timestamp_seconds", (("job", "worker"),))] == 1700000000.0
+
+
+def test_a_skipped_check_exports_no_up_sample_so_that_it_cannot_page(sessions) -> None:  # type: ignore[no-untyped-def]
+    # The real chain: the orders check skipped by a monitor whose database check fails.
+    monitor = HealthMonitor([
+        DatabaseCheck(engine=db.make_engine(unreachable_pg_url()), failure_threshold=1),
+        OrdersCheck(sessions=sessions),
+    ])
+    metrics = Metrics(CollectorRegistry())
+    metrics.watch_checks(monitor.reports)
+
+    results = monitor.run_all()
+
+    found = samples(metrics)
+    assert results["orders"].status is Status.SKIPPED
+    assert found[("healer_check_up", (("check", "database"),))] == 0
+    assert ("healer_check_up", (("check", "orders"),)) not in found
+    assert ("healer_check_duration_seconds", (("check", "orders"),)) not in found
 
 
 def test_order_figures_come_from_one_cached_query(sessions) -> None:  # type: ignore[no-untyped-def]

@@ -1,5 +1,5 @@
-"""Stuck orders re-queued by themselves, and the two optional policies (delay email, refund after
-a final failure), against PostgreSQL, the SendGrid and Stripe servers and the real pipeline."""
+"""Stuck orders re-queued by themselves, and the delay email policy, against PostgreSQL, the
+SendGrid and Stripe servers and the real pipeline (refunds: test_refunds.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from fulfilment.models import Outcome, utcnow
 from fulfilment.payments import StripePayments
 from healer import db
 from healer.health.metrics import Metrics
-from healer.jobs.stuck import StuckOrders, StuckPolicy, refund_key, requeue_stuck
+from healer.jobs.stuck import StuckOrders, StuckPolicy, requeue_stuck
 from healer.worker import Worker
 from tests.eventually import eventually
 from tests.fakes.shop_fixtures import FROM_EMAIL, Shop
@@ -151,61 +151,6 @@ def test_delay_email_that_fails_to_send_is_tried_again(shop: Shop) -> None:
     sweep()
 
     assert [m.to for m in shop.sendgrid.messages] == [("late@example.com",)]
-
-
-def test_refund_after_final_failure_is_off_by_default(shop: Shop) -> None:
-    paid(shop, 3 * 24 * 60, status="needs_attention")
-
-    sweeper(shop)()
-
-    assert shop.stripe.refunds() == []
-
-
-def test_refund_after_final_failure_refunds_once_with_an_idempotency_key(shop: Shop) -> None:
-    order_id = paid(shop, 2 * 24 * 60, status="needs_attention")
-    within_grace = paid(shop, 60, status="needs_attention")
-    never_verified = shop.paid_order(queued=False, status="needs_attention",
-                                     paid_at=utcnow() - timedelta(days=2))
-    sweep = sweeper(shop, refund_on_failure=True)
-
-    sweep()
-    sweep()
-
-    pi = shop.order(order_id).stripe_payment_intent_id
-    [refund] = shop.stripe.refunds()
-    assert refund["payment_intent"] == pi and refund["metadata"] == {"order_id": str(order_id)}
-    [post] = [r for r in shop.stripe.requests if r.path == "/v1/refunds"]
-    assert post.idempotency_key == refund_key(order_id)
-    assert shop.order(order_id).status == "refunded"
-    assert "Refunded after final failure" in shop.events(order_id)[-1].message
-    assert shop.order(within_grace).status == shop.order(never_verified).status == "needs_attention"
-
-
-def test_refund_retried_after_a_crash_is_not_made_twice(shop: Shop) -> None:
-    order_id = paid(shop, 2 * 24 * 60, status="needs_attention")
-    pi = shop.order(order_id).stripe_payment_intent_id
-    client = StripePayments(shop.stripe.api_key, api_base=shop.stripe.url, timeout=5).client
-    # A previous sweep refunded in Stripe, then died before recording it on the order.
-    client.v1.refunds.create(
-        params={"payment_intent": pi, "reason": "requested_by_customer",
-                "metadata": {"order_id": str(order_id)}},
-        options={"idempotency_key": refund_key(order_id)},
-    )
-
-    sweeper(shop, refund_on_failure=True)()
-
-    assert len(shop.stripe.refunds()) == 1 and shop.order(order_id).status == "refunded"
-
-
-def test_refund_when_stripe_refunded_it_already_elsewhere(shop: Shop) -> None:
-    order_id = paid(shop, 2 * 24 * 60, status="needs_attention")
-    client = StripePayments(shop.stripe.api_key, api_base=shop.stripe.url, timeout=5).client
-    client.v1.refunds.create(params={"payment_intent": shop.order(order_id).stripe_payment_intent_id})
-
-    sweeper(shop, refund_on_failure=True)()
-
-    assert len(shop.stripe.refunds()) == 1 and shop.order(order_id).status == "refunded"
-    assert "refunded already in Stripe" in shop.events(order_id)[-1].message
 
 
 def test_stuck_orders_are_requeued_on_the_embedded_sqlite_database(shop: Shop, sqlite_engine: Engine) -> None:

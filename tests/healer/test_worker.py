@@ -168,7 +168,7 @@ def test_the_scheduled_worker_logs_no_traceback_while_the_database_is_down(
     down, _ = outage
     worker = Worker(down.pipeline(), concurrency=1, owner="outage-worker")
     scheduler = Scheduler()
-    scheduler.add("worker", worker.tick, 0.2)  # the daemon's own job, polled fast
+    scheduler.add("worker", worker.tick, 0.2, depends_on=Worker.depends_on)  # the daemon's own job, polled fast
     scheduler.start()
     try:
         eventually(lambda: scheduler.jobs()[0].runs >= 5, timeout=30, what="five runs of the worker's job")

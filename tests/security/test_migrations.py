@@ -17,7 +17,7 @@ from alembic import command
 from alembic.util import CommandError
 from sqlalchemy import Engine, inspect, text
 
-from fulfilment.models import Order, OrderEvent, transaction
+from fulfilment.models import Order, OrderEvent, Outcome, Step, transaction
 from healer import db
 from healer.db.models import OrphanPayment
 
@@ -72,8 +72,8 @@ def test_the_refusal_counts_the_orders_story_too(empty_engine: Engine) -> None:
     add_order(engine)
     with transaction(db.make_session_factory(engine)) as session:
         order = session.query(Order).one()
-        session.add_all([OrderEvent(order_id=order.id, step="payment", outcome="succeeded"),
-                         OrderEvent(order_id=order.id, step="email", outcome="succeeded")])
+        session.add_all([OrderEvent(order_id=order.id, step=Step.VERIFY_PAYMENT, outcome=Outcome.OK),
+                         OrderEvent(order_id=order.id, step=Step.EMAIL, outcome=Outcome.OK)])
 
     with pytest.raises(CommandError, match=r"destroying 1 order\(s\) and 2 order event\(s\)"):
         downgrade_base(engine)

@@ -32,7 +32,8 @@ from fulfilment.payments import StripePayments
 from healer import db
 from healer.db.models import ReconcileState, insert_once
 from healer.health.metrics import Metrics
-from healer.jobs.stuck import REFUND_HOLDER, StuckOrders, StuckPolicy
+from healer.jobs.refunds import REFUND_HOLDER
+from healer.jobs.stuck import StuckOrders, StuckPolicy
 from healer.stripe.findings import FindingKind
 from healer.stripe.reconcile import STATE, ReconcileConfig, Reconciler
 from healer.stripe.reconcile_job import LeaseLock, run_lock
@@ -43,7 +44,7 @@ from tests.security.test_leases import skewed
 HOUR = timedelta(hours=1)
 SLA = 600
 LEASE = 60
-REFUND_HOLD = 600  # healer.jobs.stuck holds an order this long while refunding it
+REFUND_HOLD = 600  # healer.jobs.refunds holds an order this long while refunding it
 
 
 def database_now(session: Session) -> datetime:
