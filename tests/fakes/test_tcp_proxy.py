@@ -8,7 +8,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from fulfilment.errors import database_unreachable
+from fulfilment.models import database_unreachable
 from healer import db
 from tests.fakes.tcp_proxy import TcpProxy
 
