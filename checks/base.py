@@ -15,7 +15,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import ClassVar
@@ -32,8 +32,34 @@ class Status(enum.StrEnum):
 
     @property
     def severity(self) -> int:
-        """For exit codes and worst-of summaries: ok/disabled/skipped 0, warning 1, failing 2."""
+        """For worst-of comparisons: ok/disabled/skipped 0, warning 1, failing 2 (see `Verdict`)."""
         return {Status.WARNING: 1, Status.FAILING: 2}.get(self, 0)
+
+
+class Verdict(enum.StrEnum):
+    """The one word for a set of results, said alike by `healer check`, `/health` and the metrics.
+
+    Its exit code follows the Nagios plugin convention: 0 ok, 1 warning, 2 failing, 3 unknown
+    (nothing was judged: every check asked for is disabled or skipped, or none ran).
+    """
+
+    OK = "ok"
+    WARNING = "warning"
+    FAILING = "failing"
+    UNKNOWN = "unknown"
+
+    @property
+    def exit_code(self) -> int:
+        return {Verdict.OK: 0, Verdict.WARNING: 1, Verdict.FAILING: 2, Verdict.UNKNOWN: 3}[self]
+
+    @classmethod
+    def of(cls, statuses: Iterable[Status]) -> Verdict:
+        """Failing if any failed, else warning if any warned, else ok if any passed, else unknown."""
+        seen = set(statuses)
+        for status, verdict in ((Status.FAILING, cls.FAILING), (Status.WARNING, cls.WARNING), (Status.OK, cls.OK)):
+            if status in seen:
+                return verdict
+        return cls.UNKNOWN
 
 
 class Runbook(enum.StrEnum):

@@ -11,6 +11,7 @@ import enum
 import math
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,10 +19,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fulfilment.secrets import mask_secret, mask_url_password, url_passwords
+from healer.errors import ConfigurationError
 from poster_assets import bundled_assets_dir
 
 
-class SettingsError(ValueError):
+class SettingsError(ConfigurationError, ValueError):
     """A configuration value is missing or malformed; the message names the variable."""
 
 
@@ -68,6 +70,7 @@ class Settings:
     ops_port: int
     public_rate_limit_per_minute: int
     public_base_url: str
+    runbook_base_url: str
     admin_token: Secret | None
     check_interval_seconds: float
     worker_interval_seconds: float
@@ -316,9 +319,14 @@ class _Reader:
                 f"HEALER_OPS_PORT={ops_port} is also HEALER_HTTP_PORT: the operator listener needs its own port"
             )
         rate_limit = self.integer("HEALER_PUBLIC_RATE_LIMIT_PER_MINUTE", 120, minimum=1, maximum=1_000_000)
+        # Alerts link here; the operator listener serves the guide at /runbook, so the default works
+        # wherever Prometheus reaches the operator port (a wildcard address names this host instead).
+        runbook_host = socket.gethostname() if ops_host in ("0.0.0.0", "::", "") else ops_host
+        runbook_host = f"[{runbook_host}]" if ":" in runbook_host else runbook_host
         return {"http_host": host, "http_port": port, "ops_host": ops_host, "ops_port": ops_port,
                 "public_rate_limit_per_minute": rate_limit, "admin_token": self.admin_token(),
-                "public_base_url": self.url("PUBLIC_BASE_URL") or f"http://{host}:{port}"}
+                "public_base_url": self.url("PUBLIC_BASE_URL") or f"http://{host}:{port}",
+                "runbook_base_url": self.url("HEALER_RUNBOOK_BASE_URL") or f"http://{runbook_host}:{ops_port}/runbook"}
 
     def peers(self) -> dict[str, Any]:
         """S3, SendGrid and Stripe: each a credential checked for shape, and where to reach it."""

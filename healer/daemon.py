@@ -20,6 +20,7 @@ from fulfilment.pipeline import STEP_CHECKS, Pipeline
 from fulfilment.recording import StepResult
 from healer import __version__, db
 from healer.config import Settings
+from healer.errors import ConfigurationError, OperatorError
 from healer.health.metrics import Metrics
 from healer.wiring import (
     Services,
@@ -37,11 +38,11 @@ from healer.worker import Worker
 log = logging.getLogger(__name__)
 
 
-class DatabaseNotMigrated(RuntimeError):
+class DatabaseNotMigrated(OperatorError):
     pass
 
 
-class UnsafeConfiguration(RuntimeError):
+class UnsafeConfiguration(ConfigurationError):
     """A configuration `healer run` refuses (payments unverified): one line per problem."""
 
 

@@ -9,7 +9,7 @@ import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from fulfilment.errors import StepError
 from fulfilment.models import OrderStatus
@@ -18,7 +18,7 @@ from fulfilment.secrets import RedactingFilter, Redactor
 from healer import __version__, db
 from healer.cli.check import cmd_check
 from healer.cli.consoles import err, out
-from healer.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from healer.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from healer.cli.orders import cmd_orders_complete, cmd_orders_list, cmd_orders_retry, cmd_orders_show, services_for
 from healer.config import Settings, SettingsError
 from healer.remediation.audit import Action
@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
     except SettingsError as error:
         print(f"healer: configuration error: {error}", file=sys.stderr)  # one line, never wrapped
-        return EXIT_USAGE
+        return EXIT_CONFIG
     _redact_logs(Redactor(settings.secret_values()))
     try:
         return int(args.handler(settings, args) or EXIT_OK)
@@ -56,8 +56,17 @@ def _redact_logs(redact: Redactor) -> None:
         handler.addFilter(RedactingFilter(redact))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, exiting with EX_USAGE (64) on a bad argument rather than its own 2, which
+    `healer check` uses for "failing"."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="healer", description=__doc__)
+    parser = _Parser(prog="healer", description=__doc__)
     parser.add_argument("--version", action="version", version=f"healer {__version__}")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -187,7 +196,7 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
         problems.append(problem)
     if problems:
         print(f"healer: configuration error: {'; '.join(problems)}", file=sys.stderr)  # one line
-        return EXIT_USAGE
+        return EXIT_CONFIG
     try:
         Daemon(settings).serve()
     except DatabaseNotMigrated as error:
@@ -201,7 +210,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
     if (problem := _listen_address_problem(settings)) is not None:
         print(f"healer: configuration error: {problem}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_CONFIG
 
     return run_demo(settings, orders=args.orders, exit_when_done=args.exit_when_done)
 

@@ -1,5 +1,11 @@
-"""The `healer` command's exit codes, one set for every command."""
+"""The `healer` command's exit codes, one set for every command (docs/operations.md has the table).
+
+`healer check` alone follows the Nagios plugin convention instead: 0 ok, 1 warning, 2 failing,
+3 unknown (checks.base.Verdict.exit_code).
+"""
+
+from healer.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_USAGE
 
 EXIT_OK = 0
-EXIT_FAILED = 1  # the command ran and found a problem (or `healer check`: a warning)
-EXIT_USAGE = 2  # a bad argument or configuration value
+
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE"]

@@ -27,7 +27,7 @@ from datetime import datetime
 from functools import partial
 from typing import Protocol
 
-from checks.base import Check, CheckResult, Healthy, Status, run_with_timeout, skipped_because
+from checks.base import Check, CheckResult, Healthy, Status, Verdict, run_with_timeout, skipped_because
 from checks.registry import display_order
 from fulfilment.secrets import Redactor
 
@@ -261,12 +261,10 @@ class HealthMonitor:
             return CheckReport(check, None, None)
         return CheckReport(check, entry.reported, entry.raw, entry.failures, entry.last_success)
 
-    def overall(self) -> Status:
-        """Failing when not ready; warning when anything else fails or warns; else ok."""
-        if not self.ready().ready:
-            return Status.FAILING
-        statuses = {result.status for result in self.results().values()}
-        return Status.WARNING if statuses & {Status.FAILING, Status.WARNING} else Status.OK
+    def overall(self) -> Verdict:
+        """The word `healer check` prints for the same results: failing when any check fails,
+        critical or not (whether that makes healer unready is `ready()`'s question)."""
+        return Verdict.of(result.status for result in self.results().values())
 
     def ready(self, exclude: Iterable[str] = ()) -> Readiness:
         """Whether every critical check (bar `exclude`) has run and is not failing."""

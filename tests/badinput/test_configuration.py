@@ -85,7 +85,7 @@ def test_a_value_of_the_wrong_type_stops_the_cli_naming_the_variable(
     code, lines = run_cli(monkeypatch, capsys, tmp_path, {name: UNPARSABLE[PARSED[name]]})
 
     message = " ".join(lines)
-    assert code == 2, lines
+    assert code == 78, lines
     assert message.startswith(f"healer: configuration error: {name}"), message
     assert not (tmp_path / "data").exists()  # stopped before creating anything
 
@@ -98,7 +98,7 @@ def test_a_value_out_of_range_stops_the_cli_naming_the_variable(
     code, lines = run_cli(monkeypatch, capsys, tmp_path, env)
 
     message = " ".join(lines)
-    assert code == 2 and message.startswith(f"healer: configuration error: {named}"), lines
+    assert code == 78 and message.startswith(f"healer: configuration error: {named}"), lines
     for value in env.values():
         if "KEY" in named or "SECRET" in named:
             assert value not in message  # a secret, even a malformed one, is shown masked
@@ -129,7 +129,7 @@ def test_numbers_that_are_not_finite_or_too_large_stop_the_daemon_naming_the_var
     for name, value in NOT_FINITE:
         code, stderr = _healer_run({name: value}, tmp_path, timeout=10)
         last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
-        named = code == 2 and last.startswith(f"healer: configuration error: {name}")
+        named = code == 78 and last.startswith(f"healer: configuration error: {name}")
         outcomes[f"{name}={value}"] = "stopped naming it" if named else f"exit {code}: {last[:120]}"
 
     assert outcomes == dict.fromkeys(outcomes, "stopped naming it")
@@ -138,7 +138,7 @@ def test_numbers_that_are_not_finite_or_too_large_stop_the_daemon_naming_the_var
 def test_the_error_is_one_line_in_a_real_process_whatever_its_length(tmp_path: Path) -> None:
     code, stderr = _healer_run({"HEALER_DELAY_EMAIL_AFTER_SECONDS": "-5"}, tmp_path)
 
-    assert code == 2
+    assert code == 78
     assert stderr.strip().splitlines() == [
         "healer: configuration error: HEALER_DELAY_EMAIL_AFTER_SECONDS='-5' must be at least 0"]
 
@@ -154,6 +154,6 @@ def test_a_value_that_fails_only_at_start_up_still_stops_with_one_line_naming_it
 ) -> None:
     code, stderr = _healer_run(env, tmp_path)
 
-    assert code == 2, (code, stderr[-1500:])
+    assert code == 78, (code, stderr[-1500:])
     assert "Traceback" not in stderr, stderr[-1500:]
     assert any(line.startswith("healer:") and named in line for line in stderr.splitlines()), stderr[-1500:]

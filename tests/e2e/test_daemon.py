@@ -84,7 +84,7 @@ def test_bad_configuration_stops_with_one_line_naming_the_variable(daemon_env: d
 
     result = subprocess.run(HEALER + ["run"], env=env, capture_output=True, text=True, timeout=60)
 
-    assert result.returncode == 2
+    assert result.returncode == 78
     assert result.stderr.strip().splitlines() == [
         "healer: configuration error: HEALER_WORKERS='lots' is not a whole number"
     ]

@@ -74,7 +74,7 @@ def test_a_warning_exits_1(tmp_path: Path, stripe_server: FakeStripeServer) -> N
 def test_an_unknown_name_is_a_usage_error_naming_the_valid_ones(tmp_path: Path) -> None:
     done = healer_check(tmp_path, "s3", "nope")
 
-    assert done.returncode == 2
+    assert done.returncode == 64
     assert "healer check: unknown check 'nope'; valid checks: database, s3, sendgrid, stripe" in done.stderr
     assert done.stdout == ""
 

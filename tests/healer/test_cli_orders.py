@@ -72,7 +72,7 @@ def test_unknown_order_and_malformed_id_are_clear_errors(shop_env: dict[str, str
     malformed = healer(shop_env, "orders", "show", "12; DROP TABLE orders")
 
     assert unknown.returncode == 1 and "unknown order" in unknown.stderr
-    assert malformed.returncode == 2 and "is not an order id" in malformed.stderr
+    assert malformed.returncode == 64 and "is not an order id" in malformed.stderr
 
 
 def test_render_writes_a_poster_from_files(shop_env: dict[str, str], tmp_path: Path) -> None:

@@ -137,12 +137,12 @@ def test_health_reports_every_check_with_its_last_success_and_remedy(services: S
     assert stripe["runbook"] == "-" and stripe["last_success"] is None and stripe["critical"] is False
 
 
-def test_health_overall_is_warning_when_only_a_non_critical_check_fails(
+def test_health_status_is_failing_when_a_non_critical_check_fails_as_healer_check_says(
     services: Services, monitor: HealthMonitor
 ) -> None:
     monitor.run_all()
 
-    assert client_for(services, monitor).get("/health").json()["status"] == "warning"
+    assert client_for(services, monitor).get("/health").json()["status"] == "failing"
 
 
 def test_health_of_one_check_and_404_for_unknown_names(services: Services, monitor: HealthMonitor) -> None:

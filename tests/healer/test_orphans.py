@@ -174,6 +174,6 @@ def test_resolve_requires_a_note(
 ) -> None:
     result = healer(shop_env, "orphans", "resolve", "pi_newest", *(["--note", note] if note is not None else []))
 
-    assert result.returncode == 2 and "--note" in result.stderr
+    assert result.returncode == 64 and "--note" in result.stderr
     row = stored(sessions, "pi_newest")
     assert row is not None and row.resolved_at is None

@@ -42,7 +42,7 @@ def test_healer_run_refuses_to_start_without_stripe(tmp_path: Path, missing: str
 
     code, stderr = healer_run(tmp_path, env)
 
-    assert code == 2, stderr[-2000:]
+    assert code == 78, stderr[-2000:]
     [line] = stderr.strip().splitlines()
     assert line.startswith(f"healer: configuration error: {missing} is unset"), line
     assert "healer demo" in line
@@ -53,7 +53,7 @@ def test_healer_run_refuses_to_start_without_stripe(tmp_path: Path, missing: str
 def test_an_admin_token_shorter_than_32_characters_is_refused(tmp_path: Path, token: str) -> None:
     code, stderr = healer_run(tmp_path, {**STRIPE, "HEALER_ADMIN_TOKEN": token})
 
-    assert code == 2
+    assert code == 78
     [line] = stderr.strip().splitlines()
     assert line.startswith("healer: configuration error: HEALER_ADMIN_TOKEN is") and "at least 32" in line
     assert token * 2 not in line
