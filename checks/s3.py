@@ -190,6 +190,11 @@ class LocalStoreCheck(Check):
     root: Path
 
     def probe(self) -> str:
+        if not self.root.parent.is_dir():
+            # The data directory is made by the daemon at start; a probe that made it would hide
+            # that it is the wrong one (`healer check` run from another directory, say).
+            raise CheckFailed(f"local store: the data directory {self.root.parent} does not exist",
+                              "set HEALER_DATA_DIR to the daemon's data directory (or set S3_BUCKET)")
         store = LocalStore(self.root)
         key = f"{HEALTH_PREFIX}probe"
         try:

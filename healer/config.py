@@ -12,19 +12,25 @@ import math
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from fulfilment.secrets import mask_secret, mask_url_password, url_passwords
 from healer.errors import ConfigurationError
 from poster_assets import bundled_assets_dir
 
+T = TypeVar("T")
+
 
 class SettingsError(ConfigurationError, ValueError):
-    """A configuration value is missing or malformed; the message names the variable."""
+    """Configuration values missing or malformed: one problem per variable, each naming it."""
+
+    def __init__(self, problems: str | Sequence[str]) -> None:
+        self.problems = (problems,) if isinstance(problems, str) else tuple(problems)
+        super().__init__("; ".join(self.problems))
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        return _Reader(os.environ if env is None else env).settings()
+        """The settings, or a `SettingsError` listing every problem (`read_configuration` for more)."""
+        return read_configuration(env).require()
 
     @property
     def effective_database_url(self) -> str:
@@ -163,7 +170,8 @@ class Settings:
     def secret_values(self) -> list[str]:
         """Every secret this configuration holds, for the log scrubber: the env secrets and any
         password in DATABASE_URL (userinfo or `?password=`)."""
-        values = [v.value for v in vars(self).values() if isinstance(v, Secret)]
+        # The URL itself is not secret (it says where the database is), only its password.
+        values = [v.value for v in vars(self).values() if isinstance(v, Secret) and v is not self.database_url]
         if self.database_url is not None:
             values.extend(url_passwords(self.database_url.value))
         return [v for v in values if v]
@@ -192,11 +200,68 @@ _DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+class Source(enum.StrEnum):
+    """Where a variable's effective value came from, for `healer config`."""
+
+    ENV = "env"
+    DEFAULT = "default"
+    EMBEDDED = "embedded"  # unset, so healer runs that peer itself (SQLite, a local store, an outbox)
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One variable as `healer config` shows it: value already masked when it is a secret."""
+
+    name: str
+    value: str
+    source: Source
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """Everything read from one environment: each variable with its source, and every problem."""
+
+    variables: tuple[Variable, ...]
+    problems: tuple[str, ...]
+    settings: Settings | None  # None when there are problems
+
+    def require(self) -> Settings:
+        if self.settings is None:
+            raise SettingsError(self.problems)
+        return self.settings
+
+
+def read_configuration(env: Mapping[str, str] | None = None) -> Configuration:
+    return _Reader(os.environ if env is None else env).configuration()
+
+
+# Unset, these make healer run the peer itself; what each then uses is said by `embedded_defaults`.
+_EMBEDDED = frozenset({"DATABASE_URL", "S3_BUCKET", "SENDGRID_API_KEY", "STRIPE_SECRET_KEY"})
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Secret):
+        return value.masked
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    return str(value)
+
+
 class _Reader:
-    """Parses one variable at a time; every error names its variable."""
+    """Parses one variable at a time, each error naming its variable; collects every error rather
+    than stopping at the first, so one run of `healer config` lists them all."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
+        self.variables: dict[str, Variable] = {}
+        self.problems: list[str] = []
 
     def raw(self, name: str) -> str | None:
         value = self.env.get(name)
@@ -204,107 +269,144 @@ class _Reader:
             return None
         return value.strip()
 
+    def value(self, name: str, default: T, parse: Callable[[str], T], *, secret: bool = False) -> T:
+        """`parse` the variable if set (a `SettingsError` is noted, and the default used so reading
+        goes on), else `default`; either way the variable is recorded with its source."""
+        raw = self.raw(name)
+        if raw is None:
+            source = Source.EMBEDDED if name in _EMBEDDED else Source.DEFAULT
+            self.variables[name] = Variable(name, _shown(default), source)
+            return default
+        shown = mask_url_password(raw) if name == "DATABASE_URL" else mask_secret(raw) if secret else raw
+        try:
+            parsed = parse(raw)
+        except SettingsError as error:
+            self.problem(str(error))
+            self.variables[name] = Variable(name, shown, Source.ENV, str(error))
+            return default
+        self.variables[name] = Variable(name, shown if secret or name == "DATABASE_URL" else _shown(parsed), Source.ENV)
+        return parsed
+
+    def problem(self, message: str) -> None:
+        self.problems.append(message)
+
     def text(self, name: str, default: str) -> str:
-        return self.raw(name) or default
+        return self.value(name, default, str)
 
     def flag(self, name: str, default: bool) -> bool:
-        value = self.raw(name)
-        if value is None:
-            return default
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise SettingsError(f"{name}={value!r} must be on or off")
+        def parse(value: str) -> bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise SettingsError(f"{name}={value!r} must be on or off")
 
-    def secret(self, name: str) -> Secret | None:
-        value = self.raw(name)
-        return Secret(value) if value is not None else None
+        return self.value(name, default, parse)
+
+    def secret(self, name: str, check: Callable[[Secret], None] = lambda _: None) -> Secret | None:
+        def parse(value: str) -> Secret:
+            secret = Secret(value)
+            check(secret)
+            return secret
+
+        return self.value(name, None, parse, secret=True)
 
     def number(
         self, name: str, default: float, *, minimum: float, maximum: float = MAX_NUMBER, integer: bool = False
     ) -> float:
-        value = self.raw(name)
-        if value is None:
-            return default
-        try:
-            parsed = int(value) if integer else float(value)
-        except ValueError:
-            kind = "a whole number" if integer else "a number"
-            raise SettingsError(f"{name}={value!r} is not {kind}") from None
-        if not math.isfinite(parsed):
-            raise SettingsError(f"{name}={value!r} is not a finite number")
-        if parsed < minimum:
-            raise SettingsError(f"{name}={value!r} must be at least {minimum:g}")
-        if parsed > maximum:
-            raise SettingsError(f"{name}={value!r} must be at most {maximum:g}")
-        return parsed
+        def parse(value: str) -> float:
+            try:
+                parsed = int(value) if integer else float(value)
+            except ValueError:
+                kind = "a whole number" if integer else "a number"
+                raise SettingsError(f"{name}={value!r} is not {kind}") from None
+            if not math.isfinite(parsed):
+                raise SettingsError(f"{name}={value!r} is not a finite number")
+            if parsed < minimum:
+                raise SettingsError(f"{name}={value!r} must be at least {minimum:g}")
+            if parsed > maximum:
+                raise SettingsError(f"{name}={value!r} must be at most {maximum:g}")
+            return parsed
+
+        return self.value(name, default, parse)
 
     def integer(self, name: str, default: int, *, minimum: int, maximum: int = MAX_NUMBER) -> int:
         return int(self.number(name, default, minimum=minimum, maximum=maximum, integer=True))
 
     def port(self, name: str, default: int) -> int:
-        port = self.integer(name, default, minimum=0)
-        if port > 65535:
-            raise SettingsError(f"{name}={port} is not a TCP port (0-65535)")
-        return port
+        return self.integer(name, default, minimum=0, maximum=65535)
 
     def admin_token(self) -> Secret | None:
-        token = self.secret("HEALER_ADMIN_TOKEN")
-        if token is not None and len(token.value) < MIN_ADMIN_TOKEN_CHARS:
-            raise SettingsError(
-                f"HEALER_ADMIN_TOKEN is {len(token.value)} characters: it must be at least "
-                f"{MIN_ADMIN_TOKEN_CHARS} (e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
-            )
-        return token
+        def long_enough(token: Secret) -> None:
+            if len(token.value) < MIN_ADMIN_TOKEN_CHARS:
+                raise SettingsError(
+                    f"HEALER_ADMIN_TOKEN is {len(token.value)} characters: it must be at least "
+                    f"{MIN_ADMIN_TOKEN_CHARS} (e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                )
+
+        return self.secret("HEALER_ADMIN_TOKEN", long_enough)
 
     def url(self, name: str, default: str | None = None) -> str | None:
-        value = self.raw(name)
-        if value is None:
-            return default
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise SettingsError(f"{name}={value!r} is not an http(s) URL")
-        return value.rstrip("/")
+        def parse(value: str) -> str:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise SettingsError(f"{name}={value!r} is not an http(s) URL")
+            return value.rstrip("/")
+
+        return self.value(name, default, parse)
 
     def duration(self, name: str, default: int) -> int:
-        value = self.raw(name)
-        if value is None:
-            return default
-        match = _DURATION.match(value.lower())
-        if not match:
-            raise SettingsError(f"{name}={value!r} is not a duration (seconds, or e.g. 30m, 24h, 7d)")
-        return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        def parse(value: str) -> int:
+            match = _DURATION.match(value.lower())
+            if not match:
+                raise SettingsError(f"{name}={value!r} is not a duration (seconds, or e.g. 30m, 24h, 7d)")
+            return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+        return self.value(name, default, parse)
 
     def directory(self, name: str, default: str) -> Path:
         """A directory that exists or can be made: its nearest existing ancestor is a directory."""
-        path = Path(self.text(name, default)).resolve()
-        existing = next(p for p in (path, *path.parents) if p.exists())
-        if not existing.is_dir():
-            raise SettingsError(f"{name}={str(path)!r} cannot be a directory: {existing} is a file")
-        return path
+        def parse(value: str) -> Path:
+            path = Path(value).resolve()
+            existing = next(p for p in (path, *path.parents) if p.exists())
+            if not existing.is_dir():
+                raise SettingsError(f"{name}={str(path)!r} cannot be a directory: {existing} is a file")
+            return path
+
+        return self.value(name, Path(default).resolve(), parse)
 
     def docker_host(self) -> str | None:
-        value = self.raw("DOCKER_HOST")
-        if value is not None and urlsplit(value).scheme not in ("unix", "tcp", "http", "https", "ssh"):
-            raise SettingsError(f"DOCKER_HOST={value!r} is not a unix://, tcp:// or ssh:// address")
-        return value
+        def parse(value: str) -> str:
+            if urlsplit(value).scheme not in ("unix", "tcp", "http", "https", "ssh"):
+                raise SettingsError(f"DOCKER_HOST={value!r} is not a unix://, tcp:// or ssh:// address")
+            return value
+
+        return self.value("DOCKER_HOST", None, parse)
 
     def database_url(self) -> Secret | None:
-        value = self.raw("DATABASE_URL")
-        if value is None:
-            return None
-        scheme = urlsplit(value).scheme
-        if not scheme.startswith(("postgresql", "postgres", "sqlite")):
-            raise SettingsError(f"DATABASE_URL has scheme {scheme or 'none'!r}: expected postgresql:// or sqlite://")
-        if scheme.startswith("postgres") and not scheme.startswith("postgresql"):
-            value = "postgresql" + value[len("postgres") :]  # Heroku-style alias
-        return Secret(value)
+        def parse(value: str) -> Secret:
+            scheme = urlsplit(value).scheme
+            if not scheme.startswith(("postgresql", "postgres", "sqlite")):
+                raise SettingsError(
+                    f"DATABASE_URL has scheme {scheme or 'none'!r}: expected postgresql:// or sqlite://")
+            if scheme.startswith("postgres") and not scheme.startswith("postgresql"):
+                value = "postgresql" + value[len("postgres") :]  # Heroku-style alias
+            return Secret(value)
 
-    def settings(self) -> Settings:
+        return self.value("DATABASE_URL", None, parse)
+
+    def configuration(self) -> Configuration:
+        values = self.settings_fields()
+        settings = None if self.problems else Settings(**values)
+        if settings is not None and settings.database_url is None:  # say what the embedded default is
+            self.variables["DATABASE_URL"] = Variable("DATABASE_URL", settings.effective_database_url,
+                                                      Source.EMBEDDED)
+        return Configuration(tuple(self.variables.values()), tuple(self.problems), settings)
+
+    def settings_fields(self) -> dict[str, Any]:
         """Read in groups: each returns its `Settings` fields, checking the variables that go together."""
-        return Settings(**self.paths(), **self.listeners(), **self.peers(), **self.limits(), **self.retry(),
-                        **self.remediation())
+        return {**self.paths(), **self.listeners(), **self.peers(), **self.limits(), **self.retry(),
+                **self.remediation()}
 
     def paths(self) -> dict[str, Any]:
         return {"data_dir": self.directory("HEALER_DATA_DIR", "./var"),
@@ -315,7 +417,7 @@ class _Reader:
         host, port = self.text("HEALER_HTTP_HOST", "127.0.0.1"), self.port("HEALER_HTTP_PORT", 8080)
         ops_host, ops_port = self.text("HEALER_OPS_HOST", "127.0.0.1"), self.port("HEALER_OPS_PORT", 8081)
         if port != 0 and port == ops_port and host == ops_host:
-            raise SettingsError(
+            self.problem(
                 f"HEALER_OPS_PORT={ops_port} is also HEALER_HTTP_PORT: the operator listener needs its own port"
             )
         rate_limit = self.integer("HEALER_PUBLIC_RATE_LIMIT_PER_MINUTE", 120, minimum=1, maximum=1_000_000)
@@ -325,32 +427,23 @@ class _Reader:
         runbook_host = f"[{runbook_host}]" if ":" in runbook_host else runbook_host
         return {"http_host": host, "http_port": port, "ops_host": ops_host, "ops_port": ops_port,
                 "public_rate_limit_per_minute": rate_limit, "admin_token": self.admin_token(),
-                "public_base_url": self.url("PUBLIC_BASE_URL") or f"http://{host}:{port}",
-                "runbook_base_url": self.url("HEALER_RUNBOOK_BASE_URL") or f"http://{runbook_host}:{ops_port}/runbook"}
+                "public_base_url": self.url("PUBLIC_BASE_URL", f"http://{host}:{port}"),
+                "runbook_base_url": self.url("HEALER_RUNBOOK_BASE_URL", f"http://{runbook_host}:{ops_port}/runbook")}
 
     def peers(self) -> dict[str, Any]:
         """S3, SendGrid and Stripe: each a credential checked for shape, and where to reach it."""
         access_key, secret_key = self.secret("AWS_ACCESS_KEY_ID"), self.secret("AWS_SECRET_ACCESS_KEY")
-        if (access_key is None) != (secret_key is None):
+        if (self.raw("AWS_ACCESS_KEY_ID") is None) != (self.raw("AWS_SECRET_ACCESS_KEY") is None):
             missing = "AWS_SECRET_ACCESS_KEY" if secret_key is None else "AWS_ACCESS_KEY_ID"
-            raise SettingsError(f"{missing} is unset while its partner is set: set both or neither")
-        bucket = self.raw("S3_BUCKET")
-        if bucket is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
-            raise SettingsError(f"S3_BUCKET={bucket!r} is not a valid S3 bucket name")
-        from_email = self.text("FROM_EMAIL", "posters@localhost.localdomain")
-        if not _EMAIL.match(from_email):
-            raise SettingsError(f"FROM_EMAIL={from_email!r} is not an email address")
-        sendgrid_key = self.secret("SENDGRID_API_KEY")
-        if sendgrid_key is not None and not sendgrid_key.value.startswith("SG."):
-            raise SettingsError(f"SENDGRID_API_KEY={sendgrid_key.masked} does not start with 'SG.'")
-        stripe_key = self.secret("STRIPE_SECRET_KEY")
-        if stripe_key is not None and not stripe_key.value.startswith(("sk_", "rk_")):
-            raise SettingsError(f"STRIPE_SECRET_KEY={stripe_key.masked} is not a secret key (sk_... or rk_...)")
-        return {"aws_access_key_id": access_key, "aws_secret_access_key": secret_key, "s3_bucket": bucket,
-                "s3_region": self.raw("S3_REGION"), "s3_endpoint_url": self.url("S3_ENDPOINT_URL"),
-                "from_email": from_email, "sendgrid_api_key": sendgrid_key,
+            self.problem(f"{missing} is unset while its partner is set: set both or neither")
+        return {"aws_access_key_id": access_key, "aws_secret_access_key": secret_key,
+                "s3_bucket": self.value("S3_BUCKET", None, _bucket), "s3_region": self.value("S3_REGION", None, str),
+                "s3_endpoint_url": self.url("S3_ENDPOINT_URL"),
+                "from_email": self.value("FROM_EMAIL", "posters@localhost.localdomain", _email),
+                "sendgrid_api_key": self.secret("SENDGRID_API_KEY", _sendgrid_key),
                 "sendgrid_api_base": self.url("SENDGRID_API_BASE"),
-                "stripe_secret_key": stripe_key, "stripe_webhook_secret": self.secret("STRIPE_WEBHOOK_SECRET"),
+                "stripe_secret_key": self.secret("STRIPE_SECRET_KEY", _stripe_key),
+                "stripe_webhook_secret": self.secret("STRIPE_WEBHOOK_SECRET"),
                 "stripe_api_base": self.url("STRIPE_API_BASE")}
 
     def limits(self) -> dict[str, Any]:
@@ -375,7 +468,7 @@ class _Reader:
         retry_base = self.number("HEALER_RETRY_BASE_SECONDS", 30, minimum=0)
         retry_max = self.number("HEALER_RETRY_MAX_SECONDS", 1800, minimum=0)
         if retry_max < retry_base:
-            raise SettingsError(
+            self.problem(
                 f"HEALER_RETRY_MAX_SECONDS={retry_max:g} is below HEALER_RETRY_BASE_SECONDS={retry_base:g}"
             )
         return {"retry_base_seconds": retry_base, "retry_max_seconds": retry_max,
@@ -384,23 +477,52 @@ class _Reader:
                 "refund_grace_seconds": self.integer("HEALER_REFUND_GRACE_SECONDS", 86400, minimum=0)}
 
     def remediation(self) -> dict[str, Any]:
-        remediation = self.text("HEALER_REMEDIATION", "on").lower()
-        try:
-            mode = RemediationMode(remediation)
-        except ValueError:
-            raise SettingsError(f"HEALER_REMEDIATION={remediation!r} must be one of off, dry-run, on") from None
-        autoheal_label = self.text("HEALER_AUTOHEAL_LABEL", "healer.autoheal=true")
-        if "=" not in autoheal_label or autoheal_label.startswith("="):
-            raise SettingsError(f"HEALER_AUTOHEAL_LABEL={autoheal_label!r} is not a key=value label")
         docker_host = self.docker_host()
         autoheal_docker = self.flag("HEALER_AUTOHEAL_DOCKER", False)
         if autoheal_docker and docker_host is None:
-            raise SettingsError(
-                "HEALER_AUTOHEAL_DOCKER=on needs DOCKER_HOST (the engine whose containers it restarts)"
-            )
-        return {"remediation": mode, "autoheal_label": autoheal_label, "docker_host": docker_host,
-                "autoheal_docker": autoheal_docker,
+            self.problem("HEALER_AUTOHEAL_DOCKER=on needs DOCKER_HOST (the engine whose containers it restarts)")
+        return {"remediation": self.value("HEALER_REMEDIATION", RemediationMode.ON, _remediation_mode),
+                "autoheal_label": self.value("HEALER_AUTOHEAL_LABEL", "healer.autoheal=true", _label),
+                "docker_host": docker_host, "autoheal_docker": autoheal_docker,
                 "autoheal_unhealthy_seconds": self.number("HEALER_AUTOHEAL_UNHEALTHY_SECONDS", 60, minimum=0),
                 "autoheal_max_restarts": self.integer("HEALER_AUTOHEAL_MAX_RESTARTS", 3, minimum=0),
                 "autoheal_window_seconds": self.number("HEALER_AUTOHEAL_WINDOW_SECONDS", 3600, minimum=1),
                 "compose_project": self.text("HEALER_COMPOSE_PROJECT", "healer")}
+
+
+# -- parsers of one variable each: the value, or a SettingsError naming the variable ---------------
+
+
+def _bucket(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
+        raise SettingsError(f"S3_BUCKET={value!r} is not a valid S3 bucket name")
+    return value
+
+
+def _email(value: str) -> str:
+    if not _EMAIL.match(value):
+        raise SettingsError(f"FROM_EMAIL={value!r} is not an email address")
+    return value
+
+
+def _sendgrid_key(key: Secret) -> None:
+    if not key.value.startswith("SG."):
+        raise SettingsError(f"SENDGRID_API_KEY={key.masked} does not start with 'SG.'")
+
+
+def _stripe_key(key: Secret) -> None:
+    if not key.value.startswith(("sk_", "rk_")):
+        raise SettingsError(f"STRIPE_SECRET_KEY={key.masked} is not a secret key (sk_... or rk_...)")
+
+
+def _remediation_mode(value: str) -> RemediationMode:
+    try:
+        return RemediationMode(value.lower())
+    except ValueError:
+        raise SettingsError(f"HEALER_REMEDIATION={value!r} must be one of off, dry-run, on") from None
+
+
+def _label(value: str) -> str:
+    if "=" not in value or value.startswith("="):
+        raise SettingsError(f"HEALER_AUTOHEAL_LABEL={value!r} is not a key=value label")
+    return value

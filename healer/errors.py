@@ -10,6 +10,7 @@ from __future__ import annotations
 EXIT_FAILED = 1  # the command ran and found a problem
 EXIT_USAGE = 64  # EX_USAGE: a bad argument
 EXIT_CONFIG = 78  # EX_CONFIG: a bad configuration value or an unusable directory
+EXIT_SOFTWARE = 70  # EX_SOFTWARE: an error healer did not expect (a bug)
 
 
 class OperatorError(Exception):

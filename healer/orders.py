@@ -7,12 +7,13 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import String, cast, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.models import Order, OrderEvent, OrderStatus, utcnow
 from fulfilment.pipeline import ACTIVE, Pipeline
 from fulfilment.secrets import Redactor
+from healer.errors import OperatorError
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,48 @@ def redacted(view: OrderView, redact: Redactor) -> OrderView:
         last_error=redact(view.last_error) if view.last_error else view.last_error,
         events=tuple(replace(e, message=redact(e.message)) for e in view.events),
     )
+
+
+# As git takes a commit: the shortest prefix accepted, so that a typo rarely names another order.
+MIN_ID_PREFIX = 4
+
+
+class UnknownOrderId(OperatorError):
+    """No order's id is, or starts with, what was given."""
+
+
+class AmbiguousOrderId(OperatorError):
+    """What was given starts several orders' ids."""
+
+
+def check_id_prefix(given: str) -> str:
+    """An order id as typed (whole, or a prefix of at least MIN_ID_PREFIX hex digits), or ValueError."""
+    text = given.strip().lower()
+    digits = text.replace("-", "")
+    if not MIN_ID_PREFIX <= len(digits) <= 32 or any(c not in "0123456789abcdef" for c in digits):
+        raise ValueError(f"{given[:64]!r} is not an order id, or the start of one "
+                         f"(at least {MIN_ID_PREFIX} hex digits)")
+    return text
+
+
+def resolve_id(sessions: sessionmaker[Session], given: str) -> uuid.UUID:
+    """The id of the one order whose id is or starts with `given` (see `check_id_prefix`).
+
+    A whole id is returned as it is (whether that order exists is the caller's question); a prefix
+    must match exactly one order. Ids compare without dashes, as SQLite stores them that way.
+    """
+    digits = check_id_prefix(given).replace("-", "")
+    if len(digits) == 32:
+        return uuid.UUID(digits)
+    plain_id = func.replace(cast(Order.id, String), "-", "")
+    with sessions() as session:
+        found = session.scalars(select(Order.id).where(plain_id.like(f"{digits}%")).limit(3)).all()
+    if not found:
+        raise UnknownOrderId(f"no order id starts with {given!r} (`healer orders list` shows them)")
+    if len(found) > 1:
+        shown = ", ".join(str(i) for i in found[:2])
+        raise AmbiguousOrderId(f"{given!r} starts more than one order id ({shown}, ...): give more of it")
+    return found[0]
 
 
 def story(sessions: sessionmaker[Session], order_id: uuid.UUID) -> OrderView | None:

@@ -71,8 +71,9 @@ class Services:
     payments: Payments
 
     @classmethod
-    def build(cls, settings: Settings) -> Services:
-        engine = db.make_engine(settings.effective_database_url, pool_size=settings.workers + 4)
+    def build(cls, settings: Settings, *, read_only: bool = False) -> Services:
+        engine = db.make_engine(settings.effective_database_url, pool_size=settings.workers + 4,
+                                read_only=read_only)
         return cls(
             settings=settings,
             engine=engine,

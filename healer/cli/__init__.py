@@ -4,39 +4,68 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 import sys
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from fulfilment.errors import StepError
 from fulfilment.models import OrderStatus
-from fulfilment.render import PosterInputs
 from fulfilment.secrets import RedactingFilter, Redactor
-from healer import __version__, db
+from healer.cli import commands
 from healer.cli.check import cmd_check
-from healer.cli.consoles import err, out
-from healer.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from healer.cli.orders import cmd_orders_complete, cmd_orders_list, cmd_orders_retry, cmd_orders_show, services_for
+from healer.cli.config import cmd_config
+from healer.cli.consoles import err
+from healer.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_SOFTWARE, EXIT_USAGE
+from healer.cli.orders import cmd_orders_complete, cmd_orders_list, cmd_orders_retry, cmd_orders_show
 from healer.config import Settings, SettingsError
+from healer.errors import OperatorError
 from healer.remediation.audit import Action
+from healer.version import version_line
+
+log = logging.getLogger("healer.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _configure_logging("debug" if args.debug else args.log_level)
+    if not getattr(args, "needs_settings", True):  # config, completion: they read no database
+        return int(args.handler(parser, args) or EXIT_OK)
     try:
         settings = Settings.from_env()
     except SettingsError as error:
-        print(f"healer: configuration error: {error}", file=sys.stderr)  # one line, never wrapped
+        for problem in error.problems:  # every one at once; each one line, never wrapped
+            print(f"healer: configuration error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    _redact_logs(Redactor(settings.secret_values()))
+    redact = Redactor(settings.secret_values())
+    _redact_logs(redact)
     try:
         return int(args.handler(settings, args) or EXIT_OK)
     except KeyboardInterrupt:
         return 130
+    except Exception as error:
+        if args.debug:
+            log.exception("healer %s failed", " ".join(sys.argv[1:2]))  # through the redacting filter
+        message, code = _one_line(error, settings)
+        err.print(redact(f"healer: {message}"), markup=False, highlight=False, soft_wrap=True)
+        return code
+
+
+def _one_line(error: Exception, settings: Settings) -> tuple[str, int]:
+    """What went wrong, in one line an operator can act on, and the exit code."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from healer.cli.services import unreachable
+
+    if isinstance(error, OperatorError):
+        return " ".join(str(error).split()), error.exit_code
+    if isinstance(error, SQLAlchemyError):
+        return str(unreachable(settings, error)), EXIT_FAILED
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror}{where}", EXIT_FAILED
+    said = " ".join(str(error).split())[:300]
+    return f"unexpected {type(error).__name__}: {said} (a bug; `healer --debug ...` shows where)", EXIT_SOFTWARE
 
 
 def _configure_logging(level: str) -> None:
@@ -66,9 +95,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="healer", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"healer {__version__}")
+    parser: argparse.ArgumentParser = _Parser(prog="healer", description=__doc__,
+                     epilog="Exit codes: 0 done, 1 failed, 64 bad argument, 78 bad configuration, 70 a bug; "
+                            "`healer check`: 0 ok, 1 warning, 2 failing, 3 unknown.")
+    parser.add_argument("--version", action="version", version=version_line())
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--debug", action="store_true", help="debug logs, and a traceback with any error")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
     for add in (_daemon_commands, _order_commands, _payment_commands, _tool_commands):
         add(sub)
@@ -79,45 +111,60 @@ if TYPE_CHECKING:  # argparse names the type of `add_subparsers()` only privatel
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON (for scripts) instead of text")
+
+
 def _daemon_commands(sub: Subparsers) -> None:
-    """run, demo, check, db upgrade."""
-    sub.add_parser("run", help="run the daemon").set_defaults(handler=cmd_run)
+    """run, demo, check, config, db upgrade."""
+    sub.add_parser("run", help="run the daemon").set_defaults(handler=commands.cmd_run)
 
     demo = sub.add_parser("demo", help="run the daemon on embedded defaults with sample orders")
     demo.add_argument("--orders", type=int, default=4, help="how many sample orders (default 4)")
     demo.add_argument("--exit-when-done", action="store_true",
                       help="stop once every sample order has finished (for scripts and tests)")
-    demo.set_defaults(handler=cmd_demo)
+    demo.set_defaults(handler=commands.cmd_demo)
 
-    check = sub.add_parser("check", help="run every health check (or the named ones) once; exit 0 ok, 1 warning, 2 failing")
+    check = sub.add_parser("check", help="run every health check (or the named ones) once; "
+                                         "exit 0 ok, 1 warning, 2 failing, 3 unknown")
     check.add_argument("names", nargs="*", metavar="NAME", help="checks to run (default: all)")
-    check.add_argument("--json", action="store_true")
+    _json_flag(check)
     check.set_defaults(handler=cmd_check)
 
+    config = sub.add_parser("config", help="the effective configuration: every variable, its source, "
+                                           "secrets masked; every error at once (exit 78)")
+    _json_flag(config)
+    config.set_defaults(handler=cmd_config, needs_settings=False)
+
     dbp = sub.add_parser("db", help="database schema").add_subparsers(required=True, metavar="ACTION")
-    dbp.add_parser("upgrade", help="migrate the schema to the latest revision").set_defaults(handler=cmd_db_upgrade)
+    upgrade = dbp.add_parser("upgrade", help="migrate the schema to the latest revision (creates it if empty)")
+    _json_flag(upgrade)
+    upgrade.set_defaults(handler=commands.cmd_db_upgrade)
 
 
 def _order_commands(sub: Subparsers) -> None:
-    """orders list|show|complete|retry."""
+    """orders list|show|complete|retry. An order id may be given as a unique prefix."""
     op = sub.add_parser("orders", help="inspect and repair orders").add_subparsers(required=True, metavar="ACTION")
     ls = op.add_parser("list", help="list orders, newest first")
     ls.add_argument("--status", choices=[str(s) for s in OrderStatus])  # str: the usage shows values
     ls.add_argument("--stuck", action="store_true", help="paid, not completed, past HEALER_ORDER_SLA_SECONDS")
-    ls.add_argument("--limit", type=int, default=200)
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--limit", type=_positive, default=200)
+    _json_flag(ls)
     ls.set_defaults(handler=cmd_orders_list)
     show = op.add_parser("show", help="an order and its story")
-    show.add_argument("order_id", type=_order_id)
-    show.add_argument("--json", action="store_true")
+    show.add_argument("order_id", metavar="ORDER_ID", type=_order_id, help="the id, or a unique prefix of it")
+    _json_flag(show)
     show.set_defaults(handler=cmd_orders_show)
     complete = op.add_parser("complete", help="run an order's remaining steps in the foreground")
-    complete.add_argument("order_id", type=_order_id)
+    complete.add_argument("order_id", metavar="ORDER_ID", type=_order_id, help="the id, or a unique prefix of it")
+    _json_flag(complete)
     complete.set_defaults(handler=cmd_orders_complete)
     retry = op.add_parser("retry", help="re-queue an order (or every needs_attention order)")
     target = retry.add_mutually_exclusive_group(required=True)
-    target.add_argument("order_id", nargs="?", type=_order_id)
+    target.add_argument("order_id", metavar="ORDER_ID", nargs="?", type=_order_id,
+                        help="the id, or a unique prefix of it")
     target.add_argument("--all", action="store_true", help="every order in needs_attention")
+    _json_flag(retry)
     retry.set_defaults(handler=cmd_orders_retry)
 
 
@@ -125,27 +172,29 @@ def _payment_commands(sub: Subparsers) -> None:
     """reconcile, orphans list|resolve."""
     rec = sub.add_parser("reconcile", help="match Stripe payments with orders and repair what is out of step")
     rec.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
-    rec.set_defaults(handler=cmd_reconcile)
+    _json_flag(rec)
+    rec.set_defaults(handler=commands.cmd_reconcile)
 
     orp = sub.add_parser("orphans", help="payments no order claims (healer_orphan_payments)").add_subparsers(
         required=True, metavar="ACTION")
     ols = orp.add_parser("list", help="orphan payments, newest first: unresolved ones, or --all")
     ols.add_argument("--all", action="store_true", help="resolved ones too")
-    ols.add_argument("--json", action="store_true")
-    ols.set_defaults(handler=cmd_orphans_list)
+    _json_flag(ols)
+    ols.set_defaults(handler=commands.cmd_orphans_list)
     ores = orp.add_parser("resolve", help="mark an orphan payment dealt with (refunded, order found)")
     ores.add_argument("payment_intent_id", metavar="PI_ID", help="the PaymentIntent, pi_...")
     ores.add_argument("--note", required=True, type=_note, help="what was done; stored as its resolution")
-    ores.set_defaults(handler=cmd_orphans_resolve)
+    _json_flag(ores)
+    ores.set_defaults(handler=commands.cmd_orphans_resolve)
 
 
 def _tool_commands(sub: Subparsers) -> None:
-    """remediations, render."""
+    """remediations, render, completion."""
     rem = sub.add_parser("remediations", help="self-healing actions taken (or, in dry-run, not), newest first")
     rem.add_argument("--action", choices=[a.value for a in Action])
-    rem.add_argument("--limit", type=int, default=50)
-    rem.add_argument("--json", action="store_true")
-    rem.set_defaults(handler=cmd_remediations)
+    rem.add_argument("--limit", type=_positive, default=50)
+    _json_flag(rem)
+    rem.set_defaults(handler=commands.cmd_remediations)
 
     render = sub.add_parser("render", help="render one poster from files (for checking a template)")
     render.add_argument("--template", required=True)
@@ -156,14 +205,33 @@ def _tool_commands(sub: Subparsers) -> None:
     render.add_argument("--subtitle", default="")
     render.add_argument("--preview", action="store_true", help="with the watermark")
     render.add_argument("-o", "--output", required=True, type=Path)
-    render.set_defaults(handler=cmd_render)
+    _json_flag(render)
+    render.set_defaults(handler=commands.cmd_render)
+
+    completion = sub.add_parser("completion", help="a shell completion script: "
+                                                   "`source <(healer completion bash)`")
+    completion.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+    completion.set_defaults(handler=commands.cmd_completion, needs_settings=False)
 
 
-def _order_id(value: str) -> uuid.UUID:
+def _order_id(value: str) -> str:
+    """A whole order id or a prefix of one (resolved against the database by the command)."""
+    from healer.orders import check_id_prefix
+
     try:
-        return uuid.UUID(value)
+        return check_id_prefix(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an order id (a UUID)") from None
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be at least 1")
+    return number
 
 
 def _note(value: str) -> str:
@@ -173,112 +241,6 @@ def _note(value: str) -> str:
         return parse_note(value)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-# -- commands ------------------------------------------------------------------------------------
-
-
-def _listen_address_problem(settings: Settings) -> str | None:
-    for name, host, port in (("HEALER_HTTP_HOST", settings.http_host, settings.http_port),
-                             ("HEALER_OPS_HOST", settings.ops_host, settings.ops_port)):
-        try:
-            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as error:
-            return f"{name}={host!r} is not an address to listen on: {error.strerror}"
-    return None
-
-
-def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
-    from healer.daemon import Daemon, DatabaseNotMigrated
-
-    problems = settings.daemon_problems()
-    if (problem := _listen_address_problem(settings)) is not None:
-        problems.append(problem)
-    if problems:
-        print(f"healer: configuration error: {'; '.join(problems)}", file=sys.stderr)  # one line
-        return EXIT_CONFIG
-    try:
-        Daemon(settings).serve()
-    except DatabaseNotMigrated as error:
-        err.print(f"healer: {error}", markup=False)
-        return EXIT_FAILED
-    return EXIT_OK
-
-
-def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from healer.demo import run_demo
-
-    if (problem := _listen_address_problem(settings)) is not None:
-        print(f"healer: configuration error: {problem}", file=sys.stderr)
-        return EXIT_CONFIG
-
-    return run_demo(settings, orders=args.orders, exit_when_done=args.exit_when_done)
-
-
-def cmd_db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
-    engine = db.make_engine(settings.effective_database_url)
-    before = db.current_revision(engine)
-    db.upgrade(engine)
-    after = db.current_revision(engine)
-    out.print(f"database schema: {before or 'empty'} -> {after}")
-    engine.dispose()
-    return EXIT_OK
-
-
-def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
-    from healer.cli.reconcile import run_reconcile_command
-
-    services = services_for(settings)
-    try:
-        return run_reconcile_command(settings, services, args.dry_run, out)
-    finally:
-        services.close()
-
-
-def cmd_remediations(settings: Settings, args: argparse.Namespace) -> int:
-    from healer.cli.remediations import remediations_command
-
-    return remediations_command(settings, args, out)
-
-
-def cmd_orphans_list(settings: Settings, args: argparse.Namespace) -> int:
-    from healer.cli.orphans import orphans_list_command
-
-    return orphans_list_command(settings, args, out, err)
-
-
-def cmd_orphans_resolve(settings: Settings, args: argparse.Namespace) -> int:
-    from healer.cli.orphans import orphans_resolve_command
-
-    return orphans_resolve_command(settings, args, out, err)
-
-
-def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
-    try:
-        inputs = PosterInputs(
-            template=args.template,
-            title=args.title,
-            subtitle=args.subtitle,
-            photo=args.photo.read_bytes(),
-            waveform_image=args.waveform.read_bytes() if args.waveform else None,
-            audio=args.audio.read_bytes() if args.audio else None,
-            audio_name=args.audio.name if args.audio else "",
-        )
-        from healer.worker import RenderPool
-
-        pdf = RenderPool(
-            settings.assets_dir, 1, settings.scratch_dir, timeout_seconds=settings.render_timeout_seconds,
-            memory_mb=settings.render_memory_mb, max_photo_megapixels=settings.max_photo_megapixels,
-        ).render(inputs, preview=args.preview)
-    except OSError as error:
-        err.print(f"healer: cannot read {error.filename}: {error.strerror}", markup=False)
-        return EXIT_FAILED
-    except StepError as error:
-        err.print(f"healer: render failed ({error.error_class}): {error.message}", markup=False)
-        return EXIT_FAILED
-    args.output.write_bytes(pdf)
-    out.print(f"wrote {args.output} ({len(pdf)} bytes, {'preview' if args.preview else 'final'})")
-    return EXIT_OK
 
 
 if __name__ == "__main__":

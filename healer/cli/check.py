@@ -1,25 +1,23 @@
-"""`healer check [NAME...] [--json]`: every check once, in parallel; a table (or JSON) and an exit
-code that is the worst severity: 0 ok, 1 warning, 2 failing."""
+"""`healer check [NAME...] [--json]`: every check once, in parallel; a table (or JSON) and the
+Nagios plugin exit code of the verdict: 0 ok, 1 warning, 2 failing, 3 unknown (nothing judged).
+
+It looks and never makes: the database is opened read-only, so a `healer check` run from the wrong
+directory reports a missing database instead of creating an empty one that looks healthy.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-from collections.abc import Iterable
 
 from rich.table import Table
 from rich.text import Text
 
-from checks.base import CheckResult, Status
+from checks.base import CheckResult, Status, Verdict
 from checks.registry import UnknownCheck, resolve
-from healer import db
-from healer.cli.consoles import err, out
-from healer.cli.exits import EXIT_USAGE
+from healer.cli.consoles import err, out, print_json
+from healer.cli.services import database_name
 from healer.config import Settings
-
-log = logging.getLogger(__name__)
-
+from healer.errors import UsageError
 
 _STATUS_STYLES = {
     Status.OK: "green",
@@ -28,44 +26,33 @@ _STATUS_STYLES = {
     Status.DISABLED: "dim",
     Status.SKIPPED: "dim",
 }
+_VERDICT_STYLES = {Verdict.OK: "green", Verdict.WARNING: "yellow", Verdict.FAILING: "bold red", Verdict.UNKNOWN: "dim"}
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     from healer.wiring import Services, build_monitor
 
-    services = Services.build(settings)
+    if not settings.data_dir.is_dir():
+        err.print(f"healer check: HEALER_DATA_DIR={settings.data_dir} does not exist; the embedded database, "
+                  "store and outbox are looked for there", markup=False, highlight=False, soft_wrap=True)
+    services = Services.build(settings, read_only=True)
     try:
-        if settings.uses_embedded_database:
-            _upgrade_embedded(services)
         monitor = build_monitor(settings, services)
         try:
             names = resolve(args.names, monitor.names)
         except UnknownCheck as error:
-            err.print(f"healer check: {error}", markup=False, highlight=False)
-            return EXIT_USAGE
+            raise UsageError(str(error)) from None
         results = monitor.run_all(names)
     finally:
         services.close()
+    verdict = Verdict.of(result.status for result in results.values())
     if args.json:
-        worst = _worst(results.values())
-        print(json.dumps({"status": worst.value, "checks": {n: r.as_dict() for n, r in results.items()}}, indent=2))
+        print_json({"status": verdict.value, "database": database_name(settings),
+                    "checks": {n: r.as_dict() for n, r in results.items()}})
     else:
         print_check_results(results)
-    # Exit codes are the severities: 0 ok (or disabled/skipped), 1 warning, 2 failing.
-    return _worst(results.values()).severity
-
-
-def _upgrade_embedded(services) -> None:  # type: ignore[no-untyped-def]
-    # As the daemon does at start-up; if it cannot, the database check says why.
-    try:
-        db.upgrade(services.engine)
-    except Exception as error:
-        log.debug("Could not upgrade the embedded database: %s", error)
-
-
-def _worst(results: Iterable[CheckResult]) -> Status:
-    severity = max((r.status.severity for r in results), default=0)
-    return {0: Status.OK, 1: Status.WARNING, 2: Status.FAILING}[severity]
+        out.print(Text(f"{len(results)} check(s); status: {verdict.value}", style=_VERDICT_STYLES[verdict]))
+    return verdict.exit_code
 
 
 def print_check_results(results: dict[str, CheckResult]) -> None:
@@ -79,5 +66,3 @@ def print_check_results(results: dict[str, CheckResult]) -> None:
             Text(result.remedy),
         )
     out.print(table)
-    worst = _worst(results.values())
-    out.print(Text(f"{len(results)} check(s); worst: {worst.value}", style=_STATUS_STYLES[worst]))

@@ -4,8 +4,8 @@
 3 unknown (checks.base.Verdict.exit_code).
 """
 
-from healer.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_USAGE
+from healer.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_SOFTWARE, EXIT_USAGE
 
 EXIT_OK = 0
 
-__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE"]
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "EXIT_SOFTWARE", "EXIT_USAGE"]

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from fulfilment.errors import one_line
-from healer import db
-from healer.cli.exits import EXIT_FAILED, EXIT_OK
-from healer.config import Settings
+from healer.cli.consoles import id_column, print_json
+from healer.cli.exits import EXIT_OK
+from healer.errors import OperatorError
 from healer.stripe.orphans import NOTE_MAX_CHARS, Resolved, list_orphans, resolve_by_operator
-
-T = TypeVar("T")
 
 
 class OrphansListArgs(Protocol):
@@ -29,6 +23,7 @@ class OrphansListArgs(Protocol):
 class OrphansResolveArgs(Protocol):
     payment_intent_id: str
     note: str
+    json: bool
 
 
 def parse_note(value: str) -> str:
@@ -41,19 +36,14 @@ def parse_note(value: str) -> str:
     return note
 
 
-def orphans_list_command(settings: Settings, args: OrphansListArgs, console: Console, errors: Console) -> int:
+def orphans_list_command(sessions: sessionmaker[Session], args: OrphansListArgs, console: Console) -> int:
     """`healer orphans list [--all] [--json]`."""
-    try:
-        views = _with_sessions(settings, lambda s: list_orphans(s, include_resolved=args.all))
-    except SQLAlchemyError as error:
-        errors.print(f"healer: cannot read orphan payments ({one_line(error)}); is the schema current "
-                     f"(`healer db upgrade`)?", markup=False, highlight=False)
-        return EXIT_FAILED
+    views = list_orphans(sessions, include_resolved=args.all)
     if args.json:
-        console.print(json.dumps([v.as_dict() for v in views], indent=2), markup=False, highlight=False,
-                      soft_wrap=True)
+        print_json([v.as_dict() for v in views], console)
         return EXIT_OK
-    table = Table("payment", "amount", "created", "metadata order id", "first seen", "resolution")
+    table = Table(id_column("payment", 27), "amount", "created", id_column("metadata order id"), "first seen",
+                  "resolution")
     for v in views:
         resolution = f"{v.resolved_at}: {v.resolution}" if v.resolved_at else "-"
         table.add_row(v.payment_intent_id, f"{v.amount_cents} {v.currency}", v.created,
@@ -66,34 +56,17 @@ def orphans_list_command(settings: Settings, args: OrphansListArgs, console: Con
     return EXIT_OK
 
 
-def orphans_resolve_command(settings: Settings, args: OrphansResolveArgs, console: Console,
-                            errors: Console) -> int:
-    """`healer orphans resolve PI_ID --note TEXT`: nothing changes unless the orphan is unresolved."""
+def orphans_resolve_command(sessions: sessionmaker[Session], args: OrphansResolveArgs, console: Console) -> int:
+    """`healer orphans resolve PI_ID --note TEXT [--json]`: nothing changes unless the orphan is unresolved."""
     pi = args.payment_intent_id
-    try:
-        outcome, view = _with_sessions(settings, lambda s: resolve_by_operator(s, pi, args.note))
-    except SQLAlchemyError as error:
-        errors.print(f"healer: cannot resolve {pi} ({one_line(error)}); is the schema current "
-                     f"(`healer db upgrade`)?", markup=False, highlight=False)
-        return EXIT_FAILED
+    outcome, view = resolve_by_operator(sessions, pi, args.note)
     if outcome is Resolved.UNKNOWN or view is None:
-        errors.print(f"healer: no orphan payment {pi!r} (`healer orphans list --all` shows them all)",
-                     markup=False, highlight=False)
-        return EXIT_FAILED
+        raise OperatorError(f"no orphan payment {pi!r} (`healer orphans list --all` shows them all)")
     if outcome is Resolved.ALREADY:
-        errors.print(f"healer: orphan payment {pi} was resolved already, at {view.resolved_at}: "
-                     f"{view.resolution}", markup=False, highlight=False, soft_wrap=True)
-        return EXIT_FAILED
-    console.print(f"orphan payment {pi} ({view.amount_cents} {view.currency}) resolved: {view.resolution}",
-                  markup=False, highlight=False, soft_wrap=True)
+        raise OperatorError(f"orphan payment {pi} was resolved already, at {view.resolved_at}: {view.resolution}")
+    if args.json:
+        print_json(view.as_dict(), console)
+    else:
+        console.print(f"orphan payment {pi} ({view.amount_cents} {view.currency}) resolved: {view.resolution}",
+                      markup=False, highlight=False, soft_wrap=True)
     return EXIT_OK
-
-
-def _with_sessions(settings: Settings, work: Callable[[sessionmaker[Session]], T]) -> T:
-    engine = db.make_engine(settings.effective_database_url)
-    try:
-        if settings.uses_embedded_database:
-            db.upgrade(engine)
-        return work(db.make_session_factory(engine))
-    finally:
-        engine.dispose()

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
+from stripe import StripeError
 
-from healer.cli.exits import EXIT_FAILED, EXIT_OK
+from healer.cli.consoles import id_column, print_json
+from healer.cli.exits import EXIT_OK
 from healer.config import Settings
+from healer.errors import OperatorError
 from healer.health.metrics import Metrics
 from healer.stripe.findings import FindingKind, ReconcileReport
 from healer.stripe.reconcile import Reconciler
@@ -25,32 +28,43 @@ _VERBS = {
 }
 
 
-def run_reconcile_command(settings: Settings, services: Services, dry_run: bool, console: Console) -> int:
-    """`healer reconcile [--dry-run]`: one run in the foreground, with a progress bar."""
+def run_reconcile_command(settings: Settings, services: Services, dry_run: bool, console: Console, *,
+                          as_json: bool = False) -> int:
+    """`healer reconcile [--dry-run] [--json]`: one run in the foreground, with a progress bar."""
     from healer.worker import worker_identity
 
     pipeline = services.pipeline(lambda _inputs: b"")  # reconciliation never renders
     owner = worker_identity()
     reconciler = build_reconciler(settings, services, pipeline, Metrics(), worker=f"cli {owner}")
     if reconciler is None:
-        console.print("healer: STRIPE_SECRET_KEY is not set: there is nothing to reconcile against",
-                      markup=False)
-        return EXIT_FAILED
+        raise OperatorError("STRIPE_SECRET_KEY is not set: there is nothing to reconcile against")
     lock = None if dry_run else run_lock(services.engine, services.sessions, owner)
     if lock is not None and not lock.acquire():
-        console.print("healer: another healer is reconciling right now; try again in a minute",
-                      markup=False)
-        return EXIT_FAILED
+        raise OperatorError("another healer is reconciling right now; try again in a minute")
     try:
         report = _run_with_progress(reconciler, dry_run, console)
-    except Exception as error:
-        console.print(f"healer: reconciliation failed: {type(error).__name__}: {error}", markup=False)
-        return EXIT_FAILED
+    except StripeError as error:
+        raise OperatorError(f"reconciliation failed: Stripe answered {type(error).__name__}: "
+                            f"{error.user_message or error}") from error
     finally:
         if lock is not None:
             lock.release()
-    print_report(report, console)
+    if as_json:
+        print_json(report_dict(report), console)
+    else:
+        print_report(report, console)
     return EXIT_OK
+
+
+def report_dict(report: ReconcileReport) -> dict[str, object]:
+    return {
+        "dry_run": report.dry_run, "window_start": report.window_start.isoformat(timespec="seconds"),
+        "payments_read": report.payments_read, "stripe_requests": report.stripe_requests,
+        "seconds": round(report.seconds, 3), "orders_repaired": report.orders_repaired,
+        "findings": [{"kind": f.kind.value, "order_id": str(f.order_id) if f.order_id else None,
+                      "payment": f.payment.id, "amount": f.payment.amount,
+                      "currency": f.payment.currency, "detail": f.detail} for f in report.findings],
+    }
 
 
 def _run_with_progress(reconciler: Reconciler, dry_run: bool, console: Console) -> ReconcileReport:
@@ -70,7 +84,7 @@ def print_report(report: ReconcileReport, console: Console) -> None:
     if report.dry_run:
         console.print("DRY RUN: nothing was changed", style="bold")
     if report.findings:
-        table = Table("order", "payment", "action", "detail")
+        table = Table(id_column("order"), id_column("payment", 27), "action", Column("detail", overflow="fold"))
         for f in report.findings:
             verb = _VERBS[f.kind][1 if report.dry_run else 0]
             table.add_row(str(f.order_id or "-"), str(f.payment), verb, f.detail)

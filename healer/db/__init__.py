@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -18,23 +20,34 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
-def make_engine(url: str, *, pool_size: int = 5) -> Engine:
-    """An engine that survives database restarts: stale pooled connections are tested first."""
+def make_engine(url: str, *, pool_size: int = 5, read_only: bool = False) -> Engine:
+    """An engine that survives database restarts: stale pooled connections are tested first.
+
+    `read_only`: for the commands that only look. Such an engine can neither write nor create: a
+    SQLite file that is not there is an error (not a fresh empty database), and PostgreSQL runs
+    every transaction read-only.
+    """
     url = with_driver(url)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        on_disk = bool(path) and path != ":memory:"
+        options: dict[str, Any] = {"connect_args": {"timeout": 30, "check_same_thread": False}}
+        if on_disk and read_only:  # the URL stays the plain one, for whoever shows it
+            options = {"creator": lambda: sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30,
+                                                          check_same_thread=False)}
+        elif on_disk:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        engine = create_engine(url, **options)
+        event.listen(engine, "connect", _sqlite_read_pragmas if read_only else _sqlite_pragmas)
         return engine
+    options = {"options": "-c default_transaction_read_only=on"} if read_only else {}
     return create_engine(
         url,
         pool_pre_ping=True,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_recycle=1800,
-        connect_args={"connect_timeout": 5, "application_name": "healer"},
+        connect_args={"connect_timeout": 5, "application_name": "healer", **options},
     )
 
 
@@ -50,6 +63,13 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     # WAL lets the HTTP app read while the worker writes; foreign keys are off by default.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+    _sqlite_read_pragmas(dbapi_connection, _record)
+
+
+def _sqlite_read_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    # Setting the journal mode writes the file: a read-only connection keeps the writer's (WAL).
+    cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()

@@ -88,9 +88,10 @@ class Shop:
         currency: str = "eur",
         payment_status: str = "succeeded",
         queued: bool = True,
+        order_id: uuid.UUID | None = None,
         **columns: Any,
     ) -> uuid.UUID:
-        order_id = uuid.uuid4()
+        order_id = order_id or uuid.uuid4()
         audio = self._audio if audio is None else audio
         keys = {
             "photo_key": f"tmp/{order_id}/photo.jpg",

@@ -22,15 +22,19 @@ _CONFIG_PREFIXES = ("HEALER_", "AWS_", "S3_", "SENDGRID_", "STRIPE_", "DATABASE_
                     "PUBLIC_BASE_URL", "SESSION_EXPIRATION")
 
 
-def healer_check(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def healer(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(_CONFIG_PREFIXES)}
     full_env = {**base, "HEALER_DATA_DIR": str(tmp_path / "var"), "COLUMNS": "250",
                 "AWS_EC2_METADATA_DISABLED": "true", **env}
-    return subprocess.run([*HEALER, "check", *args], env=full_env, cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([*HEALER, *args], env=full_env, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def healer_check(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return healer(tmp_path, "check", *args, **env)
 
 
 def test_embedded_defaults_are_all_ok_or_disabled(tmp_path: Path) -> None:
+    assert healer(tmp_path, "db", "upgrade").returncode == 0  # as `healer run` does at start
     done = healer_check(tmp_path)
 
     assert done.returncode == 0, done.stdout + done.stderr
@@ -38,10 +42,11 @@ def test_embedded_defaults_are_all_ok_or_disabled(tmp_path: Path) -> None:
     for name, status in (("database", "ok"), ("s3", "ok"), ("sendgrid", "disabled"), ("stripe", "disabled")):
         assert any(f"│ {name} " in line and f"│ {status} " in line for line in lines), (name, done.stdout)
     assert "local store (S3_BUCKET unset)" in done.stdout
-    assert "9 check(s); worst: ok" in done.stdout
+    assert "9 check(s); status: ok" in done.stdout
 
 
 def test_json_output_has_every_named_check_in_display_order(tmp_path: Path) -> None:
+    assert healer(tmp_path, "db", "upgrade").returncode == 0
     done = healer_check(tmp_path, "stripe", "database", "--json")
 
     assert done.returncode == 0, done.stderr
@@ -75,7 +80,7 @@ def test_an_unknown_name_is_a_usage_error_naming_the_valid_ones(tmp_path: Path) 
     done = healer_check(tmp_path, "s3", "nope")
 
     assert done.returncode == 64
-    assert "healer check: unknown check 'nope'; valid checks: database, s3, sendgrid, stripe" in done.stderr
+    assert "healer: unknown check 'nope'; valid checks: database, s3, sendgrid, stripe" in done.stderr
     assert done.stdout == ""
 
 
@@ -98,7 +103,7 @@ def test_every_check_on_real_peers_ok_then_failing_and_never_a_secret(
     failing = healer_check(tmp_path, "--json", **env)
 
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
-    assert "9 check(s); worst: ok" in healthy.stdout
+    assert "9 check(s); status: ok" in healthy.stdout
     assert failing.returncode == 2
     sendgrid = json.loads(failing.stdout)["checks"]["sendgrid"]
     assert sendgrid["status"] == "failing" and sendgrid["detail"].startswith("invalid key: SG.…")
@@ -106,3 +111,22 @@ def test_every_check_on_real_peers_ok_then_failing_and_never_a_secret(
                stripe_server.webhook_secret]
     output = healthy.stdout + healthy.stderr + failing.stdout + failing.stderr
     assert [secret for secret in secrets if secret in output] == []
+
+
+def test_run_from_the_wrong_directory_it_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    done = healer_check(tmp_path, "--json")
+
+    assert done.returncode == 2, done.stdout + done.stderr  # failing: no database here, never "ok"
+    body = json.loads(done.stdout)
+    assert body["status"] == "failing" and body["database"].endswith("/var/healer.sqlite3")
+    assert body["checks"]["database"]["status"] == "failing"
+    assert "does not exist" in body["checks"]["s3"]["detail"]
+    assert f"HEALER_DATA_DIR={tmp_path / 'var'} does not exist" in done.stderr
+    assert not (tmp_path / "var").exists()
+
+
+def test_only_disabled_or_skipped_checks_are_unknown_exit_3(tmp_path: Path) -> None:
+    done = healer_check(tmp_path, "stripe", "sendgrid", "--json")
+
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert json.loads(done.stdout)["status"] == "unknown"

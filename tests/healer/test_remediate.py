@@ -35,6 +35,7 @@ from fulfilment.steps import permanent_key
 from fulfilment.waveform import waveform_png
 from healer import db
 from healer.cli.remediations import remediations_command
+from healer.cli.services import NoDatabase, database
 from healer.config import RemediationMode, Settings
 from healer.health.metrics import Metrics
 from healer.health.monitor import HealthMonitor
@@ -602,23 +603,32 @@ def test_healer_remediations_lists_the_newest_first_as_a_table_or_json(pg_url: s
     settings = _settings(tmp_path, DATABASE_URL=pg_url)
 
     console = Console(file=io.StringIO(), width=250)
-    assert remediations_command(settings, argparse.Namespace(limit=2, json=True, action=None), console) == 0
+    with database(settings, read_only=True) as services:
+        assert remediations_command(services.sessions, argparse.Namespace(limit=2, json=True, action=None),
+                                    console) == 0
     listed = json.loads(console.file.getvalue())  # type: ignore[attr-defined]
     assert [(r["action"], r["result"]) for r in listed] == [("free_scratch", "escalated"), ("regenerate_waveform", "failure")]
     assert listed[0]["mode"] == "on" and listed[0]["worker"] == "host:1:abc"
     assert datetime.fromisoformat(listed[0]["at"]) <= datetime.now(UTC)
 
     console = Console(file=io.StringIO(), width=250)
-    assert remediations_command(settings, argparse.Namespace(limit=50, json=False, action="restart_container"), console) == 0
+    with database(settings, read_only=True) as services:
+        assert remediations_command(services.sessions,
+                                    argparse.Namespace(limit=50, json=False, action="restart_container"), console) == 0
     text = console.file.getvalue()  # type: ignore[attr-defined]
     assert "healer-minio-1" in text and "unhealthy for 61s" in text and "restarted in 1.2s" in text
     assert "scratch" not in text and "1 remediation(s), newest first" in text
 
 
 def test_healer_remediations_on_the_embedded_database(tmp_path: Path) -> None:
-    console = Console(file=io.StringIO(), width=200)
+    settings, console = _settings(tmp_path), Console(file=io.StringIO(), width=200)
+    with pytest.raises(NoDatabase, match="no healer database at .*healer.sqlite3"):  # never a new, empty one
+        database(settings, read_only=True).__enter__()
+    assert not settings.data_dir.exists()
 
-    assert remediations_command(_settings(tmp_path), argparse.Namespace(limit=10, json=False), console) == 0
+    db.upgrade(db.make_engine(settings.effective_database_url))  # as `healer run` does at start
+    with database(settings, read_only=True) as services:
+        assert remediations_command(services.sessions, argparse.Namespace(limit=10, json=False), console) == 0
     assert "0 remediation(s)" in console.file.getvalue()  # type: ignore[attr-defined]
 
 
