@@ -25,6 +25,8 @@ COPY healer ./healer
 COPY checks ./checks
 COPY fulfilment ./fulfilment
 COPY poster_assets ./poster_assets
+# healer/docs links to docs/: the wheel takes the operations guide (GET /runbook) from there.
+COPY docs ./docs
 RUN pip install --no-deps --no-build-isolation --no-index . && rm -rf /src
 
 # Poster assets: the wheel carries them (poster_assets), and the image also puts a copy in /app,
@@ -42,7 +44,11 @@ USER healer
 # HEALER_OPS_*: the operator one (/livez, /readyz, /health, /metrics, /docs, admin API). Both listen
 # on every interface of the container, so that Prometheus on the compose network can scrape 8081;
 # only 8080 is exposed and published. Never publish 8081 (`-p 8081:8081`) to the internet.
-ENV HEALER_HTTP_HOST=0.0.0.0 \
+# `healer --version` names the commit: docker build --build-arg
+# HEALER_BUILD_COMMIT=$(git rev-parse HEAD) . (the image has no repository to ask).
+ARG HEALER_BUILD_COMMIT=""
+ENV HEALER_BUILD_COMMIT=${HEALER_BUILD_COMMIT} \
+    HEALER_HTTP_HOST=0.0.0.0 \
     HEALER_HTTP_PORT=8080 \
     HEALER_OPS_HOST=0.0.0.0 \
     HEALER_OPS_PORT=8081 \

@@ -18,7 +18,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from checks.base import Check, CheckFailed, CheckWarning, Healthy, Runbook
 from fulfilment.secrets import Redactor, mask_url_password, url_passwords
 
-UPGRADE_REMEDY = "run `healer db upgrade` (with this version of healer), then restart the daemon"
+# No restart: a daemon that met this schema running (it was unreachable when the daemon started)
+# waits on this check, and carries on once the schema is at head.
+UPGRADE_REMEDY = "run `healer db upgrade` with this version of healer; a running daemon carries on by itself"
 
 
 @dataclass(frozen=True)

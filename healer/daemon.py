@@ -1,23 +1,35 @@
 """The daemon: puts together the parts healer.wiring builds, runs the scheduler and both HTTP
 listeners, and shuts down cleanly on SIGTERM (in-flight steps finish and commit; the rest wait for
-their lease)."""
+their lease).
+
+Start-up says what is wrong before it says anything else: an unusable HEALER_DATA_DIR or a port in
+use stops it with one line (exit 78) before the banner. A database that does not answer does not:
+the daemon starts, says so once, and its `database` check keeps trying (with the schema revision),
+while everything that needs the database waits on that check.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
 
-from fulfilment.models import Step
+from fulfilment.errors import one_line
+from fulfilment.models import Step, database_unreachable
 from fulfilment.pipeline import STEP_CHECKS, Pipeline
 from fulfilment.recording import StepResult
+from fulfilment.secrets import Redactor
 from healer import __version__, db
 from healer.config import Settings
 from healer.errors import ConfigurationError, OperatorError
@@ -52,9 +64,10 @@ class Daemon:
         if not demo and (problems := settings.daemon_problems()):
             raise UnsafeConfiguration("; ".join(problems))
         self.settings = settings
+        check_data_dir(settings)  # before anything writes there: SQLite, the store, the outbox, scratch
         self.services = Services.build(settings)
         self.render_pool = build_render_pool(settings)
-        self.metrics = Metrics()
+        self.metrics = Metrics(runbook_base_url=settings.runbook_base_url)
         self.scheduler = build_scheduler(settings, lambda names: self.health.failing(names))
         self.health = build_monitor(settings, self.services, [scheduler_check(settings, self.scheduler)])
         self.pipeline: Pipeline = self.services.pipeline(self.render_pool, gate=self.health.gate,
@@ -79,6 +92,8 @@ class Daemon:
                           self.scheduler.liveness, self.remediator.on_missing_download)
         self.public_app, self.operator_app = apps.public, apps.operator
         self.servers: list[uvicorn.Server] = []
+        self._sockets: list[list[socket.socket]] = []  # per listener: public, operator
+        self._prepared = False
 
     def _schedule_jobs(self) -> None:
         """Every check on its interval, the worker, Stripe reconciliation (one daemon at a time, by
@@ -97,26 +112,62 @@ class Daemon:
         self.metrics.observe_step(result)
         self.remediator.observe_step(result)  # e.g. stores a waveform redrawn from the audio
 
+    def prepare(self) -> None:
+        """What start-up must know before it announces anything: both listeners bound (a port in
+        use stops it here, with one line) and the database schema ready, or the database known to
+        be unreachable. Once only: `healer demo` calls it before it creates its sample orders."""
+        if self._prepared:
+            return
+        s = self.settings
+        try:
+            self._sockets = [bind_listener("HEALER_HTTP_HOST", s.http_host, "HEALER_HTTP_PORT", s.http_port)]
+            self._sockets.append(bind_listener("HEALER_OPS_HOST", s.ops_host, "HEALER_OPS_PORT", s.ops_port))
+            self.prepare_database()
+        except BaseException:
+            self.close()
+            raise
+        self._prepared = True
+
     def prepare_database(self) -> None:
-        """The embedded SQLite database upgrades itself; a shared one must be upgraded on purpose."""
+        """The embedded SQLite database upgrades itself; a shared one must be upgraded on purpose,
+        and one that does not answer yet is waited for rather than fatal."""
         engine = self.services.engine
         if self.settings.uses_embedded_database:
             db.upgrade(engine)
             return
-        current, head = db.current_revision(engine), db.head_revision()
+        try:
+            current = db.current_revision(engine)
+        except SQLAlchemyError as error:
+            if not database_unreachable(error):
+                raise
+            self._start_without_database(error)
+            return
+        head = db.head_revision()
         if current != head:
             raise DatabaseNotMigrated(
                 f"database schema is at {current or 'nothing'}, code expects {head}: run `healer db upgrade`"
             )
 
+    def _start_without_database(self, error: SQLAlchemyError) -> None:
+        """A database outage at start is one the daemon outlives, as it outlives one later: the
+        `database` check (which also compares the schema revision) is what every dependent waits on."""
+        said = Redactor(self.settings.secret_values())(one_line(getattr(error, "orig", None) or error))
+        log.warning("Database %s is unreachable (%s): starting anyway; the database check keeps trying, "
+                    "and orders wait until it answers with its schema at %s",
+                    self.settings.describe()["database_url"], said, db.head_revision())
+        # Its answer in the cache before the scheduler starts: jobs that need the database wait from
+        # their first run, instead of each failing on it and saying so.
+        self.health.run("database")
+
     def announce(self) -> None:
         """One block at start-up: what runs, where it listens, what it defaults to, what it checks.
         A WARNING when a peer runs on an embedded default, so that it is not missed."""
         s = self.settings
+        public, operator = (self.listening_on(i) for i in range(2))
         lines = [
             f"healer {__version__} starting as worker {self.worker.owner} with {s.workers} worker(s)",
-            f"  public listener:   http://{s.http_host}:{s.http_port} (customers, Stripe)",
-            f"  operator listener: http://{s.ops_host}:{s.ops_port} (probes, health, metrics, admin API)",
+            f"  public listener:   http://{public} (customers, Stripe)",
+            f"  operator listener: http://{operator} (probes, health, metrics, admin API)",
             *(f"  embedded default: {note}" for note in s.embedded_defaults()),
             f"  {self.remediator.describe()}",
             "  checks: " + ", ".join(f"{name} every {self.health.check(name).interval_seconds:g}s"
@@ -124,14 +175,20 @@ class Daemon:
         ]
         log.log(logging.WARNING if s.embedded_defaults() else logging.INFO, "%s", "\n".join(lines))
 
+    def listening_on(self, listener: int) -> str:
+        """host:port of listener 0 (public) or 1 (operator): the bound port once bound (port 0
+        asks the system for one), the configured one before."""
+        s = self.settings
+        host, port = ((s.http_host, s.http_port), (s.ops_host, s.ops_port))[listener]
+        if self._sockets:
+            port = self._sockets[listener][0].getsockname()[1]
+        return _host_port(host, port)
+
     def serve(self, on_started: Callable[[], None] | None = None) -> None:
         """Run both listeners until SIGTERM/SIGINT, then shut down in order."""
-        self.prepare_database()
+        self.prepare()
         self.announce()
-        self.servers = [
-            _Listener(self.public_app, self.settings.http_host, self.settings.http_port),
-            _Listener(self.operator_app, self.settings.ops_host, self.settings.ops_port),
-        ]
+        self.servers = [_Listener(self.public_app), _Listener(self.operator_app)]
         previous = _install_signal_handlers(self._on_signal)
         self.scheduler.start()
         if on_started is not None:
@@ -143,9 +200,10 @@ class Daemon:
             _install_signal_handlers(previous)
 
     async def _serve_listeners(self) -> None:
-        serving = [asyncio.ensure_future(server.serve()) for server in self.servers]
+        serving = [asyncio.ensure_future(server.serve(sockets=sockets))
+                   for server, sockets in zip(self.servers, self._sockets, strict=True)]
         try:
-            # Either listener ending (stopped, or it could not bind its port) ends the daemon.
+            # Either listener ending (stopped, or its app failed to start) ends the daemon.
             done, _ = await asyncio.wait(serving, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.stop()
@@ -168,19 +226,27 @@ class Daemon:
         log.info("healer shutting down: finishing in-flight steps (%d order(s))", self.worker.in_flight)
         self.scheduler.shutdown()
         self.worker.shutdown(wait=True)
+        self.close()
+        log.info("healer stopped")
+
+    def close(self) -> None:
+        """Release what construction and `prepare` took: after `shutdown`, or instead of it when
+        the daemon never started (silently then: the error that stopped it is the one line)."""
+        for sockets in self._sockets:
+            for sock in sockets:
+                sock.close()
         self.remediator.shutdown()  # a PDF being rendered again is finished and recorded
         self.render_pool.shutdown()
         self.services.close()
-        log.info("healer stopped")
 
 
 class _Listener(uvicorn.Server):
     """One uvicorn server of the two; the daemon, not uvicorn, handles SIGTERM and SIGINT, so
     that one signal stops both listeners (uvicorn's own handler would stop only the last one)."""
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
-        super().__init__(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                                        timeout_graceful_shutdown=10))
+    def __init__(self, app: FastAPI) -> None:
+        # No host or port: it serves the sockets the daemon bound (bind_listener).
+        super().__init__(uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=10))
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -193,3 +259,78 @@ def _install_signal_handlers(handler: Any) -> Any:
         return {}
     handlers = handler if isinstance(handler, dict) else dict.fromkeys((signal.SIGTERM, signal.SIGINT), handler)
     return {sig: signal.signal(sig, h) for sig, h in handlers.items()}
+
+
+def check_data_dir(settings: Settings) -> None:
+    """Make the directories under HEALER_DATA_DIR this daemon writes to, and write in each: one
+    that cannot be is a configuration error named at start, not a traceback from SQLite, or an
+    order failing its render step hours later (scratch)."""
+    wanted = [settings.data_dir, settings.scratch_dir]
+    if settings.s3_bucket is None:
+        wanted.append(settings.local_store_dir)
+    if settings.sendgrid_api_key is None:
+        wanted.append(settings.outbox_dir)
+    for directory in wanted:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        except OSError as error:
+            raise ConfigurationError(
+                f"HEALER_DATA_DIR={settings.data_dir}: cannot write to {directory}: "
+                f"{error.strerror or error}; choose a directory healer may write to"
+            ) from None
+
+
+# How many connections may wait to be accepted (uvicorn's default).
+_BACKLOG = 2048
+
+
+def bind_listener(host_variable: str, host: str, port_variable: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address `host` names (as asyncio's create_server would bind
+    them), made before the daemon announces itself: a port in use stops start-up with one line."""
+    try:
+        addresses = dict.fromkeys((family, address) for family, _, _, _, address in socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE))
+    except socket.gaierror as error:
+        raise ConfigurationError(f"{host_variable}={host!r} is not an address to listen on: {error.strerror}") from None
+    bound: list[socket.socket] = []
+    try:
+        for family, address in addresses:
+            bound.append(_listening_socket(family, address))
+    except OSError as error:
+        for sock in bound:
+            sock.close()
+        raise ConfigurationError(_bind_problem(error, host_variable, host, port_variable, port)) from None
+    return bound
+
+
+def _listening_socket(family: socket.AddressFamily, address: Any) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # A restarted daemon need not wait out the last one's connections in TIME_WAIT; a port
+        # another process listens on stays refused (EADDRINUSE) on Linux all the same.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # "::" is IPv6, as in asyncio
+        sock.bind(address)
+        sock.listen(_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_problem(error: OSError, host_variable: str, host: str, port_variable: str, port: int) -> str:
+    where = _host_port(host, port)
+    if error.errno == errno.EADDRINUSE:
+        return f"{port_variable}={port}: {where} is already in use (another healer?); choose another port"
+    if error.errno == errno.EADDRNOTAVAIL:
+        return f"{host_variable}={host}: cannot listen on {where}: not an address of this machine; choose another host"
+    if error.errno == errno.EACCES:
+        return f"{port_variable}={port}: not allowed to listen on {where} ({error.strerror}); choose another port"
+    return f"{host_variable}={host}, {port_variable}={port}: cannot listen on {where}: {error.strerror or error}"
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

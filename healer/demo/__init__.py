@@ -13,9 +13,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.models import Order, OrderStatus, transaction
@@ -24,7 +25,9 @@ from fulfilment.templates import list_templates
 from healer import orders
 from healer.config import Settings
 from healer.daemon import Daemon
+from healer.demo.commands import CommandHint, healer_command
 from healer.demo.samples import sample_audio, sample_photo, sample_waveform_png
+from healer.errors import UsageError
 
 log = logging.getLogger(__name__)
 console = Console()
@@ -110,16 +113,21 @@ def create_sample_orders(
 
 
 def run_demo(settings: Settings, *, orders: int, exit_when_done: bool) -> int:
+    if orders < 1:  # with none, there is nothing to show, and nothing would end --exit-when-done
+        raise UsageError(f"--orders {orders}: the demo needs at least one sample order")
+    # The operator's own shell may name a database the demo does not use: the commands it
+    # suggests must read the demo's SQLite file all the same.
+    hint = CommandHint(healer_command(), settings.data_dir, clear_database_url=settings.database_url is not None)
     settings = demo_settings(settings)
     daemon = Daemon(settings, demo=True)
-    daemon.prepare_database()
+    daemon.prepare()  # a port in use stops the demo before it creates anything
     templates = list_templates(settings.assets_dir)
     samples = create_sample_orders(daemon.services.sessions, daemon.services.store, templates, orders)
     for sample in samples:
         # What the shop's web API does when the customer returns from checkout.
         daemon.pipeline.request_completion(sample.id)
     watcher = threading.Thread(
-        target=_watch, args=(daemon, settings, samples, exit_when_done), name="demo-watch", daemon=True
+        target=_watch, args=(daemon, settings, samples, exit_when_done, hint), name="demo-watch", daemon=True
     )
     daemon.serve(on_started=watcher.start)
     return 0 if _all_final(daemon, samples) else 1
@@ -130,33 +138,44 @@ def _all_final(daemon: Daemon, samples: list[SampleOrder]) -> bool:
     return all(v is not None and v.status in ("completed", "needs_attention") for v in views)
 
 
-def _watch(daemon: Daemon, settings: Settings, samples: list[SampleOrder], exit_when_done: bool) -> None:
+def _watch(daemon: Daemon, settings: Settings, samples: list[SampleOrder], exit_when_done: bool,
+           hint: CommandHint) -> None:
     deadline = time.monotonic() + 300
     while not _all_final(daemon, samples) and time.monotonic() < deadline:
         time.sleep(0.5)
-    _report(daemon, settings, samples)
+    _report(daemon, settings, samples, hint, still_running=not exit_when_done)
     if exit_when_done:
         daemon.stop()
 
 
-def _report(daemon: Daemon, settings: Settings, samples: list[SampleOrder]) -> None:
-    base = settings.public_base_url
-    ops = f"http://{settings.ops_host}:{settings.ops_port}"
-    table = Table("order", "status", "template", "what it shows", "PDF / last error", title="Sample orders")
+def _report(daemon: Daemon, settings: Settings, samples: list[SampleOrder], hint: CommandHint, *,
+            still_running: bool) -> None:
+    """Where the results are, and what to run next: each command as it works when pasted (the
+    URLs only while the daemon still answers them)."""
+    # Ids and paths folded, never cut short with an ellipsis: a shortened id or path finds nothing.
+    table = Table(Column("order", overflow="fold"), "status", "template", "what it shows",
+                  Column("PDF / last error", overflow="fold"), title="Sample orders")
     for sample in samples:
         view = orders.story(daemon.services.sessions, sample.id)
         assert view is not None
         where = (
-            str(settings.local_store_dir / view.final_pdf_key)
+            Path(view.final_pdf_key).name  # in the PDFs directory printed below the table
             if view.status == OrderStatus.COMPLETED and view.final_pdf_key
             else f"{view.last_error_class}: {view.last_error}"
         )
         table.add_row(str(sample.id), view.status, view.template, sample.note, where)
     console.print(table)
-    console.print(f"Emails (.eml):  {settings.outbox_dir}")
-    console.print(f"Health:         {ops}/health   (operator listener; liveness: {ops}/livez?verbose)")
     first = samples[0]
-    console.print(f"As the customer: curl -H 'X-Session-Token: {first.session_token}' {base}/api/orders/{first.id}")
-    console.print(f"Its story:      {ops}/api/orders/{first.id}")
-    console.print(f"Or:             healer orders show {first.id}   (with HEALER_DATA_DIR={settings.data_dir})")
-    console.print("Download links are in the emails. Press Ctrl-C to stop the daemon.")
+    lines = [f"PDFs:            {settings.local_store_dir / 'pdfs'}",
+             f"Emails (.eml):   {settings.outbox_dir}",
+             f"Its story:       {hint.command(f'orders show {first.id}')}",
+             f"Every order:     {hint.command('orders list')}"]
+    if still_running:
+        public, ops = (f"http://{daemon.listening_on(i)}" for i in range(2))
+        lines += [f"Health:          {ops}/health   (operator listener; liveness: {ops}/livez?verbose)",
+                  f"As the customer: curl -H 'X-Session-Token: {first.session_token}' {public}/api/orders/{first.id}",
+                  f"Its story, HTTP: {ops}/api/orders/{first.id}",
+                  "Download links are in the emails. Press Ctrl-C to stop the daemon."]
+    for line in lines:
+        # Never wrapped (a command split over two lines does not paste) nor read as markup.
+        console.print(line, soft_wrap=True, markup=False, highlight=False)

@@ -53,7 +53,9 @@ COMPLETION_OUTCOMES = ("completed", "needs_attention")
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, runbook_base_url: str | None = None) -> None:
+        """`runbook_base_url`: where the alerts' runbook links point (Settings.runbook_base_url); the
+        daemon passes it, and commands that export nothing need not."""
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)
@@ -83,6 +85,11 @@ class Metrics:
             ["type", "result"], registry=r)
         Gauge("healer_build_info", "The running healer's version.", ["version"], registry=r).labels(
             __version__).set(1)
+        if runbook_base_url is not None:
+            # Alert rules read it in their runbook_url annotations, so that links follow the
+            # configured base instead of an address written into dashboards/prometheus/alerts.yml.
+            Gauge("healer_runbook_info", "Where alerts' runbook links point (HEALER_RUNBOOK_BASE_URL).",
+                  ["base_url"], registry=r).labels(runbook_base_url).set(1)
         self._zero_known_labels()
 
     def _zero_known_labels(self) -> None:
@@ -148,8 +155,10 @@ class _ChecksCollector(Collector):
         self.states = states
 
     def collect(self) -> Iterable[Metric]:
-        up = GaugeMetricFamily("healer_check_up", "0 if the check is failing, 1 if it passes (ok, warning, "
-                               "disabled); no sample while it is skipped or has not run.", labels=["check"])
+        up = GaugeMetricFamily("healer_check_up", "1 if the check is ok, 0 if it warns, fails or is disabled; "
+                               "no sample while it is skipped or has not run.", labels=["check"])
+        status = GaugeMetricFamily("healer_check_status", "1 for the check's current status, 0 for the "
+                                   "others; no sample before its first run.", labels=["check", "status"])
         duration = GaugeMetricFamily("healer_check_duration_seconds", "Duration of the last probe.",
                                      labels=["check"])
         success = GaugeMetricFamily("healer_check_last_success_timestamp_seconds",
@@ -157,14 +166,19 @@ class _ChecksCollector(Collector):
         for state in self.states():
             if state.last_success is not None:
                 success.add_metric([state.name], state.last_success.timestamp())
-            if state.result is None or state.result.status is Status.SKIPPED:
-                # Not probed (yet, or while a check it depends on fails): no sample rather than a
-                # false 0. A skipped check's 0 would page for a cause whose own check already does.
+            if state.result is None:
+                continue  # not probed yet: no status to tell, rather than a false one
+            current = state.result.status
+            # Every status, the others at 0 (as kube-state-metrics' kube_pod_status_phase): a rule
+            # selects the one it means, and a series never vanishes when the status changes.
+            for each in Status:
+                status.add_metric([state.name, each.value], 1 if each is current else 0)
+            if current is Status.SKIPPED:
+                # A skipped check's up of 0 would page for a cause whose own check already does.
                 continue
-            # A warning is degraded, not down: only a failing check pages through this gauge.
-            up.add_metric([state.name], 0 if state.result.status is Status.FAILING else 1)
+            up.add_metric([state.name], 1 if current is Status.OK else 0)
             duration.add_metric([state.name], state.result.latency_seconds)
-        return [up, duration, success]
+        return [up, status, duration, success]
 
 
 class _JobsCollector(Collector):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+ORIGINAL_METHOD = "healer.original_method"  # the scope key of the method before this middleware
 _BODY_MESSAGES = ("http.response.body", "http.response.pathsend", "http.response.zerocopysend")
 
 
@@ -30,4 +31,5 @@ class HeadAsGet:
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        await self.app(dict(scope, method="GET"), receive, headers_only)
+        # The access log (healer.http.observe) runs inside and says what the client asked for.
+        await self.app(dict(scope, method="GET", **{ORIGINAL_METHOD: "HEAD"}), receive, headers_only)

@@ -8,6 +8,9 @@ The probes and `/health` are healer.http.probes; they answer from the health mon
 they never wait on a probe. An admin's retry is healer.orders.retry, the same as `healer orders
 retry`: 409 and no change for an order with nothing to retry, and no new story line while the order
 is already queued.
+`/docs` is Swagger UI with its scripts and styles served from the swagger_ui_bundle package, not a
+CDN (FastAPI's default), so it works on a network without the internet; `/runbook` is the
+operations guide (healer.http.runbook).
 """
 
 from __future__ import annotations
@@ -15,12 +18,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException
-from fastapi.responses import PlainTextResponse, Response
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Path as PathParam
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
+from swagger_ui_bundle import swagger_ui_path
 
 from fulfilment.pipeline import OrderNotFound, Pipeline
 from fulfilment.secrets import Redactor
@@ -33,6 +40,7 @@ from healer.http.layers import install_layers
 from healer.http.observe import HttpMetrics
 from healer.http.openapi import Responses, operation_id, plain_text, problem, unavailable
 from healer.http.probes import health_routes, probe_routes
+from healer.http.runbook import runbook_routes
 
 
 @dataclass
@@ -56,22 +64,47 @@ class OperatorContext:
 
 
 ADMIN = HTTPBearer(scheme_name="AdminToken", auto_error=False, description="HEALER_ADMIN_TOKEN")
-SHOW_RESPONSES: Responses = {404: problem("no such order"), 503: unavailable()}
+SHOW_RESPONSES: Responses = {404: problem("no such order"),
+                              409: problem("the prefix given starts more than one order's id"), 503: unavailable()}
+# A whole id (with or without dashes) or a prefix of one, as `healer orders` takes it.
+ORDER_ID_PATTERN = r"^[0-9a-fA-F-]{4,36}$"
 RETRY_RESPONSES: Responses = {
     403: problem("admin endpoints disabled (no HEALER_ADMIN_TOKEN), or a wrong or missing bearer token"),
     404: problem("no such order"),
-    409: problem("nothing to do: the order is completed or refunded, or its payment has not succeeded"),
+    409: problem("nothing to do: the order is completed or refunded, or its payment has not succeeded; "
+                 "or the prefix given starts more than one order's id"),
     503: unavailable(),
 }
+def resolved_order_id(request: Request, order_id: Annotated[str, PathParam(
+        pattern=ORDER_ID_PATTERN, description="the order's id, or a unique prefix of it (4 hex digits or more)",
+)]) -> uuid.UUID:
+    """The order an operator named, as `healer orders` resolves it (healer.orders.resolve_id)."""
+    try:
+        return orders.resolve_id(request.app.state.order_sessions, order_id)
+    except ValueError as error:
+        raise HTTPException(422, str(error)) from None
+    except orders.UnknownOrderId:
+        raise HTTPException(404, "unknown order") from None
+    except orders.AmbiguousOrderId as error:
+        raise HTTPException(409, str(error)) from None
+
+
+OrderId = Annotated[uuid.UUID, Depends(resolved_order_id)]
+SWAGGER_ASSETS = "/docs/assets"
 
 
 def create_operator_app(ctx: OperatorContext) -> FastAPI:
-    app = FastAPI(title="healer operator API", version=__version__, generate_unique_id_function=operation_id)
+    # FastAPI's own /docs and /redoc load their scripts from CDNs: blank pages offline. /docs is
+    # served below instead; ReDoc has no packaged copy, so there is no /redoc.
+    app = FastAPI(title="healer operator API", version=__version__, generate_unique_id_function=operation_id,
+                  docs_url=None, redoc_url=None)
     install_layers(app, "operator", ctx.http_metrics)
     _order_routes(app, ctx)
     probe_routes(app, ctx.liveness, ctx.health, ctx.redact)
     health_routes(app, ctx.health, ctx.notices, ctx.redact)
     _exposition_routes(app, ctx)
+    _docs_routes(app)
+    runbook_routes(app)
     return app
 
 
@@ -84,8 +117,10 @@ def _order_routes(app: FastAPI, ctx: OperatorContext) -> None:
         if credentials is None or not same_secret(credentials.credentials, ctx.admin_token.value):
             raise HTTPException(403, "admin bearer token required")
 
+    app.state.order_sessions = ctx.sessions  # for resolved_order_id
+
     @app.get("/api/orders/{order_id}", responses=SHOW_RESPONSES, summary="An order and its story (every step attempt)")
-    def show(order_id: uuid.UUID) -> orders.OrderView:
+    def show(order_id: OrderId) -> orders.OrderView:
         view = orders.story(ctx.sessions, order_id)
         if view is None:
             raise HTTPException(404, "unknown order")
@@ -93,7 +128,7 @@ def _order_routes(app: FastAPI, ctx: OperatorContext) -> None:
 
     @app.post("/api/orders/{order_id}/retry", status_code=202, dependencies=[Depends(admin)],
               responses=RETRY_RESPONSES, summary="Re-queue an order where it stopped (admin)")
-    def retry(order_id: uuid.UUID) -> CompletionAccepted:
+    def retry(order_id: OrderId) -> CompletionAccepted:
         try:
             status = orders.retry(ctx.pipeline, order_id, "retry requested through the API")
         except OrderNotFound:
@@ -120,3 +155,26 @@ def _exposition_routes(app: FastAPI, ctx: OperatorContext) -> None:
         @app.get("/public/openapi.json", summary="The public listener's OpenAPI schema")
         def public_openapi() -> dict[str, Any]:
             return public_schema()
+
+
+def _docs_routes(app: FastAPI) -> None:
+    """Swagger UI for this listener's API, from the files of the swagger_ui_bundle package."""
+    assets = Path(str(swagger_ui_path))
+
+    # A route, not a StaticFiles mount: FastAPI's router records no route for a mount, so its
+    # requests would be counted and logged as `unmatched`.
+    @app.get(SWAGGER_ASSETS + "/{name}", include_in_schema=False)
+    def swagger_asset(name: str) -> FileResponse:
+        if name.startswith(".") or not (assets / name).is_file():
+            raise HTTPException(404, "no such file")
+        return FileResponse(assets / name)
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")  # behind a proxy's path prefix
+        return get_swagger_ui_html(
+            openapi_url=root + str(app.openapi_url), title=f"{app.title}: Swagger UI",
+            swagger_js_url=f"{root}{SWAGGER_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{SWAGGER_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{SWAGGER_ASSETS}/favicon-32x32.png",
+        )

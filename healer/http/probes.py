@@ -10,7 +10,7 @@ check that is not critical matches no line: Kubernetes' warning line says so.
 
 # No `from __future__ import annotations` here: FastAPI reads the routes' annotations at run time,
 # and `exclude`'s (the checks of this daemon) is made per app, a name only the enclosing function has.
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -18,7 +18,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict
 
+from checks.base import Status
 from fulfilment.secrets import Redactor
+from healer.health.monitor import CheckReport as MonitorReport
 from healer.health.monitor import HealthMonitor, Readiness
 from healer.http.openapi import plain_text, problem
 
@@ -79,9 +81,17 @@ class CheckReport(BaseModel):
 class HealthReport(BaseModel):
     """Every check, the worst status among them, and how this daemon runs (embedded defaults)."""
 
-    status: str
+    status: str  # ok, warning, failing, unknown: what `healer check` says of the same results
     checks: dict[str, CheckReport]
     notices: list[str]
+
+
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": HealthReport,
+          "description": "no critical check is failing (`status` may still be `warning` or `failing`: "
+                         "a check that is not critical)"},
+    503: {"model": HealthReport, "description": "a critical check is failing: the same report"},
+}
 
 
 def probe_routes(app: FastAPI, liveness: Callable[[], tuple[bool, str]], health: HealthMonitor | None,
@@ -111,15 +121,18 @@ def probe_routes(app: FastAPI, liveness: Callable[[], tuple[bool, str]], health:
 def health_routes(app: FastAPI, health: HealthMonitor | None, notices: tuple[str, ...], redact: Redactor) -> None:
     """Every check as JSON (status, latency, last success, detail, remedy), redacted."""
 
-    @app.get("/health", response_model=HealthReport,
+    @app.get("/health", response_model=HealthReport, responses=HEALTH_RESPONSES,
              summary="Every check: status, latency, last success, detail, remedy")
     def health_report() -> JSONResponse:
         body: dict[str, Any] = {"status": "ok", "checks": {}}
+        reports = health.reports() if health is not None else []
         if health is not None:
-            body = {"status": health.overall().value,
-                    "checks": {report.name: report.as_dict() for report in health.reports()}}
+            body = {"status": health.overall().value, "checks": {report.name: report.as_dict() for report in reports}}
         body["notices"] = list(notices)
-        return JSONResponse(redacted_json(body, redact), headers=NO_STORE)
+        # The code answers what an HTTP monitor can act on: this daemon cannot do its work. A
+        # failing check that is not critical is in the body (and `status`), not worth a 503.
+        code = 503 if critical_failing(reports) else 200
+        return JSONResponse(redacted_json(body, redact), status_code=code, headers=NO_STORE)
 
     @app.get("/health/{check}", response_model=CheckReport, responses={404: problem("no such check")},
              summary="One check")
@@ -128,6 +141,14 @@ def health_routes(app: FastAPI, health: HealthMonitor | None, notices: tuple[str
             known = ", ".join(health.names) if health else "none"
             raise HTTPException(404, f"unknown check {check[:64]!r}; checks here: {known}")
         return JSONResponse(redacted_json(health.report(check).as_dict(), redact), headers=NO_STORE)
+
+
+def critical_failing(reports: Iterable[MonitorReport]) -> list[str]:
+    """The critical checks whose reported status is failing: what makes `ready()` false, bar the
+    checks not run yet (a daemon starting up is not failing). From the reports the body shows, so
+    that the code and the body agree."""
+    return [report.name for report in reports if report.check.critical
+            and report.result is not None and report.result.status is Status.FAILING]
 
 
 def redacted_json(value: Any, redact: Redactor) -> Any:

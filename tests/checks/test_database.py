@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 from checks.base import Status, run_check
@@ -212,3 +213,27 @@ def test_the_schema_revision_is_read_without_alembic_before_and_after_migrations
     assert "INFO alembic.runtime.migration: Context impl SQLiteImpl." in upgrading
     assert any("Running upgrade" in line for line in upgrading), upgrading
     engine.dispose()
+
+
+def test_a_postgresql_schema_behind_the_latest_revision_fails_naming_both_until_upgraded(
+    fresh_pg_engine: Engine,
+) -> None:
+    """What a daemon that started while its database was unreachable finds once it answers: the
+    check, which every dependent waits on and readiness reads, fails until `healer db upgrade`."""
+    head = db.head_revision()
+    assert head is not None
+    previous = ScriptDirectory(str(db.MIGRATIONS_DIR)).get_revision(head).down_revision
+    assert isinstance(previous, str)
+    db.upgrade(fresh_pg_engine, previous)
+    check = DatabaseCheck(engine=fresh_pg_engine, head_revision=head, critical=True)
+
+    behind = run_check(check)
+    db.upgrade(fresh_pg_engine)
+    upgraded = run_check(check)
+
+    assert behind.status is Status.FAILING
+    assert behind.detail == f"migrations not at head: schema at {previous}, this code expects {head}"
+    assert behind.remedy.startswith("run `healer db upgrade`")
+    assert "restart" not in behind.remedy  # the daemon carries on by itself once the schema is at head
+    assert upgraded.status is Status.OK, upgraded
+    assert f"schema at head ({head})" in upgraded.detail

@@ -32,6 +32,7 @@ from checks.base import Check
 from healer import db
 from healer.health.metrics import Metrics
 from healer.health.monitor import HealthMonitor
+from healer.http.observe import HttpMetrics
 from healer.jobs.scheduler import JobState
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +48,12 @@ OPERATIONS_DOC = REPO / "docs" / "operations.md"
 DESIGN = REPO / "docs" / "design.md"  # the project's copy of the design contract
 
 DATASOURCE_UID = "healer-prometheus"
-RUNBOOK_BASE = "https://github.com/shop/healer/blob/main/docs/operations.md#"
+# Every alert's runbook_url: the base the daemons export (HEALER_RUNBOOK_BASE_URL), else the
+# repository's copy of the document, then `#` and the anchor of a heading of docs/operations.md.
+RUNBOOK_QUERY = "max by (base_url) (last_over_time(healer_runbook_info[1d]))"
+RUNBOOK_FALLBACK = "https://github.com/shop/healer/blob/main/docs/operations.md"
+RUNBOOK_PREFIX = (f'{{{{ with query "{RUNBOOK_QUERY}" }}}}{{{{ (. | first).Labels.base_url }}}}'
+                  f"{{{{ else }}}}{RUNBOOK_FALLBACK}{{{{ end }}}}#")
 
 # Series Prometheus makes itself for every target; dashboards may read them beside the daemon's.
 PROMETHEUS_SYNTHETIC = frozenset({"up"})
@@ -224,8 +230,10 @@ class _PassingCheck(Check):
 @pytest.fixture
 def exported(sqlite_engine: Engine) -> set[str]:
     """Every sample name the daemon's Metrics can expose, each collector fed the way the daemon
-    feeds it (checks through a HealthMonitor that has run once)."""
-    metrics = Metrics()
+    feeds it (checks through a HealthMonitor that has run once), with the listeners' request
+    counts that healer.wiring.build_apps adds to the same registry."""
+    metrics = Metrics(runbook_base_url="http://127.0.0.1:8081/runbook")
+    HttpMetrics(metrics.registry)
     monitor = HealthMonitor([_PassingCheck()])
     monitor.run(_PassingCheck.name)
     metrics.watch_checks(monitor.reports)

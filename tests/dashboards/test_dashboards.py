@@ -119,14 +119,17 @@ def test_the_overview_and_resources_views_show_what_the_issue_asks_for() -> None
         by_board[query.dashboard] = by_board.get(query.dashboard, "") + "\n" + query.expr
     overview, resources = by_board["healer-overview"], by_board["healer-resources"]
 
-    for needle in ("healer_check_up", "by (step, error_class) (rate(healer_order_step_failures_total",
+    for needle in ('healer_check_status{job="healer", instance=~"$instance", status="warning"}', "healer_check_up",
+                   'sum by (code) (rate(healer_http_requests_total{job="healer", instance=~"$instance", listener="public"}',
+                   "by (step, error_class) (rate(healer_order_step_failures_total",
                    "by (outcome) (rate(healer_order_completions_total", "healer_orders_stuck",
                    "healer_oldest_stuck_order_age_seconds",
                    "histogram_quantile(0.99, sum by (le) (rate(healer_order_completion_latency_seconds_bucket",
                    "healer_reconcile_runs_total", "healer_reconcile_last_success_timestamp_seconds",
                    "healer_orphan_payments", "healer_remediations_total", "healer_webhook_events_total"):
         assert needle in overview, needle
-    for needle in ('check="disk"', 'check="memory"', 'check="docker"', "process_resident_memory_bytes",
+    for needle in ('check="disk", status="warning"', 'check="memory", status="warning"',
+                   'check="docker", status="warning"', "process_resident_memory_bytes",
                    "rate(process_cpu_seconds_total", "process_open_fds", "process_max_fds",
                    "process_start_time_seconds"):
         assert needle in resources, needle

@@ -27,8 +27,8 @@ from tests.fakes.ports import free_port
 # first alert that inhibits another, and the scheduler check, say, depends on two.
 DAEMON = "daemon"  # placeholder for the scope's instance
 # The alert a failing check raises, by check (alerts.yml); any other check: HealerCheckFailing.
-CHECK_ALERTS = {"database": "HealerDatabaseDown", "orders": "HealerOrdersCheckFailing", "disk": "HealerDiskLow",
-                "memory": "HealerMemoryLow", "docker": "HealerContainerRestartLoop"}
+CHECK_ALERTS = {"database": "HealerDatabaseDown", "orders": "HealerOrdersCheckFailing", "disk": "HealerDiskFull",
+                "memory": "HealerMemoryExhausted", "docker": "HealerContainerRestartLoop"}
 # Alerts about one job besides HealerJobNotSucceeding: per daemon, or over the fleet.
 JOB_ALERTS = {"worker": [{"alertname": "HealerJobNeverSucceeded", "instance": DAEMON}],
               "reconcile": [{"alertname": "HealerReconcileNotRun"}]}
@@ -146,3 +146,30 @@ def test_a_dependencys_alert_inhibits_exactly_the_alerts_of_its_dependents(alert
             assert inhibitors(alert, dependency) == [], f"{alert} does not depend on {dependency}"
     for alert in every_dependent:
         assert inhibitors(alert, "control") == [], f"{alert} inhibited with no dependency failing"
+
+
+def test_a_page_for_a_failure_silences_the_warning_that_said_it_first_and_customers_errors_of_a_db_outage(
+    alertmanager: str,
+) -> None:
+    # In one scope the failures page; in a control scope only the warnings and the errors fire.
+    failures = [{"alertname": "HealerDiskFull", "check": "disk", "status": "failing", "instance": DAEMON},
+                {"alertname": "HealerMemoryExhausted", "check": "memory", "status": "failing", "instance": DAEMON},
+                {"alertname": "HealerDatabaseDown", "check": "database", "status": "failing", "instance": DAEMON}]
+    followers = [{"alertname": "HealerDiskLow", "check": "disk", "instance": DAEMON},
+                 {"alertname": "HealerMemoryLow", "check": "memory", "instance": DAEMON},
+                 {"alertname": "HealerPublicServerErrors"}]  # fleet-wide: no instance
+    unrelated = [{"alertname": "HealerCheckWarning", "check": "stripe", "status": "warning", "instance": DAEMON}]
+    scopes = {"failing": failures + followers + unrelated, "control": followers + unrelated}
+    posted = [scoped(a, scope) for scope, alerts in scopes.items() for a in alerts]
+    post(alertmanager, posted)
+
+    alerts = eventually(lambda: held(alertmanager, len(posted)), timeout=20, what="the posted alerts")
+    assert isinstance(alerts, dict)
+
+    def inhibitors(alert: dict[str, str], scope: str) -> list[str]:
+        return list(alerts[_key(scoped(alert, scope))]["status"]["inhibitedBy"])
+
+    sources = [alerts[_key(scoped(alert, "failing"))]["fingerprint"] for alert in failures]
+    assert [inhibitors(alert, "failing") for alert in followers] == [[source] for source in sources]
+    assert [inhibitors(alert, "failing") for alert in failures + unrelated] == [[], [], [], []]
+    assert [inhibitors(alert, "control") for alert in followers + unrelated] == [[], [], [], []]

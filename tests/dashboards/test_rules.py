@@ -12,15 +12,17 @@ import yaml
 from checks.registry import CHECK_NAMES
 from fulfilment.errors import ErrorClass
 from tests.dashboards import (  # noqa: F401 (exported is a fixture)
+    ALERTMANAGER_CONFIG,
     ALERTS,
     ALERTS_TEST,
     OPERATIONS_DOC,
-    RUNBOOK_BASE,
+    RUNBOOK_PREFIX,
     PanelQuery,
     alert_rules,
     exported,
     require_tool,
     run_tool,
+    selectors,
     unexported_metrics,
 )
 
@@ -28,11 +30,13 @@ RUNBOOK_ISSUES = ("runbook-1-s3-permission-denied", "runbook-2-s3-files-missing"
                   "runbook-3-pdf-generation-failing", "runbook-4-email-sending-failing",
                   "runbook-5-database-error", "runbook-6-memory-and-resource-issues")
 
-# What issue 5 asks the rules to watch, by the alert that does it.
+# What issues 5 and 19 ask the rules to watch, by the alert that does it.
 REQUIRED_ALERTS = {
     "HealerDown": 'up{job="healer"} == 0',
     "HealerNotScraped": 'absent(up{job="healer"})',
-    "HealerCheckFailing": "healer_check_up{",
+    "HealerDatabaseDown": 'healer_check_status{check="database", status="failing"} == 1',
+    "HealerCheckFailing": 'healer_check_status{check!~"database|disk|memory|docker|orders", status="failing"} == 1',
+    "HealerCheckWarning": 'healer_check_status{check!~"disk|memory|docker|orders", status="warning"} == 1',
     "HealerCompletionsFailing": "healer_order_step_failures_total",
     "HealerOrdersStuck": "healer_orders_stuck",
     "HealerOrderStuckForAnHour": "healer_oldest_stuck_order_age_seconds",
@@ -40,12 +44,18 @@ REQUIRED_ALERTS = {
     "HealerReconcileNotRun": "time() - ",
     "HealerReconcileMetricAbsent": "absent(healer_reconcile_last_success_timestamp_seconds",
     "HealerOrphanPayments": "healer_orphan_payments",
-    "HealerDiskLow": 'healer_check_up{check="disk"}',
-    "HealerMemoryLow": 'healer_check_up{check="memory"}',
+    "HealerDiskLow": 'healer_check_status{check="disk", status=~"warning|failing"}',
+    "HealerDiskFull": 'healer_check_status{check="disk", status="failing"} == 1',
+    "HealerMemoryLow": 'healer_check_status{check="memory", status=~"warning|failing"}',
+    "HealerMemoryExhausted": 'healer_check_status{check="memory", status="failing"} == 1',
     "HealerProcessMemoryHigh": "process_resident_memory_bytes",
-    "HealerContainerRestartLoop": 'healer_check_up{check="docker"}',
+    "HealerContainerRestartLoop": 'healer_check_status{check="docker", status=~"warning|failing"}',
+    "HealerOrdersCheckFailing": 'healer_check_status{check="orders", status=~"warning|failing"}',
     "HealerJobNotSucceeding": "healer_job_last_success_timestamp_seconds",
+    "HealerPublicServerErrors": 'healer_http_requests_total{listener="public", code=~"5.."}',
 }
+# Each "warning or failing" alert, and the critical alert that pages on the failure.
+ESCALATIONS = {"HealerDiskLow": "HealerDiskFull", "HealerMemoryLow": "HealerMemoryExhausted"}
 
 
 def github_anchor(heading: str) -> str:
@@ -92,17 +102,58 @@ def test_every_alert_has_severity_summary_description_and_runbook(alert: dict[st
     assert alert["labels"]["severity"] in ("critical", "warning")
     assert set(alert["annotations"]) == {"summary", "description", "runbook_url"}
     assert all(value.strip() for value in alert["annotations"].values())
-    assert alert["annotations"]["runbook_url"].startswith(RUNBOOK_BASE)
+    assert alert["annotations"]["runbook_url"].startswith(RUNBOOK_PREFIX)
 
 
 @pytest.mark.parametrize("alert", alert_rules(), ids=lambda r: r["alert"])
 def test_every_runbook_url_points_at_a_heading_of_the_operations_doc(alert: dict[str, Any]) -> None:
-    anchor = alert["annotations"]["runbook_url"].removeprefix(RUNBOOK_BASE)
+    anchor = alert["annotations"]["runbook_url"].removeprefix(RUNBOOK_PREFIX)
     # A per-check runbook is templated on the alert's `check` label: every check needs its section.
     expanded = {anchor.replace("{{ $labels.check }}", check) for check in CHECK_NAMES}
 
     assert expanded - doc_anchors() == set()
     assert alert["alert"].lower() in doc_anchors(), "every alert has a section of its own too"
+
+
+def test_the_runbook_base_is_unit_tested_both_exported_and_absent() -> None:
+    urls = {annotation for test in yaml.safe_load(ALERTS_TEST.read_text())["tests"]
+            for case in test["alert_rule_test"] for alert in case.get("exp_alerts") or []
+            for name, annotation in alert["exp_annotations"].items() if name == "runbook_url"}
+
+    assert any(url.startswith("http://ops.shop.example/runbook#") for url in urls), "from healer_runbook_info"
+    assert any(url.startswith("https://github.com/shop/healer/blob/main/docs/operations.md#") for url in urls)
+
+
+def check_status_matchers(alert: dict[str, Any]) -> list[str]:
+    """The `status` matcher of every healer_check_status selector the alert reads ("" for none)."""
+    return [next(iter(re.findall(r'status\s*(=~?\s*"[^"]*")', s.matchers)), "")
+            for s in selectors(alert["expr"]) if s.metric == "healer_check_status"]
+
+
+def test_no_alert_reads_check_up_which_cannot_tell_a_warning_from_a_failure() -> None:
+    assert [r["alert"] for r in alert_rules() if "healer_check_up" in r["expr"]] == []
+
+
+@pytest.mark.parametrize("alert", [r for r in alert_rules() if "healer_check_status" in r["expr"]],
+                         ids=lambda r: r["alert"])
+def test_check_alerts_select_the_statuses_they_mean_and_only_failures_page(alert: dict[str, Any]) -> None:
+    matchers = check_status_matchers(alert)
+
+    assert matchers and all(matchers), "a check alert names the statuses it means"
+    assert not [m for m in matchers if "disabled" in m or "skipped" in m or "ok" in m]
+    if alert["labels"]["severity"] == "critical":
+        assert matchers == ['="failing"']
+    if "|" in "".join(matchers):  # several statuses: one series, so a change of status is no new alert
+        assert alert["expr"].startswith("max without (status) (")
+
+
+def test_every_warning_or_failing_alert_is_inhibited_by_the_page_for_the_failure() -> None:
+    rules = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())["inhibit_rules"]
+    pairs = {(r["source_matchers"][0], r["target_matchers"][0]) for r in rules}
+
+    for warning, critical in ESCALATIONS.items():
+        assert (rule(warning)["labels"]["severity"], rule(critical)["labels"]["severity"]) == ("warning", "critical")
+        assert (f'alertname="{critical}"', f'alertname="{warning}"') in pairs
 
 
 def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
@@ -125,10 +176,11 @@ def test_absence_alerts_wait_long_enough_to_survive_a_restart() -> None:
 def test_ratio_alerts_require_traffic_before_they_divide() -> None:
     ratios = [r for r in alert_rules() if re.search(r"\)\s*/\s*", r["expr"])]
 
-    assert [r["alert"] for r in ratios] == ["HealerCompletionsFailing"]
-    for alert in ratios:
-        assert re.search(r"\band\b\s*sum by \(job, step\) \(increase\(healer_order_step_duration_seconds_count\[10m\]\)\) >= 3",
-                         alert["expr"]), alert["expr"]
+    assert [r["alert"] for r in ratios] == ["HealerCompletionsFailing", "HealerPublicServerErrors"]
+    assert re.search(r"\band\b\s*sum by \(job, step\) \(increase\(healer_order_step_duration_seconds_count\[10m\]\)\) >= 3",
+                     rule("HealerCompletionsFailing")["expr"])
+    assert re.search(r'\band\b\s*sum by \(job\) \(increase\(healer_http_requests_total\{listener="public"\}\[10m\]\)\) >= 10',
+                     rule("HealerPublicServerErrors")["expr"])
 
 
 def test_alert_expressions_read_only_metrics_the_daemon_exports(exported: set[str]) -> None:  # noqa: F811

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +59,10 @@ def test_customer_completion_through_the_running_daemon(shop: Shop, daemon: Runn
     for name in ("AWS_SECRET_ACCESS_KEY", "SENDGRID_API_KEY", "STRIPE_SECRET_KEY", "HEALER_ADMIN_TOKEN"):
         assert daemon_env[name] not in log, name
         assert daemon_env[name] not in exposition, name
+    # One access line per request (healer's: uvicorn's own is off), and the link's token in none.
+    log = eventually(lambda: (text := daemon.log()).count('"GET /download/…" 307') == 1 and text,
+                     timeout=10, what="the download's access-log line")
+    assert order.download_token not in log and 'HTTP/1.1" 307' not in log
 
 
 def test_sigterm_stops_the_daemon_cleanly(shop: Shop, daemon: RunningDaemon) -> None:
@@ -109,6 +114,9 @@ def test_demo_from_the_built_wheel_completes_its_sample_orders_in_an_empty_direc
                             "print(healer.__file__); print(poster_assets.bundled_assets_dir())"],
                            env=env, cwd=empty, capture_output=True, text=True, check=True).stdout.split()
     assert all(Path(path).is_relative_to(site) for path in where), where
+    # The operations guide is in the wheel too: /runbook, with no source tree to read it from.
+    runbook = _page_of_a_demo(env | {"HEALER_DATA_DIR": str(tmp_path / "guide")}, empty, "/runbook")
+    assert 'id="healerdown"' in runbook
 
     result = subprocess.run([sys.executable, "-m", "healer", "demo", "--orders", "5", "--exit-when-done"],
                             env=env, capture_output=True, text=True, timeout=240, cwd=empty)
@@ -120,6 +128,28 @@ def test_demo_from_the_built_wheel_completes_its_sample_orders_in_an_empty_direc
     assert len(list((tmp_path / "demo" / "store" / "pdfs").glob("final_*.pdf"))) == 4
     assert output.count("completed") >= 4 and "needs_attention" in output  # the corrupt photo
     assert sorted(p.name for p in empty.iterdir()) == []  # nothing written where it was run
+
+
+def _page_of_a_demo(env: dict[str, str], cwd: Path, path: str) -> str:
+    """`path` on the operator listener of a `healer demo` run as `python -m healer` in `cwd`."""
+    log = Path(env["HEALER_DATA_DIR"] + ".log")
+    with log.open("w") as output:
+        demo = subprocess.Popen([sys.executable, "-m", "healer", "demo", "--orders", "1"], env=env, cwd=cwd,
+                                stdout=output, stderr=subprocess.STDOUT)
+
+    def page() -> str | None:
+        assert demo.poll() is None, f"healer demo exited early:\n{log.read_text()}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{env['HEALER_OPS_PORT']}{path}", timeout=5) as response:
+                return str(response.read().decode())
+        except OSError:
+            return None
+
+    try:
+        return eventually(page, timeout=60, what=f"{path} from healer demo", interval=0.2)
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        demo.wait(timeout=60)
 
 
 def test_render_processes_hold_only_the_renderer_and_die_with_a_killed_daemon(

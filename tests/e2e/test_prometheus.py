@@ -53,7 +53,11 @@ AWAITING_WIRING: dict[str, str] = {
 NOT_EXERCISED_HERE: dict[str, str] = {
     "healer_remediations_total": "no remediation is taken in this test (the action labels appear when one is)",
     "healer_webhook_events_total": "no Stripe webhook is delivered in this test (type labels appear with the first event)",
+    'healer_http_requests_total{code=~"5.."}': "no request gets a server error in this test (code labels appear "
+                                              "with the first answer of that code)",
 }
+# What the daemon is told its runbook's base is: the alerts' runbook_url must start with it.
+RUNBOOK_BASE_URL = "http://ops.shop.example:8081/runbook"
 
 
 @dataclass
@@ -70,7 +74,11 @@ class Prometheus:
             with urllib.request.urlopen(url, timeout=10) as response:
                 return dict(json.load(response))
         except urllib.error.HTTPError as error:  # 400/422: a bad query, with Prometheus's reason
-            return dict(json.load(error))
+            body = error.read().decode(errors="replace")
+            try:
+                return dict(json.loads(body))
+            except ValueError:  # 503 "Service Unavailable" in plain text while its storage starts
+                return {"status": "error", "error": f"{error.code} {body.strip()}"}
 
     def query(self, expr: str) -> dict[str, Any]:
         return self.api("query", query=expr)
@@ -103,6 +111,7 @@ def daemon(shop_env: dict[str, str], tmp_path: Path) -> Iterator[RunningDaemon]:
         HEALER_RETRY_BASE_SECONDS="0",  # a failed attempt is retried on the next worker tick
         HEALER_RETRY_MAX_SECONDS="0",
         HEALER_MAX_ATTEMPTS="3",
+        HEALER_RUNBOOK_BASE_URL=RUNBOOK_BASE_URL,
     )
     with running_daemon(env, tmp_path / "daemon.log") as running:
         yield running
@@ -194,6 +203,11 @@ def test_every_dashboard_query_and_alert_expression_works_against_a_live_daemon(
     eventually(lambda: all(shop.order(o).status == "completed" for o in completed),
                timeout=60, what="the orders to complete")
     eventually(lambda: shop.order(corrupt).status == "needs_attention", timeout=30, what="the corrupt order to give up")
+    # Customers look at their orders and follow their download links: the public listener's counts.
+    for order_id in completed:
+        order = shop.order(order_id)
+        assert daemon.request("GET", f"/api/orders/{order_id}", {"X-Session-Token": str(order.session_token)})[0] == 200
+        assert daemon.request("GET", f"/download/{order.download_token}")[0] == 307
     # Order figures are cached for up to 15 s in the daemon; the counters are current at once.
     eventually(lambda: prometheus.value('healer_orders{status="needs_attention"}') == 1.0
                and prometheus.value('healer_order_completions_total{outcome="completed"}') == 3.0
@@ -211,6 +225,9 @@ def test_every_dashboard_query_and_alert_expression_works_against_a_live_daemon(
             for selector in selectors(alert["expr"]):
                 problems += problems_with(prometheus, f"alert {alert['alert']} reads", str(selector))
     assert problems == [], "\n".join(problems)
+    # Every check that has run has a series per status, exactly one of them 1.
+    assert prometheus.query('count by (instance, check) (healer_check_status{job="healer"}) != 5')["data"]["result"] == []
+    assert prometheus.query('sum by (instance, check) (healer_check_status{job="healer"}) != 1')["data"]["result"] == []
 
     # Alerts evaluate against the live data and reach the firing state, annotations rendered.
     eventually(lambda: any(a["state"] == "firing" for a in prometheus.alerts("HealerOrdersNeedAttention")),
@@ -218,6 +235,8 @@ def test_every_dashboard_query_and_alert_expression_works_against_a_live_daemon(
     firing = prometheus.alerts("HealerOrdersNeedAttention")[0]
     assert firing["labels"]["severity"] == "warning"
     assert firing["annotations"]["summary"] == "1 order(s) need an operator"
+    # The link's base is what the daemon was configured with, read from healer_runbook_info.
+    assert firing["annotations"]["runbook_url"] == f"{RUNBOOK_BASE_URL}#healerordersneedattention"
     rules = {r["name"]: r for g in prometheus.api("rules")["data"]["groups"] for r in g["rules"]}
     assert {name: r["health"] for name, r in rules.items() if r["health"] != "ok"} == {}
 
@@ -227,3 +246,5 @@ def test_every_dashboard_query_and_alert_expression_works_against_a_live_daemon(
     eventually(lambda: any(a["state"] == "firing" and a["labels"].get("check") == "sendgrid"
                            for a in prometheus.alerts("HealerCheckFailing")),
                timeout=30, what="HealerCheckFailing for the sendgrid check to fire")
+    [sendgrid] = [a for a in prometheus.alerts("HealerCheckFailing") if a["labels"].get("check") == "sendgrid"]
+    assert sendgrid["annotations"]["runbook_url"] == f"{RUNBOOK_BASE_URL}#check-sendgrid"

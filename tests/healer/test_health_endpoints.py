@@ -125,9 +125,11 @@ def test_health_reports_every_check_with_its_last_success_and_remedy(services: S
     monitor.run("database")
     monitor.run("stripe")
 
-    body = client_for(services, monitor).get("/health").json()
+    response = client_for(services, monitor).get("/health")
 
-    assert body["status"] == "failing"  # s3 has not run: not ready
+    body = response.json()
+    assert response.status_code == 200  # no critical check fails: s3 has not run yet, stripe is not critical
+    assert body["status"] == "failing"  # stripe's failure, as `healer check` would say
     assert list(body["checks"]) == ["database", "s3", "stripe"]
     database, s3, stripe = (body["checks"][n] for n in ("database", "s3", "stripe"))
     assert database["status"] == "ok" and database["last_success"] == database["checked_at"]
@@ -142,7 +144,51 @@ def test_health_status_is_failing_when_a_non_critical_check_fails_as_healer_chec
 ) -> None:
     monitor.run_all()
 
-    assert client_for(services, monitor).get("/health").json()["status"] == "failing"
+    response = client_for(services, monitor).get("/health")
+
+    assert (response.status_code, response.json()["status"]) == (200, "failing")
+    assert response.json()["checks"]["stripe"]["critical"] is False
+
+
+def test_health_is_503_with_the_same_report_while_a_critical_check_fails(
+    services: Services, monitor: HealthMonitor, s3: Peer
+) -> None:
+    monitor.run_all()
+    client = client_for(services, monitor)
+    s3.set(Status.FAILING, "access denied: list s3://shop/healthcheck/")
+    monitor.run("s3")
+
+    failing = client.get("/health")
+    head = client.head("/health")
+    readyz = client.get("/readyz")
+    s3.set(Status.OK, "fine")
+    monitor.run("s3")
+    recovered = client.get("/health")
+
+    assert failing.status_code == 503 and head.status_code == 503 and readyz.status_code == 503
+    assert failing.headers["cache-control"] == "no-store"
+    body = failing.json()
+    assert body["status"] == "failing" and set(body) == {"status", "checks", "notices"}
+    assert body["checks"]["s3"]["status"] == "failing" and body["checks"]["s3"]["critical"] is True
+    assert body["checks"]["s3"]["detail"] == "access denied: list s3://shop/healthcheck/"
+    assert recovered.status_code == 200 and recovered.json()["checks"]["s3"]["status"] == "ok"
+
+
+def test_health_answers_like_readyz_on_critical_failures_but_not_before_the_first_run(
+    services: Services, monitor: HealthMonitor, s3: Peer
+) -> None:
+    client = client_for(services, monitor)
+    s3.set(Status.FAILING, "no such bucket")
+
+    before = client.get("/health")  # not checked yet: not ready, but nothing is failing
+    monitor.run_all()
+    after = client.get("/health")
+    excluded = client.get("/readyz", params=[("exclude", "s3")])
+
+    assert before.status_code == 200 and before.json()["checks"]["s3"]["status"] == "pending"
+    assert client.get("/readyz").status_code == 503
+    assert after.status_code == 503
+    assert excluded.status_code == 200  # /readyz can be told to look away; /health reports everything
 
 
 def test_health_of_one_check_and_404_for_unknown_names(services: Services, monitor: HealthMonitor) -> None:

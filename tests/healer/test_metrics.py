@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,6 +17,8 @@ from fulfilment.errors import ErrorClass
 from fulfilment.models import Order, OrderStatus, Outcome, Step, transaction, utcnow
 from fulfilment.recording import StepResult
 from healer import db
+from healer.config import Settings
+from healer.daemon import Daemon
 from healer.health.metrics import Metrics
 from healer.health.monitor import HealthMonitor
 from healer.jobs.scheduler import JobState
@@ -78,9 +81,72 @@ def test_check_and_job_state_is_read_at_scrape_time() -> None:
     current[0].result = CheckResult("s3", Status.FAILING, 0.05, "403", runbook=Runbook.S3_PERMISSION)
     found = samples(metrics)
     assert found[("healer_check_up", (("check", "s3"),))] == 0
-    assert ("healer_check_up", (("check", "docker"),)) not in found  # not probed yet
+    assert found[("healer_check_status", (("check", "s3"), ("status", "failing")))] == 1
+    assert not [key for key in found if ("check", "docker") in key[1]]  # not probed yet: no sample of any kind
     assert found[("healer_check_last_success_timestamp_seconds", (("check", "s3"),))] == passed.timestamp()
     assert found[("healer_job_last_success_timestamp_seconds", (("job", "worker"),))] == 1700000000.0
+
+
+def check_samples(metrics: Metrics, check: str) -> dict[str, float]:
+    """healer_check_up and each healer_check_status of one check, by `up` and status."""
+    found = samples(metrics)
+    statuses = {dict(labels)["status"]: value for (name, labels), value in found.items()
+                if name == "healer_check_status" and dict(labels)["check"] == check}
+    up = found.get(("healer_check_up", (("check", check),)))
+    return {**statuses, **({"up": up} if up is not None else {})}
+
+
+def test_check_status_has_a_series_per_status_and_up_is_1_only_when_ok() -> None:
+    metrics = Metrics(CollectorRegistry())
+    state = State("disk", None, None)
+    metrics.watch_checks(lambda: [state])
+    zeros = {"ok": 0.0, "warning": 0.0, "failing": 0.0, "disabled": 0.0, "skipped": 0.0}
+
+    seen = {}
+    for status in Status:
+        state.result = CheckResult("disk", status, 0.01, "detail")
+        seen[status.value] = check_samples(metrics, "disk")
+
+    assert seen == {
+        "ok": {**zeros, "ok": 1.0, "up": 1.0},
+        "warning": {**zeros, "warning": 1.0, "up": 0.0},  # 10% free: alertable, no longer "up"
+        "failing": {**zeros, "failing": 1.0, "up": 0.0},
+        "disabled": {**zeros, "disabled": 1.0, "up": 0.0},
+        "skipped": {**zeros, "skipped": 1.0},  # no up sample: the check it depends on pages
+    }
+
+
+def test_a_check_not_run_yet_exports_no_status_at_all() -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.watch_checks(lambda: [State("docker", None, None)])
+
+    assert check_samples(metrics, "docker") == {}
+
+
+def test_the_runbook_base_is_an_info_metric_only_when_given() -> None:
+    given = samples(Metrics(CollectorRegistry(), runbook_base_url="https://ops.shop.example/runbook"))
+    bare = samples(Metrics(CollectorRegistry()))
+
+    assert given[("healer_runbook_info", (("base_url", "https://ops.shop.example/runbook"),))] == 1
+    assert not [name for name, _ in bare if name == "healer_runbook_info"]
+
+
+def test_the_daemon_exports_the_runbook_base_of_its_settings(tmp_path: Path) -> None:
+    env = {"HEALER_DATA_DIR": str(tmp_path), "STRIPE_SECRET_KEY": "sk_test_runbook",
+           "STRIPE_WEBHOOK_SECRET": "whsec_runbook"}
+    configured = Daemon(Settings.from_env({**env, "HEALER_RUNBOOK_BASE_URL": "https://ops.shop.example/runbook"}))
+    try:
+        exported = samples(configured.metrics)
+    finally:
+        configured.shutdown()
+    default = Daemon(Settings.from_env({**env, "HEALER_OPS_HOST": "10.0.0.7", "HEALER_OPS_PORT": "9181"}))
+    try:
+        by_default = samples(default.metrics)
+    finally:
+        default.shutdown()
+
+    assert exported[("healer_runbook_info", (("base_url", "https://ops.shop.example/runbook"),))] == 1
+    assert by_default[("healer_runbook_info", (("base_url", "http://10.0.0.7:9181/runbook"),))] == 1
 
 
 def test_a_skipped_check_exports_no_up_sample_so_that_it_cannot_page(sessions) -> None:  # type: ignore[no-untyped-def]
@@ -98,6 +164,9 @@ def test_a_skipped_check_exports_no_up_sample_so_that_it_cannot_page(sessions) -
     assert results["orders"].status is Status.SKIPPED
     assert found[("healer_check_up", (("check", "database"),))] == 0
     assert ("healer_check_up", (("check", "orders"),)) not in found
+    assert found[("healer_check_status", (("check", "orders"), ("status", "skipped")))] == 1
+    assert found[("healer_check_status", (("check", "orders"), ("status", "failing")))] == 0
+    assert found[("healer_check_status", (("check", "database"), ("status", "failing")))] == 1
     assert ("healer_check_duration_seconds", (("check", "orders"),)) not in found
 
 

@@ -116,3 +116,20 @@ def test_retry_of_an_order_needing_attention_for_its_payment_verifies_it_once(
 
 def test_retry_of_an_unknown_order_is_404(admin: TestClient) -> None:
     assert retry(admin, uuid.uuid4())[0] == 404
+
+
+def test_the_api_takes_a_unique_id_prefix_as_the_cli_does(shop: Shop, admin: TestClient) -> None:
+    first = shop.paid_order(order_id=uuid.UUID("feedbeef-0000-4000-8000-100000000001"), status="needs_attention",
+                            last_error_step="email", queued=False)
+    shop.paid_order(order_id=uuid.UUID("feedbeef-0000-4000-8000-200000000002"))
+
+    shown = admin.get("/api/orders/feedbeef-0000-4000-8000-1")
+    ambiguous = admin.get("/api/orders/feedbeef")
+    unknown = admin.get("/api/orders/0123abcd")
+    malformed = admin.get("/api/orders/xyz!")
+    retried = admin.post("/api/orders/feedbeef00004000800010/retry", headers=AUTH)
+
+    assert shown.status_code == 200 and shown.json()["id"] == str(first)
+    assert ambiguous.status_code == 409 and "more than one order" in ambiguous.json()["detail"]
+    assert unknown.status_code == 404 and malformed.status_code == 422
+    assert retried.status_code == 202 and retried.json()["order_id"] == str(first)
