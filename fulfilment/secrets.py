@@ -112,6 +112,8 @@ def url_passwords(url: str) -> list[str]:
 def mask_url_password(url: str) -> str:
     """The URL with every password (userinfo, `?password=`) replaced by `***`."""
     parts = urlsplit(url)
+    if parts.password is None and not parts.query:
+        return url  # as it was: urlunsplit would turn sqlite:///path into sqlite:/path
     netloc = parts.netloc
     if parts.password is not None:
         netloc = netloc.replace(f":{parts.password}@", ":***@")

@@ -15,7 +15,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Column, Table
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +22,8 @@ from fulfilment.models import Order, OrderStatus, transaction
 from fulfilment.storage import ObjectStore
 from fulfilment.templates import list_templates
 from healer import orders
+from healer.cli.consoles import id_column
+from healer.cli.consoles import out as console
 from healer.config import Settings
 from healer.daemon import Daemon
 from healer.demo.commands import CommandHint, healer_command
@@ -30,7 +31,6 @@ from healer.demo.samples import sample_audio, sample_photo, sample_waveform_png
 from healer.errors import UsageError
 
 log = logging.getLogger(__name__)
-console = Console()
 
 TITLES = [
     ("Zoë & Ömer", "Our first dance · 14.06.2025"),
@@ -153,7 +153,7 @@ def _report(daemon: Daemon, settings: Settings, samples: list[SampleOrder], hint
     """Where the results are, and what to run next: each command as it works when pasted (the
     URLs only while the daemon still answers them)."""
     # Ids and paths folded, never cut short with an ellipsis: a shortened id or path finds nothing.
-    table = Table(Column("order", overflow="fold"), "status", "template", "what it shows",
+    table = Table(id_column("order"), "status", "template", "what it shows",
                   Column("PDF / last error", overflow="fold"), title="Sample orders")
     for sample in samples:
         view = orders.story(daemon.services.sessions, sample.id)

@@ -10,10 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from fulfilment.models import Outcome, Step, transaction
-from fulfilment.secrets import RedactingFilter, Redactor
+from fulfilment.secrets import RedactingFilter, Redactor, mask_url_password
 from healer.config import Settings
 from healer.http.operator import OperatorContext, create_operator_app
 from healer.wiring import Services, build_monitor
@@ -96,3 +97,14 @@ def test_an_orders_story_on_the_operator_listener_is_redacted(shop: Shop) -> Non
 
     assert secret not in json.dumps(body) and "sk_live_…rror" in body["last_error"]
 
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("sqlite:////var/lib/healer/healer.sqlite3", "sqlite:////var/lib/healer/healer.sqlite3"),
+    ("sqlite:///var/healer.sqlite3", "sqlite:///var/healer.sqlite3"),
+    ("postgresql://shop@db:5432/shop", "postgresql://shop@db:5432/shop"),
+    ("postgresql://shop:hunter2@db:5432/shop", "postgresql://shop:***@db:5432/shop"),
+    ("postgresql://shop@db/shop?password=hunter2&sslmode=require", "postgresql://shop@db/shop?password=***&sslmode=require"),
+])
+def test_a_database_url_is_shown_whole_but_its_password(url: str, shown: str) -> None:
+    assert mask_url_password(url) == shown
