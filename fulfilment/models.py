@@ -178,3 +178,6 @@ class OrderEvent(Base):
     error_class: Mapped[ErrorClass | None] = mapped_column(enum_column(ErrorClass, 32))
     message: Mapped[str] = mapped_column(Text, default="")
     worker: Mapped[str | None] = mapped_column(String(128))
+    # The completion attempt's trace (W3C hex ids), when tracing is on: where its minutes went.
+    trace_id: Mapped[str | None] = mapped_column(String(32))
+    span_id: Mapped[str | None] = mapped_column(String(16))

@@ -24,6 +24,7 @@ class EventView:
     duration_seconds: float
     error_class: str | None
     message: str
+    trace_id: str | None = None  # the attempt's trace, when tracing was on
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def order_view(order: Order, events: list[OrderEvent] | None = None) -> OrderVie
         final_pdf_key=order.final_pdf_key,
         events=tuple(
             EventView(_iso(e.at) or "", e.step, e.outcome, round(e.duration_seconds, 3),
-                      e.error_class, e.message)
+                      e.error_class, e.message, e.trace_id)
             for e in events or ()
         ),
     )

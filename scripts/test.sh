@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-ensure_apt_packages poppler-utils docker.io busybox-static prometheus prometheus-alertmanager docker-compose haproxy
+ensure_apt_packages poppler-utils docker.io busybox-static prometheus prometheus-alertmanager docker-compose haproxy chromium
 ensure_python_env
 ensure_postgresql
 if [ $# -eq 0 ]; then  # the whole run also lints and type-checks
