@@ -28,6 +28,7 @@ from tests.dashboards import (
     run_tool,
     services,
 )
+from tests.deploy import dockerfile_global_args
 
 ONE_SHOT = {"minio-init"}  # runs once and exits: nothing to health-check
 AUTOHEAL = {"minio", "prometheus", "alertmanager", "grafana"}  # safe for healer to restart
@@ -124,9 +125,11 @@ def test_alertmanager_config_is_valid() -> None:
 
 
 def test_the_image_is_python_3_11_slim_running_as_a_non_root_user() -> None:
-    assert instructions("FROM") == ["python:3.11-slim"]
+    base = dockerfile_global_args()["PYTHON_IMAGE"]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", base), base  # a pinned patch release
+    assert [f.split()[0] for f in instructions("FROM")] == ["${PYTHON_IMAGE}"] * 2  # build and runtime stages
     users = instructions("USER")
-    assert users and users[-1] not in ("root", "0")
+    assert users and users[-1].split(":")[0] not in ("root", "0")
 
 
 def test_the_image_installs_the_locked_versions_and_copies_the_assets_to_app() -> None:
@@ -172,7 +175,9 @@ def test_every_runtime_dependency_is_pinned_in_the_lock(lock: str) -> None:
 def test_everything_the_dockerfile_copies_is_in_the_build_context() -> None:
     ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")]
-    sources = [src for copy in instructions("COPY") for src in copy.split()[:-1] if not src.startswith("--")]
+    # `COPY --from=build` copies from the build stage, not from the context.
+    sources = [src for copy in instructions("COPY") if not copy.startswith("--from=")
+               for src in copy.split()[:-1] if not src.startswith("--")]
 
     for source in sources:
         assert (REPO / source).exists(), source

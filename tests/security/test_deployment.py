@@ -10,6 +10,8 @@
 - no password, key or token has a default: `compose config` stops, naming the variable, when one
   is unset, and .env.example lists every one of them empty;
 - every image is an exact version; the Python dependencies are installed with hash checking;
+- the image is built in two stages from one pinned base: the runtime stage gets the installed
+  environment only (no sources, no build tools), runs as uid 10001 and probes the operator port;
 - Docker's grace period on stop outlasts a render, so SIGTERM never kills one halfway.
 
 Each of these was false before the "Safe by default" issue.
@@ -55,6 +57,7 @@ from tests.dashboards import (
     run_compose_config,
     services,
 )
+from tests.deploy import dockerfile_global_args, dockerfile_stages
 from tests.eventually import eventually
 from tests.fakes.docker_fixtures import Containers, DockerEngine
 from tests.fakes.ports import free_port
@@ -424,6 +427,70 @@ def test_the_monitoring_images_are_current() -> None:
     assert version("grafana") >= (12, 0, 0)
     assert version("prometheus") >= (3, 0, 0)
     assert version("alertmanager") >= (0, 28, 0)
+
+
+# -- the image's stages ------------------------------------------------------------------------------
+
+IMAGE_UID = 10001  # deploy/kubernetes runs the pods as this uid (runAsUser), with runAsNonRoot
+
+
+def stage_base(stage: list[tuple[str, str]]) -> str:
+    """The image a stage starts from, its `${ARG}` replaced by the global ARG's default."""
+    image = stage[0][1].split()[0]
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: dockerfile_global_args()[m.group(1) or m.group(2)], image)
+
+
+def stage_text(stage: list[tuple[str, str]]) -> str:
+    return "\n".join(f"{keyword} {arguments}" for keyword, arguments in stage)
+
+
+def test_the_image_is_built_in_stages_and_the_runtime_gets_the_environment_only() -> None:
+    stages = dockerfile_stages()
+    build, runtime = stages[0], stages[-1]
+    build_name = build[0][1].split()[-1]
+
+    assert len(stages) >= 2 and re.search(r"\bAS\s+\w+$", build[0][1], re.IGNORECASE)
+    assert "pip install --require-hashes --no-deps -r requirements-runtime.lock" in stage_text(build)
+    assert "COPY docs ./docs" in stage_text(build)  # healer/docs links there: the wheel's /runbook
+    copies_from = [args for keyword, args in runtime if keyword == "COPY" and args.startswith("--from=")]
+    assert copies_from == [f"--from={build_name} /opt/healer /opt/healer"]
+    # Nothing is installed or built in the runtime stage, and nothing of the build is left there.
+    runtime_runs = " ".join(args for keyword, args in runtime if keyword == "RUN")
+    assert not re.search(r"\bpip\b|apt-get|\bgcc\b|build-essential|setup\.py", runtime_runs)
+    assert "/src" not in stage_text(runtime)
+    assert [args for keyword, args in runtime if keyword == "COPY" and not args.startswith(("--from=", "poster_assets/"))
+            ] == []
+    assert re.search(r"^ENV .*PATH=/opt/healer/bin:", stage_text(runtime), re.MULTILINE)
+
+
+def test_the_runtime_stage_runs_as_its_numeric_non_root_user() -> None:
+    runtime = dockerfile_stages()[-1]
+    [user] = [args for keyword, args in runtime if keyword == "USER"]
+    uid, _, gid = user.partition(":")
+
+    # A number: Kubernetes' runAsNonRoot cannot check a name. And the user exists in the image.
+    assert uid == str(IMAGE_UID) and gid in ("", str(IMAGE_UID))
+    assert re.search(rf"useradd [^&]*--uid {IMAGE_UID}\b", stage_text(runtime))
+    assert [keyword for keyword, _ in runtime].index("USER") > max(
+        i for i, (keyword, _) in enumerate(runtime) if keyword == "RUN")  # nothing after it runs as root
+
+
+def test_both_stages_start_from_one_pinned_base() -> None:
+    bases = {stage_base(stage) for stage in dockerfile_stages()}
+    [base] = bases  # the environment's python links to the base's interpreter: one image for both
+
+    assert base.startswith("python:3.11.")
+    assert image_tag(base) == "@sha256" or EXACT_TAG.match(image_tag(base)), base
+    assert re.fullmatch(r"3\.11\.\d+-slim-\w+", base.split("@")[0].split(":", 1)[1]), "a Debian release, by name"
+
+
+def test_the_runtime_stage_has_the_healthcheck_and_the_build_commit() -> None:
+    runtime = dockerfile_stages()[-1]
+    keywords = [keyword for keyword, _ in runtime]
+
+    assert keywords.count("HEALTHCHECK") == 1 and "HEALTHCHECK" not in [k for s in dockerfile_stages()[:-1] for k, _ in s]
+    assert "ARG HEALER_BUILD_COMMIT" in stage_text(runtime)
+    assert re.search(r"^ENV .*HEALER_BUILD_COMMIT=\$\{HEALER_BUILD_COMMIT\}", stage_text(runtime), re.MULTILINE)
 
 
 # -- stopping -------------------------------------------------------------------------------------------
