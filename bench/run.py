@@ -1,14 +1,21 @@
-"""healer's benchmarks, in one command: a table per section, a summary, and the numbers as JSON in
-bench/results/<timestamp>.json.
+"""healer's benchmarks, in one command: a table per section, a summary with the goals of issue 17
+beside the figures, and the numbers as JSON: all of them in bench/results/<timestamp>.json, the
+headline ones in bench/results/latest.json (kept in the repository, so a change's effect shows in
+its diff).
 
     .venv/bin/python bench/run.py --quick          # a few minutes
     .venv/bin/python bench/run.py                  # the long run (3,000 orders under faults)
     .venv/bin/python bench/run.py --only faults --fault-orders 600
 
 Sections, each with the baseline its figures are a ratio of, measured in the same run:
-- completion: orders/s at 1 and 2 workers (bench/completion_bench.py) against rendering alone, the
-  floor, and 2 workers against 1; p50/p99 from the payment's verification to the email (the orders
-  are queued at once, so the wait in the queue shows in orders/s, not here).
+- completion (bench/completion_bench.py): customer-sized uploads (a 12 MP phone JPEG of about
+  4 MB, the same photo as PNG with fewer orders, a 3-minute song and its waveform), orders queued
+  at once, at 1 and 2 workers: orders/s against rendering alone and against I/O alone (the same
+  S3 copies, input reads, PDF upload and email without the render), the floor being the slower of
+  the two; 2 workers against 1; each order's time split into queue wait, verify, S3 copies, S3
+  reads, render (waiting for a slot, in the pool), PDF upload, email, database statements, commits
+  and the rest of its transactions. Then paid orders arriving one at a time with the worker asked
+  every 2 s as the daemon does: paid-to-emailed p50/p99.
 - faults: the fault run of tests/faults (two servers on one PostgreSQL while S3, SendGrid, Stripe,
   PostgreSQL, the assets, the disk and the servers themselves fail) with `healer run`, then with the
   shop's synchronous way (bench/baseline.py) under the same seeded faults: completed, lost, time to
@@ -16,9 +23,24 @@ Sections, each with the baseline its figures are a ratio of, measured in the sam
 - footprint: idle CPU and RSS of `healer run` with every check at its default interval, against the
   baseline server idle.
 - endpoints: /readyz, /health and /metrics under 16 concurrent clients with 100,000 orders in the
-  database, against /livez (bench/health_bench.py's client).
+  database, against /livez (bench/health_bench.py's client); then /readyz under 50 clients while
+  the SendGrid probe hangs (its peer a tarpit, bench/tarpit.py), against /livez under the same.
 - reconcile: 10,000 PaymentIntents, first run and steady state (bench/reconcile_bench.py), against
   the first run.
+
+bench/results/latest.json is one object per section, each holding that section's headline
+figures; a section not run in this invocation has every key null:
+
+    {"run": {"started_at": ..., "command": ..., "quick": ..., "results": "<timestamp>.json",
+             "disturbed": [what disturbed the figures from outside: PostgreSQL restarted, database errors]},
+     "completion": {"e2e_over_render_1w", "e2e_over_floor_1w", "speedup_2w_over_1w",
+                    "p99_paid_to_emailed_s"},
+     "footprint": {"idle_cpu_pct", "idle_pss_mib"},
+     "endpoints": {"readyz_p99_ms", "metrics_p99_ms", "health_p99_ms", "readyz_p99_hanging_probe_ms"},
+     "reconcile": {"steady_requests"}}
+
+The completion figures are those of the 12 MP JPEG: end to end over rendering alone and over the
+floor at 1 worker, orders/s at 2 workers over 1, and the paced run's paid-to-emailed p99 (s).
 
 Peers are real and local: PostgreSQL on 127.0.0.1:5432 (scratch databases, dropped afterwards),
 moto's S3 server, the SendGrid and Stripe servers of tests/fakes. The faults section mounts a small
@@ -36,15 +58,13 @@ import os
 import platform
 import random
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -63,13 +83,14 @@ from moto.server import ThreadedMotoServer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from sqlalchemy import Engine, create_engine, text  # noqa: E402
+from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 from sqlalchemy.pool import NullPool  # noqa: E402
+from tarpit import Tarpit  # noqa: E402
 
 from fulfilment.storage import make_s3_client  # noqa: E402
 from healer import db  # noqa: E402
-from healer.demo.samples import sample_audio, sample_photo, sample_waveform_png  # noqa: E402
 from tests.fakes.db_fixtures import restart_postgresql  # noqa: E402
-from tests.fakes.render_fixtures import ASSET_DIRS  # noqa: E402
+from tests.fakes.render_fixtures import copy_assets  # noqa: E402
 from tests.fakes.stripe_server import FakeStripeServer  # noqa: E402
 from tests.faults.healer_target import HealerTarget  # noqa: E402
 from tests.faults.ledger import Verdict, judge  # noqa: E402
@@ -96,12 +117,27 @@ def main() -> None:
         "reconcile": reconcile}
     for name in args.only or SECTIONS:
         console.rule(f"[bold]{name}")
-        section_started = time.perf_counter()
-        report["sections"][name] = runners[name](args)
-        report["sections"][name]["seconds"] = round(time.perf_counter() - section_started, 1)
+        section_started, load_before, postgres_before = time.perf_counter(), os.getloadavg(), _postgres_started_at()
+        try:
+            section = runners[name](args)
+        except Exception as error:  # e.g. the shared PostgreSQL restarted under it: keep the other sections
+            console.print_exception(max_frames=4)
+            section = {"error": f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"}
+        report["sections"][name] = section
+        section["seconds"] = round(time.perf_counter() - section_started, 1)
+        # The machine and its PostgreSQL may be shared: others' load, and their restarts of the
+        # server (the faults section's own aside), are in the figures; say so beside them.
+        section["load_average"] = {"before": load_before, "after": os.getloadavg()}
+        section["postgres_restarted"] = name != "faults" and postgres_before != _postgres_started_at()
     summary(report)
+    console.print("load average (1, 5, 15 min) before and after each section: " + "; ".join(
+        f"{name} {_loads(section['load_average']['before'])} → {_loads(section['load_average']['after'])}"
+        for name, section in report["sections"].items()))
+    for line in disturbances(report):
+        console.print(f"[bold yellow]disturbed:[/] {line}")
     path = _write(report, started)
-    console.print(f"wrote {path.relative_to(ROOT)}")
+    latest = _write_latest(report, path)
+    console.print(f"wrote {path.relative_to(ROOT)} and {latest.relative_to(ROOT)}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -122,45 +158,22 @@ def _machine() -> dict[str, Any]:
 
 
 def completion(args: argparse.Namespace) -> dict[str, Any]:
-    n = 20 if args.quick else 100
-    photo = sample_photo(seed=3, size=(1200, 1600))
-    audio = sample_audio(seed=3, seconds=30.0)
-    waveform = sample_waveform_png(audio)
-    rows: list[Row] = []
-    for workers in (1, 2):
-        render_wall = completion_bench.render_only(n, workers, photo, audio, waveform)
-        results, wall = completion_bench.end_to_end(n, workers, photo, audio, waveform)
-        rows.append(_completion_row(n, workers, wall, render_wall, results))
-    one = rows[0]["orders_per_second"]
-    for row in rows:
-        row["speedup_vs_1_worker"] = row["orders_per_second"] / one
-    table = Table("workers", "orders", "orders/s", "render alone /s", "e2e ÷ render", "speed-up ÷ 1 worker",
-                  "verified→emailed p50 s", "p99 s", "per-order work p50 ms", "p99 ms",
-                  title=f"Completion: {n} orders queued at once (1200x1600 photo, 30 s audio)")
-    for r in rows:
-        table.add_row(str(r["workers"]), str(r["orders"]), f"{r['orders_per_second']:.2f}",
-                      f"{r['renders_per_second']:.2f}", f"{r['ratio_to_render_alone']:.2f}",
-                      f"{r['speedup_vs_1_worker']:.2f}", f"{r['latency_p50_s']:.2f}", f"{r['latency_p99_s']:.2f}",
-                      f"{r['work_p50_ms']:.0f}", f"{r['work_p99_ms']:.0f}")
-    console.print(table)
-    return {"rows": rows}
+    orders = {completion_bench.JPEG: 20 if args.quick else 100,
+              completion_bench.PNG: 4 if args.quick else 12}  # a PNG renders ~15x slower: fewer of them
+    measured = completion_bench.measure(orders, (1, 2), paced_orders=10 if args.quick else 30, log=console.log)
+    for table in completion_bench.tables(measured):
+        console.print(table)
+    return measured
 
 
-def _completion_row(n: int, workers: int, wall: float, render_wall: float, results: list[Any]) -> Row:
-    latencies = sorted(r.completion_latency_seconds for r in results if r.completion_latency_seconds)
-    work: dict[Any, float] = defaultdict(float)
-    for r in results:  # the steps' own time, without waiting in the queue
-        work[r.order_id] += r.duration_seconds
-    per_order = sorted(work.values())
-    return {"workers": workers, "orders": n, "wall_s": wall, "orders_per_second": n / wall,
-            "render_alone_wall_s": render_wall, "renders_per_second": n / render_wall,
-            "ratio_to_render_alone": wall / render_wall,
-            "latency_p50_s": statistics.median(latencies), "latency_p99_s": _pct(latencies, 0.99),
-            "work_p50_ms": statistics.median(per_order) * 1000, "work_p99_ms": _pct(per_order, 0.99) * 1000}
-
-
-def _pct(values: list[float], share: float) -> float:
-    return values[min(len(values) - 1, int(share * len(values)))] if values else float("nan")
+def headline_completion(section: dict[str, Any]) -> dict[str, float | None]:
+    """The 12 MP JPEG's figures, as latest.json and the summary show them."""
+    rows = {r["workers"]: r for r in section["rows"] if r["upload"] == completion_bench.JPEG}
+    one, two, paced = rows.get(1), rows.get(2), section.get("paced")
+    return {"e2e_over_render_1w": one["e2e_over_render"] if one else None,
+            "e2e_over_floor_1w": one["e2e_over_floor"] if one else None,
+            "speedup_2w_over_1w": two["orders_per_second"] / one["orders_per_second"] if one and two else None,
+            "p99_paid_to_emailed_s": paced["paid_to_emailed_p99_s"] if paced else None}
 
 
 # -- faults -----------------------------------------------------------------------------------------
@@ -216,8 +229,7 @@ def scratch_database(label: str) -> Iterator[tuple[str, Engine]]:
         yield PG + name, engine
     finally:
         engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        completion_bench.drop_scratch_database(admin, name)
         admin.dispose()
 
 
@@ -242,10 +254,7 @@ def scratch_peers(label: str) -> Iterator[tuple[Peers, Engine]]:
 
 
 def _assets_copy(work: Path) -> Path:
-    root = work / "assets"
-    for name in ASSET_DIRS:
-        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
-    return root
+    return copy_assets(work / "assets")
 
 
 # -- footprint --------------------------------------------------------------------------------------
@@ -314,9 +323,11 @@ COPY_COLUMNS = ("id", "status", "email", "amount_cents", "currency", "template",
                 "paid_at", "completed_at", "attempts", "last_error_step", "last_error_class", "last_error")
 
 
+HANGING_CLIENTS = 50  # issue 17: /readyz under 50 clients while one probe hangs
+
+
 def endpoints(args: argparse.Namespace) -> dict[str, Any]:
     requests, clients, orders = (400 if args.quick else 2000), 16, 100_000
-    rows: list[Row] = []
     with scratch_peers("endpoints") as (peers, engine):
         insert_seconds = bulk_insert_orders(engine, orders)
         env = peer_env(peers, peers.moto_url, peers.work_dir / "data", peers.sendgrid.api_key)
@@ -326,14 +337,11 @@ def endpoints(args: argparse.Namespace) -> dict[str, Any]:
             _wait_ready(incarnation.ops_url)
             cold = _timed(lambda: http("GET", incarnation.ops_url + "/metrics", timeout=60))
             health_bench.hammer(incarnation.ops_url + "/livez", 100, clients)  # warm: not the baseline's cost
-            for path in ("/livez", "/readyz", "/health", "/metrics"):
-                started = time.perf_counter()
-                latencies = health_bench.hammer(incarnation.ops_url + path, requests, clients)
-                wall = time.perf_counter() - started
-                p50, p99 = health_bench.summary(latencies)
-                rows.append({"endpoint": path, "p50_ms": p50, "p99_ms": p99, "requests_per_second": requests / wall})
+            rows = [_hammered(incarnation.ops_url, path, requests, clients)
+                    for path in ("/livez", "/readyz", "/health", "/metrics")]
         finally:
             slot.stop()
+        hanging = readyz_with_a_hanging_probe(peers, requests)
     base = rows[0]
     table = Table("endpoint", "p50 ms", "p99 ms", "req/s", "p50 ÷ /livez", "p99 ÷ /livez",
                   title=f"{requests} requests per endpoint, {clients} concurrent clients, {orders:,} orders in PostgreSQL")
@@ -343,8 +351,69 @@ def endpoints(args: argparse.Namespace) -> dict[str, Any]:
     console.print(table)
     console.print(f"first /metrics (counts the orders): {cold * 1000:.0f} ms; "
                   f"{orders:,} orders inserted with one COPY in {insert_seconds:.1f} s")
+    hang_base, hang_readyz = hanging["rows"]
+    table = Table("endpoint", "p50 ms", "p99 ms", "req/s", "p50 ÷ /livez", "p99 ÷ /livez",
+                  title=f"{requests} requests per endpoint, {HANGING_CLIENTS} concurrent clients, {orders:,} orders, "
+                        "the SendGrid probe hanging (its peer a tarpit)")
+    for r in hanging["rows"]:
+        table.add_row(r["endpoint"], f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['requests_per_second']:.0f}",
+                      f"{r['p50_ms'] / hang_base['p50_ms']:.2f}", f"{r['p99_ms'] / hang_base['p99_ms']:.2f}")
+    console.print(table)
+    console.print(f"the probe hung throughout: {hanging['probe_hung_throughout']} (tarpit connections held before "
+                  f"/ after: {hanging['held_before']} / {hanging['held_after']}); /readyz answered "
+                  f"{hanging['readyz_status']}; /health/sendgrid said: {hanging['sendgrid_detail']}")
     return {"orders": orders, "requests": requests, "clients": clients, "rows": rows,
-            "cold_metrics_ms": cold * 1000, "insert_seconds": insert_seconds}
+            "cold_metrics_ms": cold * 1000, "insert_seconds": insert_seconds, "hanging_probe": hanging}
+
+
+def _hammered(base_url: str, path: str, requests: int, clients: int) -> Row:
+    started = time.perf_counter()
+    latencies = health_bench.hammer(base_url + path, requests, clients)
+    wall = time.perf_counter() - started
+    p50, p99 = health_bench.summary(latencies)
+    return {"endpoint": path, "p50_ms": p50, "p99_ms": p99, "requests_per_second": requests / wall}
+
+
+def readyz_with_a_hanging_probe(peers: Peers, requests: int) -> dict[str, Any]:
+    """A second `healer run` on the same database whose SendGrid is a tarpit: its sendgrid probe
+    starts at start-up and hangs for as long as the tarpit runs. The measuring starts once the
+    monitor has given up waiting on it and says so (its timeout), the probe's thread still stuck.
+    /livez under the same clients is the baseline; the tarpit's held connections, before and after,
+    show the probe hung throughout."""
+    with Tarpit() as tarpit:
+        env = peer_env(peers, peers.moto_url, peers.work_dir / "data-hanging", peers.sendgrid.api_key)
+        env["SENDGRID_API_BASE"] = tarpit.url
+        slot = Slot("healer-hanging-probe", HEALER_RUN, env, peers.work_dir)
+        incarnation = slot.start()
+        try:
+            _wait_ready(incarnation.ops_url)  # sendgrid is not a critical check: ready all the same
+            _wait_for(lambda: tarpit.holding > 0, 30, "the SendGrid probe to reach the tarpit")
+            _wait_for(lambda: _check_status(incarnation.ops_url, "sendgrid") == "failing", 60,
+                      "the monitor to report the SendGrid probe as hanging")
+            health_bench.hammer(incarnation.ops_url + "/livez", 100, HANGING_CLIENTS)  # warm
+            held_before = tarpit.holding
+            rows = [_hammered(incarnation.ops_url, path, requests, HANGING_CLIENTS) for path in ("/livez", "/readyz")]
+            held_after = tarpit.holding
+            readyz_status = http("GET", incarnation.ops_url + "/readyz", timeout=10)[0]
+            sendgrid = json.loads(http("GET", incarnation.ops_url + "/health/sendgrid", timeout=10)[1])
+        finally:
+            slot.stop()
+    return {"clients": HANGING_CLIENTS, "rows": rows, "held_before": held_before, "held_after": held_after,
+            "probe_hung_throughout": held_before > 0 and held_after > 0 and tarpit.accepted == 1,
+            "tarpit_connections": tarpit.accepted, "readyz_status": readyz_status,
+            "sendgrid_detail": f"{sendgrid.get('status')}: {sendgrid.get('detail')}"}
+
+
+def _check_status(ops_url: str, check: str) -> str | None:
+    return json.loads(http("GET", f"{ops_url}/health/{check}", timeout=10)[1]).get("status")
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
 
 
 def bulk_insert_orders(engine: Engine, n: int) -> float:
@@ -419,45 +488,172 @@ def reconcile(args: argparse.Namespace) -> dict[str, Any]:
 # -- summary and JSON -------------------------------------------------------------------------------
 
 
-def summary(report: dict[str, Any]) -> None:
-    s = report["sections"]
-    table = Table("figure", "value", "baseline (same run)", "ratio", title=f"healer benchmarks — {report['command']}")
+@dataclass(frozen=True)
+class Goal:
+    """One of issue 17's goals: printed beside its figure as met or not, never asserted."""
+
+    text: str
+    limit: float
+    at_most: bool = True
+
+    def met(self, value: float | None) -> str:
+        if value is None:
+            return "-"
+        return "met" if (value <= self.limit if self.at_most else value >= self.limit) else "not met"
+
+
+GOALS: dict[tuple[str, str], Goal] = {
+    ("completion", "e2e_over_floor_1w"): Goal("≤ 1.15x the floor", 1.15),
+    ("completion", "speedup_2w_over_1w"): Goal("≥ 1.8x 1 worker", 1.8, at_most=False),
+    ("completion", "p99_paid_to_emailed_s"): Goal("p99 ≤ 5 s", 5.0),
+    ("footprint", "idle_cpu_pct"): Goal("≤ 1 % of a core", 1.0),
+    ("footprint", "idle_pss_mib"): Goal("≤ 150 MiB", 150.0),
+    ("endpoints", "metrics_p99_ms"): Goal("p99 ≤ 50 ms", 50.0),
+    ("endpoints", "health_p99_ms"): Goal("p99 ≤ 20 ms", 20.0),
+    ("endpoints", "readyz_p99_hanging_probe_ms"): Goal("p99 ≤ 10 ms", 10.0),
+}
+HEADLINE_KEYS: dict[str, tuple[str, ...]] = {
+    "completion": ("e2e_over_render_1w", "e2e_over_floor_1w", "speedup_2w_over_1w", "p99_paid_to_emailed_s"),
+    "footprint": ("idle_cpu_pct", "idle_pss_mib"),
+    "endpoints": ("readyz_p99_ms", "metrics_p99_ms", "health_p99_ms", "readyz_p99_hanging_probe_ms"),
+    "reconcile": ("steady_requests",),
+}
+
+
+def headlines(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The figures latest.json keeps, by section; None for every key of a section not run (or failed)."""
+    s = _completed(report)
+    out: dict[str, dict[str, Any]] = {name: dict.fromkeys(keys) for name, keys in HEADLINE_KEYS.items()}
     if "completion" in s:
-        for r in s["completion"]["rows"]:
-            table.add_row(f"completion, {r['workers']} worker(s): orders/s", f"{r['orders_per_second']:.2f}",
-                          f"render alone {r['renders_per_second']:.2f}/s", f"{r['ratio_to_render_alone']:.2f}x time")
-            table.add_row("  payment verified→emailed p50 / p99 s", f"{r['latency_p50_s']:.2f} / {r['latency_p99_s']:.2f}", "", "")
+        out["completion"] = headline_completion(s["completion"])
+    if "footprint" in s:
+        healer = s["footprint"]["rows"][0]
+        out["footprint"] = {"idle_cpu_pct": healer["cpu_percent"], "idle_pss_mib": healer["pss_mib"]}
+    if "endpoints" in s:
+        p99 = {r["endpoint"]: r["p99_ms"] for r in s["endpoints"]["rows"]}
+        hanging = {r["endpoint"]: r["p99_ms"] for r in s["endpoints"]["hanging_probe"]["rows"]}
+        out["endpoints"] = {"readyz_p99_ms": p99["/readyz"], "metrics_p99_ms": p99["/metrics"],
+                            "health_p99_ms": p99["/health"], "readyz_p99_hanging_probe_ms": hanging["/readyz"]}
+    if "reconcile" in s:
+        out["reconcile"] = {"steady_requests": s["reconcile"]["rows"][-1]["stripe_requests"]}
+    return out
+
+
+def _completed(report: dict[str, Any]) -> dict[str, Any]:
+    return {name: section for name, section in report["sections"].items() if "error" not in section}
+
+
+def summary(report: dict[str, Any]) -> None:
+    s = _completed(report)
+    heads = headlines(report)
+    table = Table("figure", "value", "baseline (same run)", "ratio", "goal", "met?",
+                  title=f"healer benchmarks — {report['command']}")
+
+    def add(figure: str, value: str, baseline: str = "", ratio: str = "", goal: tuple[str, str] | None = None) -> None:
+        if goal is None:
+            table.add_row(figure, value, baseline, ratio, "", "")
+            return
+        section, key = goal
+        table.add_row(figure, value, baseline, ratio, GOALS[goal].text, GOALS[goal].met(heads[section][key]))
+
+    if "completion" in s:
+        _summarise_completion(s["completion"], add)
     if "faults" in s:
         h, b = s["faults"]["healer"], s["faults"]["baseline"]
-        table.add_row("under faults: paid orders completed", f"{h['completed']} of {h['good']}",
-                      f"{b['completed']} of {b['good']}", f"{h['completed'] / max(b['completed'], 1):.2f}")
-        table.add_row("under faults: lost", str(len(h["lost"])), str(len(b["lost"])), "")
-        table.add_row("under faults: time to completion p50 / p99 s", _pair(h["latency_p50"], h["latency_p99"]),
-                      _pair(b["latency_p50"], b["latency_p99"]), "")
-        table.add_row("under faults: duplicate emails (all after a kill)", str(h["duplicates"]), str(b["duplicates"]), "")
+        add("under faults: paid orders completed", f"{h['completed']} of {h['good']}",
+            f"{b['completed']} of {b['good']}", f"{h['completed'] / max(b['completed'], 1):.2f}")
+        add("under faults: lost", str(len(h["lost"])), str(len(b["lost"])))
+        add("under faults: time to completion p50 / p99 s", _pair(h["latency_p50"], h["latency_p99"]),
+            _pair(b["latency_p50"], b["latency_p99"]))
+        add("under faults: duplicate emails (all after a kill)", str(h["duplicates"]), str(b["duplicates"]))
     if "footprint" in s:
         h, b = s["footprint"]["rows"]
-        table.add_row("idle CPU % of a core", f"{h['cpu_percent']:.2f}", f"{b['cpu_percent']:.2f}",
-                      f"{h['cpu_percent'] / max(b['cpu_percent'], 1e-6):.1f}")
-        table.add_row("idle RSS MiB (with children)", f"{h['rss_mib'] + h['children_rss_mib']:.0f}",
-                      f"{b['rss_mib'] + b['children_rss_mib']:.0f}",
-                      f"{(h['rss_mib'] + h['children_rss_mib']) / (b['rss_mib'] + b['children_rss_mib']):.2f}")
-        table.add_row("idle memory MiB (PSS, process tree)", f"{h['pss_mib']:.0f}", f"{b['pss_mib']:.0f}",
-                      f"{h['pss_mib'] / b['pss_mib']:.2f}")
+        add("idle CPU % of a core", f"{h['cpu_percent']:.2f}", f"{b['cpu_percent']:.2f}",
+            f"{h['cpu_percent'] / max(b['cpu_percent'], 1e-6):.1f}", ("footprint", "idle_cpu_pct"))
+        add("idle RSS MiB (with children)", f"{h['rss_mib'] + h['children_rss_mib']:.0f}",
+            f"{b['rss_mib'] + b['children_rss_mib']:.0f}",
+            f"{(h['rss_mib'] + h['children_rss_mib']) / (b['rss_mib'] + b['children_rss_mib']):.2f}")
+        add("idle memory MiB (PSS, process tree)", f"{h['pss_mib']:.0f}", f"{b['pss_mib']:.0f}",
+            f"{h['pss_mib'] / b['pss_mib']:.2f}", ("footprint", "idle_pss_mib"))
     if "endpoints" in s:
-        rows = s["endpoints"]["rows"]
-        base = rows[0]
-        for r in rows[1:]:
-            table.add_row(f"{r['endpoint']} p50 / p99 ms (16 clients, 100k orders)", _pair(r["p50_ms"], r["p99_ms"]),
-                          f"/livez {_pair(base['p50_ms'], base['p99_ms'])}", f"{r['p99_ms'] / base['p99_ms']:.2f} (p99)")
+        _summarise_endpoints(s["endpoints"], add)
     if "reconcile" in s:
         rows = s["reconcile"]["rows"]
         first, steady = rows[0], rows[-1]
-        table.add_row("reconcile 10,000 PIs: first run", f"{first['wall_s']:.2f} s, {first['stripe_requests']} req, "
-                      f"{first['db_statements']} stmts", "", "")
-        table.add_row("reconcile: steady state", f"{steady['wall_s']:.3f} s, {steady['stripe_requests']} req, "
-                      f"{steady['db_statements']} stmts", "first run", f"{steady['wall_s'] / first['wall_s']:.3f}")
+        add("reconcile 10,000 PIs: first run", f"{first['wall_s']:.2f} s, {first['stripe_requests']} req, "
+            f"{first['db_statements']} stmts")
+        add("reconcile: steady state", f"{steady['wall_s']:.3f} s, {steady['stripe_requests']} req, "
+            f"{steady['db_statements']} stmts", "first run", f"{steady['wall_s'] / first['wall_s']:.3f}")
     console.print(table)
+
+
+def _summarise_completion(section: dict[str, Any], add: Callable[..., None]) -> None:
+    for r in section["rows"]:
+        jpeg = r["upload"] == completion_bench.JPEG
+        goal = ("completion", "e2e_over_floor_1w") if jpeg and r["workers"] == 1 else None
+        flag = f" ({r['disturbed']})" if r["disturbed"] else ""
+        add(f"completion, {r['upload']}, {r['workers']} worker(s): orders/s{flag}", f"{r['orders_per_second']:.2f}",
+            f"render alone {r['renders_per_second']:.2f}/s, I/O alone {r['io_alone_per_second']:.2f}/s",
+            f"{r['e2e_over_floor']:.2f}x floor, {r['e2e_over_render']:.2f}x render", goal)
+        if r["workers"] > 1:
+            add(f"  speed-up over 1 worker, {r['upload']}", f"{r['speedup_vs_1_worker']:.2f}x", "1 worker", "",
+                ("completion", "speedup_2w_over_1w") if jpeg else None)
+    paced = section.get("paced")
+    if paced:
+        one = next(r for r in section["rows"] if r["upload"] == paced["upload"] and r["workers"] == 1)
+        floor = one["floor_wall_s"] / one["orders"]  # one order's share of the 1-worker floor
+        add(f"paid→emailed p50 / p99 s, {paced['upload']} arriving one at a time",
+            f"{paced['paid_to_emailed_p50_s']:.2f} / {paced['paid_to_emailed_p99_s']:.2f}",
+            f"floor per order {floor:.2f} s", f"{paced['paid_to_emailed_p99_s'] / floor:.1f}x (p99)",
+            ("completion", "p99_paid_to_emailed_s"))
+
+
+def _summarise_endpoints(section: dict[str, Any], add: Callable[..., None]) -> None:
+    rows = section["rows"]
+    base = rows[0]
+    goals = {"/health": ("endpoints", "health_p99_ms"), "/metrics": ("endpoints", "metrics_p99_ms")}
+    for r in rows[1:]:
+        add(f"{r['endpoint']} p50 / p99 ms (16 clients, 100k orders)", _pair(r["p50_ms"], r["p99_ms"]),
+            f"/livez {_pair(base['p50_ms'], base['p99_ms'])}", f"{r['p99_ms'] / base['p99_ms']:.2f} (p99)",
+            goals.get(r["endpoint"]))
+    hanging = section["hanging_probe"]
+    livez, readyz = hanging["rows"]
+    add(f"/readyz p50 / p99 ms ({hanging['clients']} clients, a probe hanging)", _pair(readyz["p50_ms"], readyz["p99_ms"]),
+        f"/livez {_pair(livez['p50_ms'], livez['p99_ms'])}", f"{readyz['p99_ms'] / livez['p99_ms']:.2f} (p99)",
+        ("endpoints", "readyz_p99_hanging_probe_ms"))
+
+
+def _postgres_started_at() -> datetime | None:
+    """When the shared PostgreSQL server last started (None: down): another's restart shows here."""
+    engine = create_engine(PG + "postgres", poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            started: datetime | None = conn.scalar(text("SELECT pg_postmaster_start_time()"))
+            return started
+    except SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()
+
+
+def disturbances(report: dict[str, Any]) -> list[str]:
+    """What disturbed the figures from outside this run: PostgreSQL restarted under a section, or
+    a completion run that met database errors."""
+    lines = [f"{name}: failed ({section['error']})" for name, section in report["sections"].items()
+             if "error" in section]
+    lines += [f"{name}: PostgreSQL restarted during the section" for name, section in report["sections"].items()
+              if section.get("postgres_restarted")]
+    completion = report["sections"].get("completion", {})
+    for r in completion.get("rows", []):
+        if r["disturbed"]:
+            lines.append(f"completion, {r['upload']}, {r['workers']} worker(s): {r['disturbed']}")
+    if (completion.get("paced") or {}).get("disturbed"):
+        lines.append(f"completion, paced run: {completion['paced']['disturbed']}")
+    return lines
+
+
+def _loads(loads: tuple[float, ...]) -> str:
+    return "/".join(f"{load:.1f}" for load in loads)
 
 
 def _pair(a: float | None, b: float | None) -> str:
@@ -469,6 +665,18 @@ def _write(report: dict[str, Any], started: datetime) -> Path:
     results.mkdir(exist_ok=True)
     path = results / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     path.write_text(json.dumps(report, indent=2, default=_jsonable))
+    return path
+
+
+def _write_latest(report: dict[str, Any], results: Path) -> Path:
+    """bench/results/latest.json: the headline figures of this run, rounded for a readable diff."""
+    path = BENCH / "results" / "latest.json"
+    latest: dict[str, Any] = {"run": {"started_at": report["started_at"], "command": report["command"],
+                                      "quick": report["quick"], "results": results.name,
+                                      "disturbed": disturbances(report)}}
+    for section, figures in headlines(report).items():
+        latest[section] = {key: None if value is None else round(value, 3) for key, value in figures.items()}
+    path.write_text(json.dumps(latest, indent=2) + "\n")
     return path
 
 

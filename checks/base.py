@@ -6,6 +6,8 @@ line of detail when all is well and raises `CheckFailed` (or `CheckWarning`, `Ch
 when not, each carrying a remedy: what an operator should do, in words tied to the runbook. Only
 `run_check` catches; a probe that raises anything else is reported as failing with its exception.
 A probe whose dependency fails it raises `CheckSkipped`: one outage, one alarm (the dependency's).
+The lines logged while a probe runs carry the check's name (`check`, a structlog context variable,
+bound on the probe's own thread: healer.logs).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import ClassVar
+
+from structlog.contextvars import bound_contextvars
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +175,11 @@ class Check(abc.ABC):
 
 def run_check(check: Check) -> CheckResult:
     """The boundary: run a probe once, in this thread, and turn what happens into a result."""
+    with bound_contextvars(check=check.name):
+        return _run_check(check)
+
+
+def _run_check(check: Check) -> CheckResult:
     started = time.monotonic()
     try:
         outcome = check.probe()

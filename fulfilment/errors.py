@@ -29,6 +29,7 @@ class ErrorClass(enum.StrEnum):
     EMAIL_AUTH = "email_auth"
     EMAIL_REJECTED = "email_rejected"
     EMAIL_TRANSIENT = "email_transient"
+    EMAIL_UNDELIVERED = "email_undelivered"  # sent, then reported bounced, dropped or blocked by SendGrid
     DATABASE = "database"
     RESOURCES = "resources"
     PAYMENT_UNVERIFIED = "payment_unverified"
@@ -63,6 +64,10 @@ _POLICIES: dict[ErrorClass, ErrorPolicy] = {
     # SendGrid refused this message (bad recipient, 400/413): resending the same one cannot help.
     ErrorClass.EMAIL_REJECTED: ErrorPolicy(False, False, ("sendgrid",), _EMAIL),
     ErrorClass.EMAIL_TRANSIENT: ErrorPolicy(True, False, ("sendgrid",), _EMAIL),
+    # Accepted by SendGrid, then bounced, dropped or blocked (its event webhook says so): nothing
+    # retries by itself, since the same address would bounce again; an operator fixes the address
+    # and retries, which sends the download email again.
+    ErrorClass.EMAIL_UNDELIVERED: ErrorPolicy(False, False, ("sendgrid",), _EMAIL),
     ErrorClass.DATABASE: ErrorPolicy(True, False, ("database",), _DB),
     ErrorClass.RESOURCES: ErrorPolicy(True, True, ("disk", "memory"), _RES),
     ErrorClass.PAYMENT_UNVERIFIED: ErrorPolicy(False, False, ("stripe",), "-"),

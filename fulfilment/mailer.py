@@ -3,10 +3,13 @@
 Both mailers raise `StepError` for every failure, classified so the pipeline knows whether to wait
 for the `sendgrid` check (auth), give up on this message (rejected) or back off and retry
 (transient). The API key never leaves this module unmasked: not in messages, logs or reprs.
+An email that names its order and kind carries them to SendGrid as custom arguments, which come
+back in every event SendGrid's event webhook reports about it (delivered, bounced, ...).
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 import html
 import http.client
@@ -25,7 +28,7 @@ from typing import Any, Protocol
 
 from python_http_client.exceptions import HTTPError as SendGridHTTPError
 from sendgrid import SendGridAPIClient
-from sendgrid.helpers.mail import From, HtmlContent, Mail, PlainTextContent, Subject, To
+from sendgrid.helpers.mail import CustomArg, From, HtmlContent, Mail, PlainTextContent, Subject, To
 from sendgrid.helpers.mail.exceptions import SendGridException
 
 from fulfilment.errors import ErrorClass, StepError
@@ -48,12 +51,36 @@ _DOMAIN = re.compile(
 _DETAIL_LIMIT = 300
 
 
+class EmailKind(enum.StrEnum):
+    """What an email to a customer is, as its delivery events name it."""
+
+    DOWNLOAD = "download"
+    DELAY_NOTICE = "delay_notice"
+    REFUND_NOTICE = "refund_notice"
+
+
+# SendGrid's custom arguments come back as top-level fields of every event about the message, so
+# they say which order and which email an event is about. Prefixed, because the shop's own emails
+# share the account and its event webhook. Never personal data: SendGrid keeps them for good.
+ORDER_ARG = "healer_order_id"
+KIND_ARG = "healer_email"
+
+
 @dataclass(frozen=True)
 class Email:
     to: str
     subject: str
     text: str
     html: str
+    # The order and kind the provider's delivery events will name; None: events are not matched.
+    order_id: str | None = None
+    kind: EmailKind | None = None
+
+    def tracking(self) -> dict[str, str]:
+        """The custom arguments that bring this email's delivery events back to its order."""
+        if self.order_id is None or self.kind is None:
+            return {}
+        return {ORDER_ARG: self.order_id, KIND_ARG: self.kind.value}
 
 
 class Mailer(Protocol):
@@ -114,6 +141,8 @@ def download_email(*, to: str, title: str, link: str, order_id: str) -> Email:
             link=html.escape(link),
             order_id=html.escape(order_id),
         ),
+        order_id=order_id,
+        kind=EmailKind.DOWNLOAD,
     )
 
 
@@ -217,7 +246,7 @@ class SendGridMailer:
 
     def _mail(self, email: Email, to: str) -> Mail:
         try:
-            return Mail(
+            mail = Mail(
                 from_email=From(self._from.address, self._from.name or None),
                 to_emails=To(to),
                 subject=Subject(email.subject),
@@ -229,6 +258,9 @@ class SendGridMailer:
             raise StepError(
                 ErrorClass.BAD_INPUT, "email content starts with what looks like a SendGrid API key"
             ) from exc
+        for key, value in email.tracking().items():
+            mail.add_custom_arg(CustomArg(key, value))
+        return mail
 
     def _message_id(self, headers: Any) -> str:
         message_id = headers.get("X-Message-Id") or ""
@@ -346,7 +378,8 @@ def _redact_library_debug_logs() -> None:
 
 
 class OutboxMailer:
-    """Writes each email as an RFC 5322 `.eml` file: the embedded default when SendGrid is unset."""
+    """Writes each email as an RFC 5322 `.eml` file: the embedded default when SendGrid is unset.
+    Nothing reports on its emails afterwards: no delivery events come back from an outbox."""
 
     name: str = "outbox"
 

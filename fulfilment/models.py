@@ -107,6 +107,10 @@ class Outcome(enum.StrEnum):
     WAITING = "waiting"  # gated on a failing check; no attempt spent
     REQUEUED = "requeued"  # an operator or the daemon put it back in the queue
     REFUNDED = "refunded"  # refunded in Stripe: a fact about the payment, not a step attempt
+    # What SendGrid's event webhook said of an email already sent: facts, not step attempts.
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"  # bounced, dropped or blocked (an order it parks is GAVE_UP instead)
+    SPAM_REPORT = "spam_report"
 
 
 class Base(DeclarativeBase):

@@ -7,6 +7,11 @@ its lease can never overwrite another's progress. Work is claimed with a compare
 (owner + expiry) on the database's clock (fulfilment.leases): several daemons share one database,
 an order held by a dead worker is picked up again once its lease expires, and a lease is renewed
 while a step runs. `run_step` is the one boundary where step failures are caught and classified.
+
+`run` is one completion attempt: one trace (a root span `order.complete`, a child span per step, on
+the OpenTelemetry API, a no-op unless the daemon set up tracing; none for an order that only waits
+on a failing check), and the log lines of its thread carry `order_id`, and within a step `step` and
+`attempt` (structlog context variables: the worker's thread is the one that logs).
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ import time
 import uuid
 from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
+from contextvars import Token
 from datetime import datetime
 
+from opentelemetry import context as trace_context
+from opentelemetry import trace
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from structlog.contextvars import bound_contextvars
 
 from fulfilment.errors import ErrorClass, StepError, one_line
 from fulfilment.leases import LeaseKeeper, database_time, db_later, db_now, lease_free, release_lease, renew_lease
@@ -32,6 +41,10 @@ from fulfilment.steps import RenderFn, Steps
 from fulfilment.storage import ObjectStore
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+# Span attributes (healer.tracing names the same).
+ORDER_ID, ORDER_STEP, ERROR_CLASS = "order.id", "order.step", "error.class"
 
 # A status and the step that moves an order on from it.
 NEXT_STEP: dict[OrderStatus, Step] = {
@@ -189,7 +202,7 @@ class Pipeline:
         log.info("Order %s re-queued at %s: %s", order_id, status, reason)
         return status
 
-    # -- payment facts from Stripe (signed webhooks, reconciliation) ---------------------------
+    # -- payment facts from Stripe (signed webhooks, reconciliation), delivery facts from SendGrid
     # These run in the caller's transaction, so the caller's own record of the fact (a stored
     # webhook event id) commits or rolls back together with the order's change.
 
@@ -241,6 +254,23 @@ class Pipeline:
         log.warning("Order %s refunded (was %s): %s", order_id, before, message)
         return before
 
+    def mark_undelivered(self, session: Session, order_id: uuid.UUID, message: str) -> bool:
+        """The download email of a completed order was not delivered (SendGrid's event webhook
+        reported it bounced, dropped or blocked): the customer has no link, so the order needs
+        attention at the email step, where a retry sends the email again. Compare-and-set on a
+        completed order, so an order refunded or being emailed again meanwhile is left alone."""
+        moved = session.execute(
+            update(Order)
+            .where(Order.id == order_id, Order.status == OrderStatus.COMPLETED)
+            .values(status=OrderStatus.NEEDS_ATTENTION, next_attempt_at=None, last_error_step=Step.EMAIL,
+                    last_error_class=ErrorClass.EMAIL_UNDELIVERED, last_error=message)
+        )
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        self.note(session, order_id, Step.EMAIL, Outcome.GAVE_UP, message, ErrorClass.EMAIL_UNDELIVERED)
+        log.error("Order %s needs attention: %s", order_id, message)
+        return True
+
     def note(
         self, session: Session, order_id: uuid.UUID, step: Step, outcome: Outcome,
         message: str, error_class: ErrorClass | None = None,
@@ -290,12 +320,20 @@ class Pipeline:
         When `stopping()` turns true (shutdown), the lease is handed back between two steps so
         that another daemon can carry on at once instead of waiting for it to expire.
         """
+        with bound_contextvars(order_id=str(order_id)), _AttemptTrace(order_id) as attempt:
+            results = self._run(order_id, owner, stopping, attempt)
+            attempt.finish(results)
+            return results
+
+    def _run(
+        self, order_id: uuid.UUID, owner: str, stopping: Callable[[], bool], attempt: _AttemptTrace
+    ) -> list[StepResult]:
         results: list[StepResult] = []
         while True:
             if stopping():
                 self.release(order_id, owner)
                 return results
-            result = self.run_step(order_id, owner, stopping)
+            result = self._run_step(order_id, owner, stopping, attempt)
             if result is None:
                 return results
             results.append(result)
@@ -309,20 +347,43 @@ class Pipeline:
     def run_step(
         self, order_id: uuid.UUID, owner: str, stopping: Callable[[], bool] = lambda: False
     ) -> StepResult | None:
+        """The order's next step alone (an attempt of one step)."""
+        with _AttemptTrace(order_id) as attempt:
+            result = self._run_step(order_id, owner, stopping, attempt)
+            attempt.finish([result] if result is not None else [])
+            return result
+
+    def _run_step(
+        self, order_id: uuid.UUID, owner: str, stopping: Callable[[], bool], attempt: _AttemptTrace
+    ) -> StepResult | None:
         order = self.get(order_id)
         if order.lease_owner != owner or order.status not in NEXT_STEP:
             return None
         if not self._renew(order, owner):
             return None  # ours no longer: another daemon may claim it any moment, so start nothing
         step = NEXT_STEP[order.status]
-        if step is Step.VERIFY_PAYMENT and not self.steps.payments.enabled:
-            pass  # verification disabled: nothing to wait for
-        elif (reason := self.gate(STEP_CHECKS[step])) is not None:
-            return self.recorder.wait(order, step, owner, reason)
-        result = self._attempt(order, step, owner, stopping)
-        if result is not None:
-            self.observe(result)
-        return result
+        with bound_contextvars(order_id=str(order.id), step=step.value, attempt=order.attempts + 1):
+            if step is Step.VERIFY_PAYMENT and not self.steps.payments.enabled:
+                pass  # verification disabled: nothing to wait for
+            elif (reason := self.gate(STEP_CHECKS[step])) is not None:
+                return self.recorder.wait(order, step, owner, reason)
+            attempt.begin()
+            result = self._traced_attempt(order, step, owner, stopping)
+            if result is not None:
+                self.observe(result)
+            return result
+
+    def _traced_attempt(self, order: Order, step: Step, owner: str, stopping: Callable[[], bool]) -> StepResult | None:
+        """The step's span holds its work and the commit of its outcome (whose story line names
+        the span); the calls to S3, Stripe and SendGrid, and the render, are its children."""
+        attributes = {ORDER_ID: str(order.id), ORDER_STEP: step.value, "order.attempt": order.attempts + 1}
+        with tracer.start_as_current_span(step.value, attributes=attributes) as span:
+            result = self._attempt(order, step, owner, stopping)
+            if result is not None and result.error_class is not None:
+                span.set_attribute(ERROR_CLASS, result.error_class.value)
+                # The class only: the message is in the story line and the log line of this span.
+                span.set_status(trace.StatusCode.ERROR, result.error_class.value)
+            return result
 
     def _attempt(self, order: Order, step: Step, owner: str, stopping: Callable[[], bool]) -> StepResult | None:
         """Run the step and record how it went: the one place its failures are caught and classified."""
@@ -337,7 +398,8 @@ class Pipeline:
         except MemoryError:
             failure = StepError(ErrorClass.RESOURCES, "out of memory")
         except Exception as error:  # a bug must not lose a paid order: record, back off, retry
-            log.exception("Unexpected error in step %s for order %s", step, order.id)
+            log.exception("Unexpected error in step %s for order %s", step, order.id,
+                          extra={"error_class": ErrorClass.INTERNAL.value})
             failure = StepError(ErrorClass.INTERNAL, one_line(error, 500))
         else:
             return self.recorder.succeed(order, step, owner, started, done, stopping)
@@ -384,6 +446,44 @@ class Pipeline:
 
     def _transaction(self) -> AbstractContextManager[Session]:
         return transaction(self.sessions)
+
+
+class _AttemptTrace:
+    """One completion attempt's trace: its root span `order.complete`, begun by the first step
+    that runs, current until the attempt ends. A root whatever the caller runs under (one trace
+    per attempt, not a branch of another); none at all when the order only waits on a failing
+    check: that is no attempt, and an outage must not fill the collector with empty traces.
+    Exceptions are not recorded on it: a database error's text may quote its statement."""
+
+    def __init__(self, order_id: uuid.UUID) -> None:
+        self.order_id = order_id
+        self.span: trace.Span | None = None
+        self._token: Token[trace_context.Context] | None = None
+
+    def __enter__(self) -> _AttemptTrace:
+        return self
+
+    def begin(self) -> None:
+        if self.span is None:
+            self.span = tracer.start_span("order.complete", context=trace_context.Context(),
+                                          attributes={ORDER_ID: str(self.order_id)})
+            self._token = trace_context.attach(trace.set_span_in_context(self.span))
+
+    def finish(self, results: list[StepResult]) -> None:
+        if self.span is None or not results or not self.span.is_recording():
+            return
+        last = results[-1]
+        self.span.set_attributes({"order.status": last.status.value, "order.outcome": last.outcome.value})
+        if last.error_class is not None:
+            self.span.set_attribute(ERROR_CLASS, last.error_class.value)
+
+    def __exit__(self, kind: type[BaseException] | None, _error: object, _traceback: object) -> None:
+        if self.span is None or self._token is None:
+            return
+        if kind is not None:
+            self.span.set_status(trace.StatusCode.ERROR, kind.__name__)
+        trace_context.detach(self._token)
+        self.span.end()
 
 
 def awaiting_payment_clause() -> ColumnElement[bool]:

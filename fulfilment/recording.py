@@ -6,6 +6,10 @@ webhook, an operator) can never overwrite someone else's progress. A step that d
 recorded through a database outage, because forgetting it means doing it again; a failure is
 scheduled for a retry with backoff, or gives up to `needs_attention`; a step gated on a failing
 check waits without spending an attempt.
+
+Every story line written while an OpenTelemetry span records (a step's, in the completion attempt's
+trace) names that span's trace and span, so an order's timeline leads to where its minutes went,
+and a later webhook or reconciliation can link its own span to the order (`latest_traces`).
 """
 
 from __future__ import annotations
@@ -14,14 +18,16 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select, update
+from opentelemetry import trace
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from structlog.contextvars import bound_contextvars
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 from tenacity.stop import stop_base
 
@@ -59,6 +65,7 @@ class StepResult:
     error_class: ErrorClass | None = None
     message: str = ""
     completion_latency_seconds: float | None = None  # paid to emailed, on the email step
+    trace_id: str | None = None  # the completion attempt's trace (W3C hex), when tracing is on
 
 
 @dataclass(frozen=True)
@@ -117,7 +124,7 @@ class Recorder:
         if done.status is OrderStatus.COMPLETED and order.paid_at is not None:
             latency = (recorded_at - order.paid_at).total_seconds()
         return StepResult(order.id, step, Outcome.OK, time.monotonic() - started, done.status,
-                          message=done.message, completion_latency_seconds=latency)
+                          message=done.message, completion_latency_seconds=latency, trace_id=_trace_id())
 
     def _record_done(
         self, order: Order, step: Step, owner: str, started: float, done: Done, stopping: Callable[[], bool]
@@ -179,6 +186,10 @@ class Recorder:
     def fail(self, order: Order, step: Step, owner: str, started: float, error: StepError) -> StepResult | None:
         """Record a failed attempt: a retry after a backoff, or `needs_attention` once retrying is
         pointless or the attempts are spent. None if the order is no longer ours."""
+        with bound_contextvars(error_class=error.error_class.value):  # on this failure's lines
+            return self._fail(order, step, owner, started, error)
+
+    def _fail(self, order: Order, step: Step, owner: str, started: float, error: StepError) -> StepResult | None:
         attempts = order.attempts + 1
         give_up = not error.error_class.retryable or attempts >= self.retry_policy.max_attempts
         values: dict[str, object] = {
@@ -205,7 +216,7 @@ class Recorder:
             _lost_lease(order.id, step)
             return None
         return StepResult(order.id, step, outcome, time.monotonic() - started, status,
-                          error.error_class, error.message)
+                          error.error_class, error.message, trace_id=_trace_id())
 
     def _commit_failure(self, record: OutcomeRecord) -> bool:
         try:
@@ -232,7 +243,8 @@ class Recorder:
             log.info("Order %s waits before %s: %s", order.id, step, reason)
         line = StoryLine(Outcome.WAITING, message) if record else None
         self.commit(OutcomeRecord(order.id, owner, step, order.status, values, line))
-        return StepResult(order.id, step, Outcome.WAITING, 0.0, order.status, message=message)
+        return StepResult(order.id, step, Outcome.WAITING, 0.0, order.status, message=message,
+                          trace_id=_trace_id())
 
     def commit(self, record: OutcomeRecord) -> bool:
         """Apply a step's result if we still hold the lease and the order still stands where the
@@ -254,6 +266,7 @@ class Recorder:
         self, session: Session, order_id: uuid.UUID, step: Step, line: StoryLine, worker: str | None = None
     ) -> None:
         """Add a line to the order's story, in the caller's transaction."""
+        trace_id, span_id = current_trace() or (None, None)
         session.add(
             OrderEvent(
                 order_id=order_id,
@@ -264,11 +277,42 @@ class Recorder:
                 error_class=line.error_class,
                 message=line.message[:2000],
                 worker=worker,
+                trace_id=trace_id,
+                span_id=span_id,
             )
         )
 
     def _transaction(self) -> AbstractContextManager[Session]:
         return transaction(self.sessions)
+
+
+def current_trace() -> tuple[str, str] | None:
+    """(trace id, span id), W3C hex, of the span this runs in, if one is recording; None when
+    tracing is off (the API's no-op span records nothing)."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return None
+    context = span.get_span_context()
+    return trace.format_trace_id(context.trace_id), trace.format_span_id(context.span_id)
+
+
+def _trace_id() -> str | None:
+    ids = current_trace()
+    return ids[0] if ids else None
+
+
+def latest_traces(session: Session, order_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str]]:
+    """Each order's latest story line written under a span: order id -> (trace id, span id). One
+    query, whatever the number of orders; orders never traced are absent."""
+    if not order_ids:
+        return {}
+    latest = (select(func.max(OrderEvent.id))
+              .where(OrderEvent.order_id.in_(list(order_ids)), OrderEvent.trace_id.is_not(None),
+                     OrderEvent.span_id.is_not(None))
+              .group_by(OrderEvent.order_id))
+    rows = session.execute(select(OrderEvent.order_id, OrderEvent.trace_id, OrderEvent.span_id)
+                           .where(OrderEvent.id.in_(latest))).all()
+    return {row.order_id: (row.trace_id, row.span_id) for row in rows}
 
 
 def _lost_lease(order_id: uuid.UUID, step: Step) -> None:

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 
 from fulfilment.secrets import mask_secret, mask_url_password, url_passwords
 from healer.errors import ConfigurationError
+from healer.sendgrid.signature import public_key_text
 from poster_assets import bundled_assets_dir
 
 T = TypeVar("T")
@@ -53,6 +55,19 @@ class RemediationMode(enum.StrEnum):
     ON = "on"
 
 
+class LogFormat(enum.StrEnum):
+    """HEALER_LOG_FORMAT: how log lines are written (healer.logs)."""
+
+    JSON = "json"  # one object per line, for a log collector
+    TEXT = "text"  # for a person at a terminal
+
+    @classmethod
+    def default(cls) -> LogFormat:
+        # Decided by the stream the lines go to (stderr; stdout carries commands' output): a person
+        # reads it at a terminal, anything else (a container runtime, a pipe, a file) collects it.
+        return cls.TEXT if sys.stderr.isatty() else cls.JSON
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -65,6 +80,7 @@ class Settings:
     s3_endpoint_url: str | None
     sendgrid_api_key: Secret | None
     sendgrid_api_base: str | None
+    sendgrid_webhook_public_key: str | None  # not a secret: it verifies, it cannot sign
     from_email: str
     session_expiration_seconds: int
     stripe_secret_key: Secret | None
@@ -101,6 +117,7 @@ class Settings:
     max_photo_megapixels: float
     render_memory_mb: int
     render_timeout_seconds: float
+    log_format: LogFormat
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -406,7 +423,8 @@ class _Reader:
     def settings_fields(self) -> dict[str, Any]:
         """Read in groups: each returns its `Settings` fields, checking the variables that go together."""
         return {**self.paths(), **self.listeners(), **self.peers(), **self.limits(), **self.retry(),
-                **self.remediation()}
+                **self.remediation(),
+                "log_format": self.value("HEALER_LOG_FORMAT", LogFormat.default(), _log_format)}
 
     def paths(self) -> dict[str, Any]:
         return {"data_dir": self.directory("HEALER_DATA_DIR", "./var"),
@@ -442,6 +460,8 @@ class _Reader:
                 "from_email": self.value("FROM_EMAIL", "posters@localhost.localdomain", _email),
                 "sendgrid_api_key": self.secret("SENDGRID_API_KEY", _sendgrid_key),
                 "sendgrid_api_base": self.url("SENDGRID_API_BASE"),
+                "sendgrid_webhook_public_key": self.value("SENDGRID_WEBHOOK_PUBLIC_KEY", None,
+                                                          _sendgrid_public_key),
                 "stripe_secret_key": self.secret("STRIPE_SECRET_KEY", _stripe_key),
                 "stripe_webhook_secret": self.secret("STRIPE_WEBHOOK_SECRET"),
                 "stripe_api_base": self.url("STRIPE_API_BASE")}
@@ -510,6 +530,15 @@ def _sendgrid_key(key: Secret) -> None:
         raise SettingsError(f"SENDGRID_API_KEY={key.masked} does not start with 'SG.'")
 
 
+def _sendgrid_public_key(value: str) -> str:
+    try:
+        return public_key_text(value)
+    except ValueError as error:
+        raise SettingsError(
+            f"SENDGRID_WEBHOOK_PUBLIC_KEY is not SendGrid's verification key: {error} (copy it from "
+            "SendGrid: Settings > Mail Settings > Event Webhook, Signature Verification)") from None
+
+
 def _stripe_key(key: Secret) -> None:
     if not key.value.startswith(("sk_", "rk_")):
         raise SettingsError(f"STRIPE_SECRET_KEY={key.masked} is not a secret key (sk_... or rk_...)")
@@ -520,6 +549,13 @@ def _remediation_mode(value: str) -> RemediationMode:
         return RemediationMode(value.lower())
     except ValueError:
         raise SettingsError(f"HEALER_REMEDIATION={value!r} must be one of off, dry-run, on") from None
+
+
+def _log_format(value: str) -> LogFormat:
+    try:
+        return LogFormat(value.lower())
+    except ValueError:
+        raise SettingsError(f"HEALER_LOG_FORMAT={value!r} must be json or text") from None
 
 
 def _label(value: str) -> str:

@@ -30,7 +30,7 @@ from fulfilment.models import Step, database_unreachable
 from fulfilment.pipeline import STEP_CHECKS, Pipeline
 from fulfilment.recording import StepResult
 from fulfilment.secrets import Redactor
-from healer import __version__, db
+from healer import __version__, db, tracing
 from healer.config import Settings
 from healer.errors import ConfigurationError, OperatorError
 from healer.health.metrics import Metrics
@@ -50,6 +50,10 @@ from healer.worker import Worker
 log = logging.getLogger(__name__)
 
 
+UNPROVEN_DELIVERY = ("SENDGRID_WEBHOOK_PUBLIC_KEY unset: email delivery is unproven (a bounced download email "
+                     "goes unnoticed; POST /sendgrid/events takes no events)")
+
+
 class DatabaseNotMigrated(OperatorError):
     pass
 
@@ -65,6 +69,9 @@ class Daemon:
             raise UnsafeConfiguration("; ".join(problems))
         self.settings = settings
         check_data_dir(settings)  # before anything writes there: SQLite, the store, the outbox, scratch
+        # Before the clients are made, so that their calls are spans; None (and nothing of the SDK
+        # set up) unless an OTEL_TRACES_EXPORTER is named. A bad OTEL_* value stops here, one line.
+        self.tracing = tracing.start()
         self.services = Services.build(settings)
         self.render_pool = build_render_pool(settings)
         self.metrics = Metrics(runbook_base_url=settings.runbook_base_url)
@@ -169,11 +176,20 @@ class Daemon:
             f"  public listener:   http://{public} (customers, Stripe)",
             f"  operator listener: http://{operator} (probes, health, metrics, admin API)",
             *(f"  embedded default: {note}" for note in s.embedded_defaults()),
+            *([f"  {UNPROVEN_DELIVERY}"] if self.delivery_unproven else []),
             f"  {self.remediator.describe()}",
+            *([f"  {self.tracing.describe()}"] if self.tracing is not None else []),
             "  checks: " + ", ".join(f"{name} every {self.health.check(name).interval_seconds:g}s"
                                      for name in self.health.names),
         ]
-        log.log(logging.WARNING if s.embedded_defaults() else logging.INFO, "%s", "\n".join(lines))
+        warn = s.embedded_defaults() or self.delivery_unproven
+        log.log(logging.WARNING if warn else logging.INFO, "%s", "\n".join(lines))
+
+    @property
+    def delivery_unproven(self) -> bool:
+        """Emails go through SendGrid, but its Event Webhook cannot be verified: bounces go unseen."""
+        s = self.settings
+        return s.sendgrid_api_key is not None and s.sendgrid_webhook_public_key is None
 
     def listening_on(self, listener: int) -> str:
         """host:port of listener 0 (public) or 1 (operator): the bound port once bound (port 0
@@ -238,6 +254,8 @@ class Daemon:
         self.remediator.shutdown()  # a PDF being rendered again is finished and recorded
         self.render_pool.shutdown()
         self.services.close()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # last: the spans of the steps that just finished go out too
 
 
 class _Listener(uvicorn.Server):

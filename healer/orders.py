@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import String, cast, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -167,6 +167,53 @@ def count_by_status(sessions: sessionmaker[Session]) -> dict[str, int]:
     with sessions() as session:
         rows = session.execute(select(Order.status, func.count()).group_by(Order.status)).all()
     return dict(rows)
+
+
+# Paid and not yet delivered: the customer's money is taken and the poster not sent. Neither
+# completed nor refunded; `needs_attention` counts only with `paid_at` (without it, the order gave
+# up at verification: no payment succeeded).
+AT_RISK = (OrderStatus.PAID, OrderStatus.FILES_MIGRATED, OrderStatus.PDF_RENDERED, OrderStatus.NEEDS_ATTENTION)
+
+
+@dataclass(frozen=True)
+class MoneyAtRisk:
+    orders: int
+    oldest_paid_at: datetime | None
+    amounts: dict[str, int]  # currency (lowercase, as stored) -> total in its minor unit
+
+    def oldest_age_seconds(self, now: datetime | None = None) -> float | None:
+        if self.oldest_paid_at is None:
+            return None
+        return max(0.0, ((now or utcnow()) - self.oldest_paid_at).total_seconds())
+
+
+def money_at_risk(sessions: sessionmaker[Session]) -> MoneyAtRisk:
+    """Paid orders not completed and not refunded: how many, since when, how much per currency.
+
+    One aggregate over `ix_orders_status` (the statuses at risk are few rows of a large table),
+    grouped by currency: its cost follows the backlog, not the order history.
+    """
+    query = (
+        select(Order.currency, func.count(), func.sum(Order.amount_cents), func.min(Order.paid_at))
+        .where(Order.status.in_(AT_RISK), Order.paid_at.is_not(None))
+        .group_by(Order.currency)
+    )
+    with sessions() as session:
+        rows = session.execute(query).all()
+    oldest = [as_utc(paid_at) for *_, paid_at in rows if paid_at is not None]
+    return MoneyAtRisk(
+        orders=sum(int(count) for _, count, _, _ in rows),
+        oldest_paid_at=min(oldest, default=None),
+        amounts={currency: int(total or 0) for currency, _, total, _ in sorted(rows, key=lambda row: row[0])},
+    )
+
+
+def as_utc(value: datetime | str) -> datetime:
+    """An aggregate's timestamp: MIN() and MAX() bypass the column type, and SQLite hands back a
+    string or a naive datetime (both in UTC)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def find_by_download_token(sessions: sessionmaker[Session], token: str) -> Order | None:

@@ -8,6 +8,10 @@ ReportLab, Pillow and numpy; about a third of the memory of the daemon's full im
 Each render process is bounded (`start_render_process`, the pool's initializer): its memory by an
 rlimit, so a photo or a recording too large to render fails there with a MemoryError (`bad_input`)
 and the daemon never notices; its time by the pool, which stops the process at the deadline.
+
+With tracing on, the work arrives with its caller's trace context (`trace_headers`), and the render
+is a span here, under the caller's step, exported by this process itself (healer.tracing); without
+it, nothing of tracing is imported here.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import os
 import resource
 import signal
 import tempfile
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from PIL import Image
@@ -69,14 +75,34 @@ def cap_memory(memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
 
+def _traced(
+    headers: Mapping[str, str] | None, name: str, attributes: Mapping[str, str | int] | None = None
+) -> AbstractContextManager[None]:
+    """A span under the caller's, when the work came with one; the tracing module is imported only
+    then (20 ms and the OpenTelemetry API, at every render process start otherwise)."""
+    if not headers:
+        return nullcontext()
+    from healer.tracing import continued
+
+    return continued(headers, name, attributes)
+
+
 def render_to_scratch(
-    assets_dir: Path, inputs: PosterInputs, scratch_dir: Path, limits: RenderLimits, preview: bool = False
+    assets_dir: Path, inputs: PosterInputs, scratch_dir: Path, limits: RenderLimits, preview: bool = False,
+    trace_headers: Mapping[str, str] | None = None,
 ) -> str:
     """Render the poster into a scratch file and return its path.
 
     The PDF travels back through the file, not the pool's pipe; a full scratch disk is a
     `resources` failure (gated on the disk check, and cleaned by remediation), not a crash.
     """
+    with _traced(trace_headers, "render", {"poster.template": inputs.template}):
+        return _render_to_scratch(assets_dir, inputs, scratch_dir, limits, preview)
+
+
+def _render_to_scratch(
+    assets_dir: Path, inputs: PosterInputs, scratch_dir: Path, limits: RenderLimits, preview: bool
+) -> str:
     pdf = render_poster(assets_dir, inputs, preview=preview, limits=limits)
     path = None
     try:
@@ -91,12 +117,15 @@ def render_to_scratch(
     return path
 
 
-def draw_waveform(audio: bytes, audio_name: str, limits: RenderLimits) -> bytes:
+def draw_waveform(
+    audio: bytes, audio_name: str, limits: RenderLimits, trace_headers: Mapping[str, str] | None = None
+) -> bytes:
     """A waveform PNG redrawn from the customer's audio: decoding it is as bounded as a render."""
-    try:
-        peaks = peaks_from_audio(
-            audio, audio_name, max_bytes=limits.max_audio_bytes, max_seconds=limits.max_audio_seconds
-        )
-        return waveform_png(peaks)
-    except MemoryError:
-        raise out_of_memory(limits, "drawing the waveform from the audio") from None
+    with _traced(trace_headers, "draw_waveform"):
+        try:
+            peaks = peaks_from_audio(
+                audio, audio_name, max_bytes=limits.max_audio_bytes, max_seconds=limits.max_audio_seconds
+            )
+            return waveform_png(peaks)
+        except MemoryError:
+            raise out_of_memory(limits, "drawing the waveform from the audio") from None

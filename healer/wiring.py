@@ -43,6 +43,7 @@ from healer.http.observe import HttpMetrics
 from healer.http.operator import OperatorContext, create_operator_app
 from healer.http.public import PublicContext, create_public_app
 from healer.http.ratelimit import ClientRateLimit
+from healer.http.status_data import PageConfig, webhook_deliveries
 from healer.jobs.scheduler import Failing, Scheduler
 from healer.jobs.stuck import StuckOrders, StuckPolicy
 from healer.remediation.audit import Audit
@@ -53,8 +54,10 @@ from healer.remediation.remediator import Remediator
 from healer.remediation.resume import OrderResumer
 from healer.remediation.scratch import ScratchSweeper
 from healer.remediation.waveforms import WaveformRestorer
+from healer.sendgrid.webhook import events_router
 from healer.stripe.reconcile import ReconcileConfig, Reconciler
 from healer.stripe.reconcile_job import ReconcileJob, run_lock
+from healer.stripe.webhook_events import HANDLED_TYPES
 from healer.stripe.webhooks import webhook_router
 from healer.worker import RenderPool
 
@@ -247,6 +250,9 @@ def _stripe_check(settings: Settings, interval: float) -> StripeCheck:
     return StripeCheck(
         api_key=settings.stripe_secret_key.value if settings.stripe_secret_key else None,
         webhook_secret=settings.stripe_webhook_secret.value if settings.stripe_webhook_secret else None,
+        # Where Stripe must post, and what: the public listener's route, for the events it handles.
+        webhook_url=f"{settings.public_base_url}/stripe/webhook",
+        webhook_events=HANDLED_TYPES,
         api_base=settings.stripe_api_base,
         interval_seconds=interval * 2,
         timeout_seconds=10.0,
@@ -369,8 +375,8 @@ class Apps:
 def build_apps(settings: Settings, services: Services, pipeline: Pipeline, health: HealthMonitor,
                metrics: Metrics, liveness: Callable[[], tuple[bool, str]],
                restore_pdf: Callable[[uuid.UUID, str], bool]) -> Apps:
-    """The two listeners' apps: the public one with Stripe's webhook, the operator one serving
-    the public one's schema beside its own. Both count their requests in the one registry."""
+    """The two listeners' apps: the public one with Stripe's and SendGrid's webhooks, the operator
+    one serving the public one's schema beside its own. Both count their requests in the one registry."""
     http_metrics = HttpMetrics(metrics.registry)
     public = create_public_app(PublicContext(
         sessions=services.sessions, pipeline=pipeline, store=services.store,
@@ -380,10 +386,22 @@ def build_apps(settings: Settings, services: Services, pipeline: Pipeline, healt
         http_metrics=http_metrics,
     ))
     public.include_router(webhook_router(services.sessions, pipeline, settings.stripe_webhook_secret, metrics))
+    public.include_router(events_router(services.sessions, pipeline, settings.sendgrid_webhook_public_key, metrics))
     operator = create_operator_app(OperatorContext(
         sessions=services.sessions, pipeline=pipeline, admin_token=settings.admin_token,
         redact=Redactor(settings.secret_values()), liveness=liveness, health=health,
         metrics=metrics.exposition, public_schema=public.openapi, notices=tuple(settings.embedded_defaults()),
-        http_metrics=http_metrics,
+        http_metrics=http_metrics, pages=page_config(settings, services, metrics),
     ))
     return Apps(public, operator)
+
+
+def page_config(settings: Settings, services: Services, metrics: Metrics) -> PageConfig:
+    """What the status page judges by: the SLA, whether and how often reconciliation runs (only
+    with Stripe, as `reconcile_job` decides), and this daemon's count of webhook deliveries."""
+    reconciles = isinstance(services.payments, StripePayments)
+    return PageConfig(
+        order_sla_seconds=settings.order_sla_seconds,
+        reconcile_interval_seconds=settings.reconcile_interval_seconds if reconciles else None,
+        webhook_deliveries=lambda: webhook_deliveries(metrics.webhook_events),
+    )

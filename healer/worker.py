@@ -1,7 +1,9 @@
 """The completion worker: claims due orders and runs them, a few at a time.
 
 Orders run on a small thread pool (their steps mostly wait on S3, Stripe and SendGrid); renders,
-which are CPU-bound, go to a process pool of the same size so they run on every core.
+which are CPU-bound, go to a process pool of the same size so they run on every core. A render
+takes the trace context of the step that asked for it (W3C traceparent) to its process, which
+makes its `render` span there under the step's (healer.tracing).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from fulfilment.render import PosterInputs, RenderLimits
 from fulfilment.secrets import Redactor, url_passwords
 from healer.config import DEFAULT_RENDER_MEMORY_MB, DEFAULT_RENDER_TIMEOUT_SECONDS
 from healer.render_process import draw_waveform, render_to_scratch, start_render_process
+from healer.tracing import carrier
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ class RenderPool:
         return self.render(inputs)
 
     def render(self, inputs: PosterInputs, *, preview: bool = False) -> bytes:
-        args = (self.assets_dir, inputs, self.scratch_dir, self.limits, preview)
+        args = (self.assets_dir, inputs, self.scratch_dir, self.limits, preview, carrier())
         path = Path(self._run(render_to_scratch, *args))
         try:
             return path.read_bytes()
@@ -97,7 +100,7 @@ class RenderPool:
 
     def waveform_png(self, audio: bytes, audio_name: str) -> bytes:
         """A waveform image redrawn from the audio, decoded under the same limits as a render."""
-        return self._run(draw_waveform, audio, audio_name, self.limits)
+        return self._run(draw_waveform, audio, audio_name, self.limits, carrier())
 
     def _run(self, function: Callable[..., T], *args: object) -> T:
         if self._closed:

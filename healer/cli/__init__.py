@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from fulfilment.models import OrderStatus
-from fulfilment.secrets import RedactingFilter, Redactor
+from fulfilment.secrets import Redactor
+from healer import logs
 from healer.cli import commands
 from healer.cli.check import cmd_check
 from healer.cli.config import cmd_config
 from healer.cli.consoles import err
 from healer.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_SOFTWARE, EXIT_USAGE
 from healer.cli.orders import cmd_orders_complete, cmd_orders_list, cmd_orders_retry, cmd_orders_show
-from healer.config import Settings, SettingsError
+from healer.config import LogFormat, Settings, SettingsError
 from healer.errors import OperatorError
 from healer.remediation.audit import Action
 from healer.version import version_line
@@ -28,17 +29,21 @@ log = logging.getLogger("healer.cli")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    _configure_logging("debug" if args.debug else args.log_level)
+    level = "debug" if args.debug else args.log_level
     if not getattr(args, "needs_settings", True):  # config, completion: they read no database
+        logs.configure(level, LogFormat.default())
         return int(args.handler(parser, args) or EXIT_OK)
     try:
         settings = Settings.from_env()
     except SettingsError as error:
+        # Plain lines, before logging is set up: HEALER_LOG_FORMAT may be what is wrong.
         for problem in error.problems:  # every one at once; each one line, never wrapped
             print(f"healer: configuration error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     redact = Redactor(settings.secret_values())
-    _redact_logs(redact)
+    # Once, in the format the settings name; no line this process logs carries a secret: not a
+    # driver's message quoting DATABASE_URL, not an SDK's error echoing a key, not a traceback.
+    logs.configure(level, settings.log_format, redact)
     try:
         return int(args.handler(settings, args) or EXIT_OK)
     except KeyboardInterrupt:
@@ -66,23 +71,6 @@ def _one_line(error: Exception, settings: Settings) -> tuple[str, int]:
         return f"{error.strerror}{where}", EXIT_FAILED
     said = " ".join(str(error).split())[:300]
     return f"unexpected {type(error).__name__}: {said} (a bug; `healer --debug ...` shows where)", EXIT_SOFTWARE
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "apscheduler.executors", "apscheduler.scheduler", "stripe"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _redact_logs(redact: Redactor) -> None:
-    """No line this process logs carries a secret: not a driver's message quoting DATABASE_URL,
-    not an SDK's error echoing a key, not a traceback."""
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactingFilter(redact))
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,9 +1,11 @@
 """Healer's own tables: what Stripe told us (webhook events), what reconciliation did and where it
-stands (runs, state), payments with no order (orphans), and one-off customer notices.
+stands (runs, state), payments with no order (orphans), one-off customer notices, and the email
+events SendGrid reported.
 
 They are declared on `fulfilment.models.Base` so that one metadata (and one Alembic history) holds
 the whole schema; `fulfilment` never imports them. Revision 0002 creates them, by hand, and these
-classes must stay in step with it (tests compare them); 0004 adds how an orphan was resolved.
+classes must stay in step with it (tests compare them); 0004 adds how an orphan was resolved, 0006
+the SendGrid events.
 """
 
 from __future__ import annotations
@@ -117,6 +119,19 @@ class OrderNotice(Base):
     kind: Mapped[NoticeKind] = mapped_column(enum_column(NoticeKind, 32), primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     detail: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+
+class SendGridEvent(Base):
+    """One row per SendGrid event id ever accepted (`sg_event_id`): a batch posted again, by
+    SendGrid retrying or by someone replaying it, finds its rows and changes nothing."""
+
+    __tablename__ = "sendgrid_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # SendGrid's sg_event_id
+    event: Mapped[str] = mapped_column(String(32))  # the healer_email_events_total label it counted as
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    result: Mapped[str] = mapped_column(String(32))
+    order_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)  # no FK: events may name no order
 
 
 def insert_once(session: Session, model: type[Base], **values: Any) -> bool:

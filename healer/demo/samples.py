@@ -3,7 +3,9 @@
 Everything is generated from a seed, so the same call returns the same bytes on every run and no
 customer data or downloaded media is ever needed. The photo is a small landscape (sky, sun, hills)
 with film grain, so it compresses like a real photo; the audio is a voice-like murmur of syllables,
-so its waveform has the peaks and pauses of a real voice note.
+so its waveform has the peaks and pauses of a real voice note. For benchmarks at a customer's size:
+`sample_phone_photo` (a 12 MP phone shot, its detail and sensor noise included, so it weighs what a
+real one does: about 4 MB as a JPEG) and `sample_song` (three minutes of stereo music, MP3).
 """
 
 from __future__ import annotations
@@ -28,18 +30,46 @@ _PALETTES = (
 def sample_photo(seed: int = 0, size: tuple[int, int] = (1200, 1600), fmt: str = "JPEG") -> bytes:
     """A landscape at `size` (width, height), encoded as `fmt` (any format Pillow writes)."""
     rng = np.random.default_rng(seed)
+    pixels = _landscape(rng, seed, size)
+    pixels += rng.normal(0.0, 5.0, size=(size[1], size[0], 1)).astype(np.float32)  # film grain
+    return _encode(pixels, fmt)
+
+
+def sample_phone_photo(seed: int = 0, size: tuple[int, int] = (4032, 3024), fmt: str = "JPEG") -> bytes:
+    """A phone camera's 12 MP photo: the landscape with texture at several scales and per-channel
+    sensor noise. Film grain alone compresses too well (about 2.9 MB at 4032x3024, quality 90); a
+    real shot has detail everywhere and weighs 3-5 MB, and the bytes are what S3 and the render move."""
+    rng = np.random.default_rng(seed)
+    pixels = _landscape(rng, seed, size)
     width, height = size
-    sky_top, horizon, sun, far, near = (_rgb(c) for c in _PALETTES[seed % len(_PALETTES)])
-    y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
-    pixels = np.broadcast_to(sky_top + (horizon - sky_top) * np.clip(y / 0.62, 0, 1), (height, width, 3)).copy()
-    _paint_sun(pixels, rng, sun)
-    for depth, color in ((0.0, far), (1.0, near)):
-        _paint_hills(pixels, rng, color, depth)
-    pixels += rng.normal(0.0, 5.0, size=(height, width, 1)).astype(np.float32)  # film grain
-    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    for cell, amplitude in ((3, 10.0), (9, 6.0), (27, 5.0)):  # fine to coarse: leaves, grass, clouds
+        coarse = rng.normal(0.0, amplitude, size=(height // cell + 1, width // cell + 1)).astype(np.float32)
+        pixels += np.asarray(Image.fromarray(coarse, "F").resize(size, Image.Resampling.BILINEAR))[..., None]
+    pixels += rng.normal(0.0, 6.0, size=(height, width, 1)).astype(np.float32)  # luminance noise
+    pixels += rng.normal(0.0, 3.0, size=(height, width, 3)).astype(np.float32)  # colour noise
+    return _encode(pixels, fmt)
+
+
+def sample_song(seed: int = 0, seconds: float = 180.0, *, sample_rate: int = 44100) -> bytes:
+    """Stereo music as a 160 kbit/s MP3 (a song as customers upload it, 3.6 MB for three minutes):
+    a kick on each beat, a chord per bar, hi-hats, and louder choruses between quieter verses, so
+    its waveform is dense like a song's rather than a voice's syllables and pauses."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(max(1, int(seconds * sample_rate)), dtype=np.float32) / sample_rate
+    beat = np.float32(60.0 / rng.uniform(90, 128))
+    since_beat = (t % beat) / beat
+    bar = (t // (4 * beat)).astype(np.int64)
+    root = (110 * 2 ** (rng.choice([0, 3, 5, 7, 8, 10], size=int(bar.max()) + 1) / 12)).astype(np.float32)[bar]
+    chord = sum(np.sin(2 * np.pi * root * ratio * t) / (k + 1) for k, ratio in enumerate((1.0, 1.26, 1.5, 2.0)))
+    kick = np.sin(2 * np.pi * 55 * t) * np.exp(-since_beat * 12)
+    hats = rng.normal(0.0, 0.05, size=t.size).astype(np.float32) * np.exp(-((2 * since_beat) % 1) * 8)
+    loudness = np.where((t // 20).astype(np.int64) % 2 == 1, 1.0, 0.55).astype(np.float32)  # chorus, verse
+    mono = (0.5 * kick + 0.25 * chord + hats) * loudness
+    stereo = np.stack([mono + 0.02 * np.roll(mono, 300), mono + 0.02 * np.roll(mono, -300)], axis=1)
+    stereo *= 0.9 / max(float(np.abs(stereo).max()), 1e-9)
     out = io.BytesIO()
-    options = {"quality": 90} if fmt.upper() in ("JPEG", "JPG") else {}
-    image.save(out, fmt, **options)
+    # Constant bitrate: libsndfile's default is a variable one that makes smaller files than a song's.
+    soundfile.write(out, stereo, sample_rate, format="MP3", compression_level=0.5, bitrate_mode="CONSTANT")
     return out.getvalue()
 
 
@@ -66,6 +96,26 @@ def sample_audio(seed: int = 0, seconds: float = 5.0, *, sample_rate: int = 2205
 def sample_waveform_png(audio: bytes) -> bytes:
     """The shop's waveform image for `audio`, as the upload page would have drawn it."""
     return waveform_png(audio)
+
+
+def _landscape(rng: np.random.Generator, seed: int, size: tuple[int, int]) -> np.ndarray:
+    """Sky, sun and two ranges of hills, as float RGB pixels (height, width, 3)."""
+    width, height = size
+    sky_top, horizon, sun, far, near = (_rgb(c) for c in _PALETTES[seed % len(_PALETTES)])
+    y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+    pixels = np.broadcast_to(sky_top + (horizon - sky_top) * np.clip(y / 0.62, 0, 1), (height, width, 3)).copy()
+    _paint_sun(pixels, rng, sun)
+    for depth, color in ((0.0, far), (1.0, near)):
+        _paint_hills(pixels, rng, color, depth)
+    return pixels
+
+
+def _encode(pixels: np.ndarray, fmt: str) -> bytes:
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    out = io.BytesIO()
+    options = {"quality": 90} if fmt.upper() in ("JPEG", "JPG") else {}
+    image.save(out, fmt, **options)
+    return out.getvalue()
 
 
 def _rgb(hex_color: str) -> np.ndarray:

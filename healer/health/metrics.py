@@ -6,6 +6,10 @@ scrape time; the database figures at most once per `orders_ttl_seconds`, with on
 and one count, however often or by how many scrapers the endpoint is read. So every daemon sharing
 the database reports the same figures, whichever of them (or an operator's CLI) changed them. The
 registry is injected, so each test gets a fresh one.
+
+A completion's latency carries its trace id as an exemplar (when tracing is on): from the histogram
+on a dashboard to the trace of one slow order. Exemplars exist only in the OpenMetrics format, which
+`exposition` answers when the scraper's Accept header asks for it (Prometheus does).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
 from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -41,6 +47,7 @@ from fulfilment.pipeline import ACTIVE
 from fulfilment.recording import StepResult
 from healer import __version__
 from healer.jobs.scheduler import JobState
+from healer.sendgrid.events import EmailEventLabel
 from healer.stripe.orphans import count_unresolved
 
 log = logging.getLogger(__name__)
@@ -83,6 +90,9 @@ class Metrics:
         self.webhook_events = Counter(
             "healer_webhook_events_total", "Stripe webhook deliveries, by event type and result.",
             ["type", "result"], registry=r)
+        self.email_events = Counter(
+            "healer_email_events_total", "SendGrid's email events (delivered, bounce...), each counted once.",
+            ["event"], registry=r)
         Gauge("healer_build_info", "The running healer's version.", ["version"], registry=r).labels(
             __version__).set(1)
         if runbook_base_url is not None:
@@ -100,6 +110,8 @@ class Metrics:
                 self.step_failures.labels(step.value, error_class.value)
         for outcome in COMPLETION_OUTCOMES:
             self.completions.labels(outcome)
+        for event in EmailEventLabel:  # the first bounce after a start is an increase, for its alert
+            self.email_events.labels(event.value)
         for result in ("success", "failure"):
             self.reconcile_runs.labels(result)
 
@@ -116,7 +128,8 @@ class Metrics:
         elif result.outcome is Outcome.OK and result.status is OrderStatus.COMPLETED:
             self.completions.labels("completed").inc()
             if result.completion_latency_seconds is not None:
-                self.completion_latency.observe(result.completion_latency_seconds)
+                exemplar = {"trace_id": result.trace_id} if result.trace_id else None
+                self.completion_latency.observe(result.completion_latency_seconds, exemplar)
 
     # -- state read at scrape time ---------------------------------------------------------------
 
@@ -134,8 +147,12 @@ class Metrics:
         return figures
 
 
-    def exposition(self) -> tuple[bytes, str]:
-        """The text format for `GET /metrics`: body and content type."""
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """`GET /metrics`: body and content type. OpenMetrics (with exemplars) when the scraper's
+        `accept` header asks for it, else the text format, as before."""
+        encoder, content_type = choose_encoder(accept)
+        if content_type.startswith(OPENMETRICS_CONTENT_TYPE.split(";")[0]):
+            return encoder(self.registry), content_type
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 

@@ -13,6 +13,8 @@ Two rules shape what is *reported*, while the raw result of every probe is kept 
   answers (`failing`, read by healer.jobs.scheduler).
 
 The configured checks come from `healer.wiring.build_monitor`, the one place that reads Settings.
+Lines logged about a check (its transitions, its listeners' actions) carry its name as `check`
+(healer.logs); checks.base binds it on the probe's own thread as well.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
 from typing import Protocol
+
+from structlog.contextvars import bound_contextvars
 
 from checks.base import Check, CheckResult, Healthy, Status, Verdict, run_with_timeout, skipped_because
 from checks.registry import display_order
@@ -178,7 +182,7 @@ class HealthMonitor:
     def run(self, name: str) -> CheckResult:
         """Probe one check now (unless skipped or still hanging); returns the reported result."""
         check = self._checks[name]
-        with self._callers[name]:
+        with self._callers[name], bound_contextvars(check=name):
             raw = self._skipped(check) or self._probe(check)
             return self._record(check, raw)
 

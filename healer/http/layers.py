@@ -6,6 +6,7 @@ answered (so it runs outside it)."""
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 
 from healer.http.errors import install_error_handlers
 from healer.http.head import HeadAsGet
@@ -17,3 +18,12 @@ def install_layers(app: FastAPI, listener: str, metrics: HttpMetrics | None) -> 
     if metrics is not None:
         app.add_middleware(CountRequests, metrics=metrics, listener=listener)
     app.add_middleware(HeadAsGet)
+
+
+def native_telemetry(*, server_spans: bool) -> TelemetryConfig:
+    """FastAPI's own OpenTelemetry, cut to what healer does not already have. Its metrics and logs
+    would repeat the request metrics and access log above without their redaction (its logs
+    record exception messages as they are); its per-operation spans add nothing to an order's
+    trace. Server spans are kept where a request starts work worth tracing (the public listener:
+    a webhook's span hangs under its request's); probes and scrapes would be a trace each."""
+    return {"tracing": server_spans, "metrics": False, "logs": False, "operation_spans": False}

@@ -10,7 +10,8 @@ retry`: 409 and no change for an order with nothing to retry, and no new story l
 is already queued.
 `/docs` is Swagger UI with its scripts and styles served from the swagger_ui_bundle package, not a
 CDN (FastAPI's default), so it works on a network without the internet; `/runbook` is the
-operations guide (healer.http.runbook).
+operations guide (healer.http.runbook); `/` and `/orders/{id}` are the status page, HTML for people
+on call (healer.http.status_page).
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ from healer.config import Secret
 from healer.health.monitor import HealthMonitor
 from healer.http.auth import same_secret
 from healer.http.customer_view import CompletionAccepted
-from healer.http.layers import install_layers
+from healer.http.layers import install_layers, native_telemetry
 from healer.http.observe import HttpMetrics
 from healer.http.openapi import Responses, operation_id, plain_text, problem, unavailable
 from healer.http.probes import health_routes, probe_routes
 from healer.http.runbook import runbook_routes
+from healer.http.status_data import PageConfig
+from healer.http.status_page import status_page_routes
 
 
 @dataclass
@@ -54,13 +57,15 @@ class OperatorContext:
     # The checks behind /readyz and /health; None: no checks configured (always ready).
     health: HealthMonitor | None = None
     # The Prometheus exposition: (body, content type).
-    metrics: Callable[[], tuple[bytes, str]] | None = None
+    metrics: Callable[[str], tuple[bytes, str]] | None = None  # Accept header -> body, content type
     # The public listener's schema, served here as /public/openapi.json.
     public_schema: Callable[[], dict[str, Any]] | None = None
     # Sentences for /health about how this daemon runs (embedded defaults, payments unverified).
     notices: tuple[str, ...] = ()
     # healer_http_requests_total and its duration; None: not counted (tests of one route).
     http_metrics: HttpMetrics | None = None
+    # What the status page (`/`, healer.http.status_page) needs beyond the above.
+    pages: PageConfig = field(default_factory=PageConfig)
 
 
 ADMIN = HTTPBearer(scheme_name="AdminToken", auto_error=False, description="HEALER_ADMIN_TOKEN")
@@ -90,6 +95,7 @@ def resolved_order_id(request: Request, order_id: Annotated[str, PathParam(
 
 
 OrderId = Annotated[uuid.UUID, Depends(resolved_order_id)]
+OPENMETRICS = "application/openmetrics-text"
 SWAGGER_ASSETS = "/docs/assets"
 
 
@@ -97,7 +103,7 @@ def create_operator_app(ctx: OperatorContext) -> FastAPI:
     # FastAPI's own /docs and /redoc load their scripts from CDNs: blank pages offline. /docs is
     # served below instead; ReDoc has no packaged copy, so there is no /redoc.
     app = FastAPI(title="healer operator API", version=__version__, generate_unique_id_function=operation_id,
-                  docs_url=None, redoc_url=None)
+                  docs_url=None, redoc_url=None, telemetry=native_telemetry(server_spans=False))
     install_layers(app, "operator", ctx.http_metrics)
     _order_routes(app, ctx)
     probe_routes(app, ctx.liveness, ctx.health, ctx.redact)
@@ -105,6 +111,7 @@ def create_operator_app(ctx: OperatorContext) -> FastAPI:
     _exposition_routes(app, ctx)
     _docs_routes(app)
     runbook_routes(app)
+    status_page_routes(app, ctx)
     return app
 
 
@@ -139,14 +146,20 @@ def _order_routes(app: FastAPI, ctx: OperatorContext) -> None:
 
 
 def _exposition_routes(app: FastAPI, ctx: OperatorContext) -> None:
-    """Prometheus' scrape, and the public listener's schema (which that listener does not serve)."""
+    """Prometheus' scrape (OpenMetrics when the scraper asks for it), and the public listener's
+    schema (which that listener does not serve)."""
     if ctx.metrics is not None:
+        # Called with the scraper's Accept header: healer.health.metrics.Metrics.exposition answers
+        # OpenMetrics, the one format that carries exemplars (trace ids), when it is asked for.
         exposition = ctx.metrics
+        answer = {**plain_text("the text exposition format, or OpenMetrics (with exemplars) when the "
+                               "Accept header asks for application/openmetrics-text")}
+        answer["content"] = {**answer["content"], OPENMETRICS: {"schema": {"type": "string"}}}
 
         @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus exposition",
-                 responses={200: plain_text("the text exposition format")})
-        def metrics() -> Response:
-            body, content_type = exposition()
+                 responses={200: answer})
+        def metrics(request: Request) -> Response:
+            body, content_type = exposition(request.headers.get("accept", ""))
             return Response(body, media_type=content_type)
 
     if ctx.public_schema is not None:

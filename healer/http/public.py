@@ -1,10 +1,11 @@
-"""The public listener: what customers and Stripe need, and nothing else.
+"""The public listener: what customers, Stripe and SendGrid need, and nothing else.
 
 `POST /api/orders/{id}/complete` never does the work itself: it verifies the payment when Stripe
 answers quickly (at most one Stripe call per order every few seconds, see fulfilment.coalesce),
 queues the order and answers 202 with its status, whatever happens downstream. `GET
 /api/orders/{id}` is the customer's view. `GET /download/{token}` sends the customer to a fresh
-presigned URL. The Stripe webhook is added by the daemon (healer.stripe.webhooks). Any other path is 404:
+presigned URL. The Stripe webhook (healer.stripe.webhooks) and SendGrid's event webhook
+(healer.sendgrid.webhook) are added by the daemon (healer.wiring.build_apps). Any other path is 404:
 health, metrics, docs and the schema live on the operator listener.
 """
 
@@ -30,7 +31,7 @@ from fulfilment.storage import LocalStore, ObjectStore
 from healer import __version__, orders
 from healer.http.auth import SessionDenied, check_session
 from healer.http.customer_view import CompletionAccepted, CustomerOrder, customer_order
-from healer.http.layers import install_layers
+from healer.http.layers import install_layers, native_telemetry
 from healer.http.observe import HttpMetrics
 from healer.http.openapi import TOO_MANY, Responses, operation_id, problem, unavailable
 from healer.http.ratelimit import ClientRateLimit
@@ -94,7 +95,8 @@ DOWNLOAD_RESPONSES: Responses = {
 def create_public_app(ctx: PublicContext) -> FastAPI:
     # No docs or schema here: the public API's schema is served on the operator listener.
     app = FastAPI(title="healer public API", version=__version__, docs_url=None, redoc_url=None,
-                  openapi_url=None, generate_unique_id_function=operation_id)
+                  openapi_url=None, generate_unique_id_function=operation_id,
+                  telemetry=native_telemetry(server_spans=True))
     install_layers(app, "public", ctx.http_metrics)
     _order_routes(app, ctx)
     _download_route(app, ctx)

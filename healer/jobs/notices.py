@@ -23,7 +23,7 @@ from sqlalchemy import ColumnElement, delete, exists, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.errors import ErrorClass, StepError
-from fulfilment.mailer import Email, Mailer, single_line
+from fulfilment.mailer import Email, EmailKind, Mailer, single_line
 from fulfilment.models import Order, OrderStatus, transaction, utcnow
 from fulfilment.pipeline import ACTIVE
 from healer.db.models import NoticeKind, OrderNotice, insert_once
@@ -77,26 +77,27 @@ def _quoted(title: str) -> str:
     return f" \u201c{title}\u201d" if title else ""
 
 
-def _email(to: str, subject: str, text: str) -> Email:
+def _email(to: str, subject: str, text: str, order_id: str, kind: EmailKind) -> Email:
     body = "".join(f"<p>{html.escape(p).replace(chr(10), ' ')}</p>" for p in text.strip().split("\n\n"))
-    return Email(to=to, subject=subject, text=text, html=f"<!DOCTYPE html><html><body>{body}</body></html>")
+    return Email(to=to, subject=subject, text=text, html=f"<!DOCTYPE html><html><body>{body}</body></html>",
+                 order_id=order_id, kind=kind)  # SendGrid's events about it name its order (healer.sendgrid)
 
 
 def delay_email(*, to: str, title: str, order_id: str, given_up: bool = False, refunds: bool = False) -> Email:
     """The "delayed" email; for an order that gave up, one that promises no download link."""
     if not given_up:
         text = _DELAY_TEXT.format(title=_quoted(title), order_id=order_id)
-        return _email(to, "Your poster is on its way, a little late", text)
+        return _email(to, "Your poster is on its way, a little late", text, order_id, EmailKind.DELAY_NOTICE)
     next_step = _IF_NOT_FIXED_REFUND if refunds else _IF_NOT_FIXED
     text = _TROUBLE_TEXT.format(title=_quoted(title), next_step=next_step, order_id=order_id)
-    return _email(to, "A problem with your poster order", text)
+    return _email(to, "A problem with your poster order", text, order_id, EmailKind.DELAY_NOTICE)
 
 
 def refund_email(*, to: str, title: str, order_id: str, error_class: ErrorClass | None) -> Email:
     """The "refunded" email: that the payment came back, and why, in the customer's words."""
     reason = _REFUND_REASONS.get(error_class, _REFUND_REASON) if error_class else _REFUND_REASON
     text = _REFUND_TEXT.format(title=_quoted(title), reason=reason, order_id=order_id)
-    return _email(to, "Your poster order has been refunded", text)
+    return _email(to, "Your poster order has been refunded", text, order_id, EmailKind.REFUND_NOTICE)
 
 
 # -- "your poster is delayed" ----------------------------------------------------------------------

@@ -26,6 +26,7 @@ import stripe
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from fulfilment.errors import ErrorClass
 from fulfilment.leases import db_later, db_now
 from fulfilment.models import Order, OrderEvent, OrderStatus, Outcome, Step, transaction, utcnow
 from fulfilment.pipeline import Pipeline
@@ -101,6 +102,8 @@ def refund_failed_orders(
             .where(Order.status == OrderStatus.NEEDS_ATTENTION.value,
                    and_(Order.payment_verified_at.is_not(None),
                         Order.stripe_payment_intent_id.is_not(None)),
+                   # Its poster was made; only the email bounced: the fix is an address, not money back.
+                   or_(Order.last_error_class.is_(None), Order.last_error_class != ErrorClass.EMAIL_UNDELIVERED),
                    func.coalesce(gave_up_at, Order.paid_at) < now - timedelta(seconds=grace_seconds))
             .order_by(Order.paid_at).limit(limit)
         ).all()

@@ -38,6 +38,7 @@ from fulfilment.leases import db_now
 from fulfilment.mailer import Mailer
 from fulfilment.models import Order, OrderEvent, OrderStatus, Outcome, transaction, utcnow
 from fulfilment.pipeline import ACTIVE, NEXT_STEP, Pipeline
+from fulfilment.recording import current_trace
 from healer.health.metrics import Metrics
 from healer.jobs.notices import send_delay_emails, send_refund_emails
 from healer.jobs.refunds import DEFAULT_REFUND_GRACE_SECONDS, refund_failed_orders
@@ -122,8 +123,11 @@ def requeue_stuck(
 
 
 def _event(stuck: StuckOrder, now: datetime, message: str) -> OrderEvent:
+    # Under a reconciliation run's span, the line names it (as fulfilment.recording's lines do).
+    trace_id, span_id = current_trace() or (None, None)
     return OrderEvent(order_id=stuck.order_id, at=now, step=NEXT_STEP[stuck.status].value,
-                      outcome=Outcome.REQUEUED.value, duration_seconds=0.0, message=message)
+                      outcome=Outcome.REQUEUED.value, duration_seconds=0.0, message=message,
+                      trace_id=trace_id, span_id=span_id)
 
 
 def _duration(seconds: float) -> str:

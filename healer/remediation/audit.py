@@ -17,6 +17,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Index, Integer, String, Text, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from structlog.contextvars import bound_contextvars
 
 from fulfilment.errors import one_line
 from fulfilment.models import Base, UTCDateTime, enum_column, transaction, utcnow
@@ -95,6 +96,11 @@ class Audit:
         return self.mode is RemediationMode.DRY_RUN
 
     def record(self, action: Action, target: str, reason: str, result: Result, detail: str = "") -> None:
+        # Bound here too: an action may record from a thread of its own (rerender_pdf's).
+        with bound_contextvars(action=action.value):
+            self._record(action, target, reason, result, detail)
+
+    def _record(self, action: Action, target: str, reason: str, result: Result, detail: str) -> None:
         self.metrics.remediations.labels(action, result).inc()
         log.log(_LOG_LEVELS[result], "Remediation %s on %s: %s (%s): %s%s", action, target, result,
                 self.mode, reason, f"; {detail}" if detail else "")

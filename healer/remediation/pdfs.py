@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from sqlalchemy.exc import SQLAlchemyError
+from structlog.contextvars import bound_contextvars
 
 from fulfilment.errors import StepError, one_line
 from healer.remediation.audit import Action, Audit, Result
@@ -84,6 +85,11 @@ class PdfRestorer:
         return None
 
     def _run(self, order_id: uuid.UUID, reason: str) -> None:
+        # Its own thread: the remediator's binding stays on the customer's request.
+        with bound_contextvars(action=Action.RERENDER_PDF.value, order_id=str(order_id)):
+            self._rerender(order_id, reason)
+
+    def _rerender(self, order_id: uuid.UUID, reason: str) -> None:
         try:
             key = self.rerender(order_id)
         except StepError as error:

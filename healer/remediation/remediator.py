@@ -25,13 +25,17 @@ Every action is a `remediations` row (healer.remediation.audit) and a count in
 healer_remediations_total{action,result}. HEALER_REMEDIATION=off does nothing at all; dry-run logs
 and records what it would do (result `dry_run`) and changes nothing.
 
-Each action lives in its own module beside this one; this one routes what the daemon sees to them.
+Each action lives in its own module beside this one; this one routes what the daemon sees to them,
+with the action's name bound (`action`, a structlog context variable: healer.logs) on the lines
+logged while it runs; audit.py binds it on the line of its record, whatever the thread.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+
+from structlog.contextvars import bound_contextvars
 
 from checks.base import CheckResult, Status
 from fulfilment.models import Outcome, Step
@@ -77,11 +81,14 @@ class Remediator:
             return
         if self.orders is not None and _turned_green(new, previous):
             assert previous is not None
-            self.orders.on_green(new, previous)
+            with bound_contextvars(action=Action.RESUME_ORDERS.value):
+                self.orders.on_green(new, previous)
         if new.name == "docker" and self.containers is not None:
-            self.containers.on_docker_result(new)
+            with bound_contextvars(action=Action.RESTART_CONTAINER.value):
+                self.containers.on_docker_result(new)
         if new.name == "disk" and self.scratch is not None:
-            self.scratch.on_disk_result(new)
+            with bound_contextvars(action=Action.FREE_SCRATCH.value):
+                self.scratch.on_disk_result(new)
 
     def observe_step(self, result: StepResult) -> None:
         """A Pipeline observer: runs in the worker's thread, after the step's commit."""
@@ -89,20 +96,22 @@ class Remediator:
             return
         if result.step is not Step.RENDER or result.outcome is not Outcome.OK:
             return
-        try:
-            self.waveforms.after_render(result.order_id)
-        except Exception:  # a remediation bug must never stop the order it follows
-            log.exception("Waveform remediation failed for order %s", result.order_id)
+        with bound_contextvars(action=Action.REGENERATE_WAVEFORM.value):
+            try:
+                self.waveforms.after_render(result.order_id)
+            except Exception:  # a remediation bug must never stop the order it follows
+                log.exception("Waveform remediation failed for order %s", result.order_id)
 
     def on_missing_download(self, order_id: uuid.UUID, why: str) -> bool:
         """healer.http.public: a download link's PDF is gone. True when it is being rendered again."""
         if self.mode is RemediationMode.OFF or self.pdfs is None:
             return False
-        try:
-            return self.pdfs.on_missing(order_id, why)
-        except Exception:  # a remediation bug must never turn a customer's download into a 500
-            log.exception("PDF remediation failed for order %s", order_id)
-            return False
+        with bound_contextvars(action=Action.RERENDER_PDF.value):
+            try:
+                return self.pdfs.on_missing(order_id, why)
+            except Exception:  # a remediation bug must never turn a customer's download into a 500
+                log.exception("PDF remediation failed for order %s", order_id)
+                return False
 
     def shutdown(self) -> None:
         if self.pdfs is not None:

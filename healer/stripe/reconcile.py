@@ -19,6 +19,9 @@ One daemon reconciles at a time: a PostgreSQL advisory lock, or a lease row on S
 Leases are on the database's clock (fulfilment.leases): an order's, when deciding whether it is
 stuck, and the SQLite reconcile lease. The reconciler's own clock (`clock`) measures the window,
 the SLA and checkout ages against Stripe's and the daemon's timestamps, and stamps the run records.
+
+With tracing on, a run is a span `stripe.reconcile` (Stripe's requests beneath it), linked to the
+latest trace of every order it repairs or reports (span links, read before the repairs).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import stripe
+from opentelemetry import trace
 from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import SQLAlchemyError
@@ -38,6 +42,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.models import Order, transaction, utcnow
 from fulfilment.pipeline import ACTIVE, Pipeline, awaiting_payment_clause
+from fulfilment.recording import latest_traces
+from healer import tracing
 from healer.db.models import OrphanPayment, ReconcileRun, ReconcileState, RunResult, insert_once
 from healer.health.metrics import Metrics
 from healer.jobs.stuck import requeue_stuck
@@ -49,6 +55,7 @@ from healer.stripe.orphans import resolve as resolve_orphan
 from healer.stripe.webhooks import parse_order_id, payment_mismatch
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 LOOKBACK_SECONDS = 3 * 86_400  # Stripe retries a webhook delivery for up to three days
 # PaymentIntents created shortly before the last run may have succeeded since (3-D Secure, a slow
@@ -98,6 +105,20 @@ class Reconciler:
 
     def run(self, *, dry_run: bool = False, progress: ProgressFn | None = None) -> ReconcileReport:
         """One pass; `dry_run` reads everything and writes nothing (no repairs, cursor or record)."""
+        # Exceptions are not recorded on the span: a database error's text may quote its statement.
+        with tracer.start_as_current_span("stripe.reconcile", attributes={"reconcile.dry_run": dry_run},
+                                          record_exception=False, set_status_on_exception=False) as span:
+            try:
+                report = self._run(dry_run, progress)
+            except Exception as error:
+                span.set_status(trace.StatusCode.ERROR, type(error).__name__)
+                raise
+            span.set_attributes({"reconcile.payments_read": report.payments_read,
+                                 "reconcile.stripe_requests": report.stripe_requests,
+                                 "reconcile.orders_repaired": report.orders_repaired})
+            return report
+
+    def _run(self, dry_run: bool, progress: ProgressFn | None) -> ReconcileReport:
         started, began = self.clock(), time.monotonic()
         cursor, last_run_at = self._load_state()
         window_start = self._window_start(started, cursor)
@@ -188,6 +209,7 @@ class Reconciler:
 
     def _apply(self, findings: list[Finding]) -> list[Finding]:
         """Make the repairs; returns those that changed something (a webhook may have beaten us)."""
+        self._link_orders(findings)
         done: list[Finding] = []
         with transaction(self.sessions) as session:
             for f in findings:
@@ -205,6 +227,14 @@ class Reconciler:
                                      order_ids=list(stuck), limit=len(stuck), clock=self.clock)
             done.extend(stuck[s.order_id] for s in requeued)
         return done
+
+    def _link_orders(self, findings: list[Finding]) -> None:
+        """Link the run's span to the latest trace of each order found, before the repairs add to
+        their stories; only while the span records: with tracing off, no query."""
+        order_ids = {f.order_id for f in findings if f.order_id is not None}
+        if order_ids and tracing.recording():
+            with self.sessions() as session:
+                tracing.link_orders(latest_traces(session, order_ids))
 
     def _mark_paid(self, session: Session, finding: Finding) -> bool:
         assert finding.order_id is not None

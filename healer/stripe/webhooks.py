@@ -17,6 +17,9 @@ resolves that orphan (healer.stripe.orphans), in the same transaction as the eve
 order is also named (a second payment for a paid order names that order).
 
 Nothing slow happens in the request: no Stripe calls, no rendering, one short transaction.
+
+With tracing on, each verified delivery is a span `stripe.webhook`, linked to the latest trace of the
+order it names (a span link, read from the order's story before the event changes it).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from opentelemetry import trace
 from pydantic import BaseModel
 from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Row
@@ -37,6 +41,8 @@ from starlette.concurrency import run_in_threadpool
 from fulfilment.errors import ErrorClass
 from fulfilment.models import Order, OrderStatus, Outcome, Step, transaction
 from fulfilment.pipeline import Pipeline
+from fulfilment.recording import latest_traces
+from healer import tracing
 from healer.config import Secret
 from healer.db.models import OrphanPayment, WebhookEvent, insert_once
 from healer.health.metrics import Metrics
@@ -55,6 +61,7 @@ from healer.stripe.webhook_events import (
 )
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 # Stripe's largest events (a charge with its refunds) are a few tens of kilobytes.
 MAX_BODY_BYTES = 256 * 1024
@@ -153,6 +160,13 @@ class WebhookHandler:
         self.pipeline = pipeline
 
     def handle(self, delivery: Delivery) -> WebhookResult:
+        attributes = {"stripe.event.id": delivery.event_id, "stripe.event.type": delivery.type}
+        with tracer.start_as_current_span("stripe.webhook", attributes=attributes) as span:
+            result = self._handle(delivery)
+            span.set_attribute("stripe.webhook.result", result.value)
+            return result
+
+    def _handle(self, delivery: Delivery) -> WebhookResult:
         with transaction(self.sessions) as session:
             if not insert_once(session, WebhookEvent, id=delivery.event_id, type=delivery.type,
                                received_at=self.pipeline.clock(), result="processing"):
@@ -180,6 +194,7 @@ class WebhookHandler:
             log.warning("Stripe event %s (%s) names no known order (metadata.order_id %r, %s)",
                         delivery.event_id, delivery.type, obj.metadata and obj.metadata.order_id, payment_intent_id)
             return WebhookResult.UNKNOWN_ORDER, None
+        _link_order(session, order.id)
         if isinstance(obj, Charge):
             return self._refunded(session, delivery.event_id, obj, order), order.id
         if delivery.type == SUCCEEDED:
@@ -254,6 +269,14 @@ class WebhookHandler:
                         "back (%s)", order.id, where)
             return WebhookResult.REFUND_AFTER_COMPLETION
         return WebhookResult.APPLIED
+
+
+def _link_order(session: Session, order_id: uuid.UUID) -> None:
+    """Link this delivery's span to the order's latest trace (its completion, say); read only
+    while the span records, so that with tracing off a webhook costs no query more."""
+    if tracing.recording():
+        trace.get_current_span().set_attribute(tracing.ORDER_ID, str(order_id))
+        tracing.link_orders(latest_traces(session, [order_id]))
 
 
 def payment_mismatch(order: Row[Any], intent: dict[str, Any]) -> str | None:

@@ -58,7 +58,7 @@ def _operations(daemon: RunningDaemon) -> list[tuple[str, Any]]:
         broken = [result.err() for result in results if isinstance(result, Err)]
         assert not broken, f"the daemon's schema {schema_path} has operations schemathesis cannot read: {broken}"
         found += [(base_url, result.ok()) for result in results if isinstance(result, Ok)]
-    assert len(found) == 12, [op.label for _, op in found]
+    assert len(found) == 13, [op.label for _, op in found]
     return found
 
 

@@ -57,7 +57,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 def healer_env(shop_env: dict[str, str], **overrides: str) -> dict[str, str]:
     """The shop's environment for one daemon: free ports for its two listeners, two workers on a
-    fast tick, the admin token; `overrides` add or replace variables."""
+    fast tick, the admin token, text log lines; `overrides` add or replace variables."""
     return {
         **shop_env,
         "HEALER_HTTP_PORT": str(free_port()),
@@ -65,6 +65,9 @@ def healer_env(shop_env: dict[str, str], **overrides: str) -> dict[str, str]:
         "HEALER_WORKER_INTERVAL_SECONDS": "0.2",
         "HEALER_WORKERS": "2",
         "HEALER_ADMIN_TOKEN": ADMIN,
+        # The log read as an operator at a terminal reads it (a log file is no terminal, so the
+        # default would be JSON); tests/healer/test_logs.py reads the JSON lines.
+        "HEALER_LOG_FORMAT": "text",
         **overrides,
     }
 

@@ -8,11 +8,22 @@ exercise the same request building, status handling and exceptions as production
 - `GET /v3/scopes`: the key's scopes, which the health check reads to tell "allowed to send".
 
 Faults are switched from Python: `fail_next`, `set_delay`, `set_hang`, `set_key_valid`.
+
+Its Event Webhook, as SendGrid's Signed Event Webhook sends it: the server holds a P-256 key pair
+and shows the public key as SendGrid's Mail Settings do (`public_key`, base64 DER). `event(message,
+"bounce")` is the event SendGrid would report about a sent message, carrying the message's custom
+arguments as top-level fields; `post_events(url, events)` posts a batch of them the way SendGrid
+does: a JSON array (ending in CRLF), signed over the timestamp followed by the body, in the
+`X-Twilio-Email-Event-Webhook-Signature` and `-Timestamp` headers. `signed_batch` and `sign` give
+the body and headers without posting, for tests that send them themselves (forged, stale).
 """
 
 from __future__ import annotations
 
 import base64
+import enum
+import http.client
+import itertools
 import json
 import re
 import secrets
@@ -20,11 +31,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 _HELP = "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html"
 _BAD_GRANT = "The provided authorization grant is invalid, expired, or revoked"
@@ -93,6 +107,18 @@ class SentMessage:
     text: str | None
     html: str | None
     body: dict[str, Any]
+    # The message's custom arguments (the personalization's over the top-level ones): SendGrid
+    # copies them into every event it reports about the message.
+    custom_args: dict[str, str] = field(default_factory=dict)
+
+
+SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
+TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
+
+
+class EventSignature(enum.Enum):
+    VALID = "valid"
+    FORGED = "forged"  # signed with a key other than the one the account shows
 
 
 @dataclass
@@ -316,6 +342,29 @@ def _non_empty_string(value: Any) -> bool:
     return isinstance(value, str) and value != ""
 
 
+def _custom_args_errors(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Custom arguments are string to string, at the top and in each personalization."""
+    places = [("custom_args", body.get("custom_args"))] + [
+        (f"personalizations.{i}.custom_args", p.get("custom_args"))
+        for i, p in enumerate(body.get("personalizations") or []) if isinstance(p, dict)
+    ]
+    errors = []
+    for where, args in places:
+        if args is None:
+            continue
+        if not isinstance(args, dict):
+            errors.append(_item("Invalid type. Expected: object, given: " + _json_type(args) + ".", where))
+            continue
+        errors += [_item("Invalid type. Expected: string, given: " + _json_type(value) + ".", f"{where}.{key}")
+                   for key, value in args.items() if not isinstance(value, str)]
+    return errors
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+    return "null" if value is None else names.get(type(value), "unknown")
+
+
 def validate_mail(body: Any) -> list[dict[str, Any]]:
     """SendGrid's error items for a mail/send body; empty when it would be accepted."""
     if not isinstance(body, dict):
@@ -325,6 +374,7 @@ def validate_mail(body: Any) -> list[dict[str, Any]]:
         + _from_errors(body)
         + _subject_errors(body)
         + _content_errors(body)
+        + _custom_args_errors(body)
     )
 
 
@@ -339,6 +389,7 @@ def _messages_of(body: dict[str, Any], message_id: str) -> list[SentMessage]:
             text=parts.get("text/plain"),
             html=parts.get("text/html"),
             body=body,
+            custom_args={**(body.get("custom_args") or {}), **(p.get("custom_args") or {})},
         )
         for p in body["personalizations"]
     ]
@@ -364,6 +415,9 @@ class SendGridServer:
         self._stopping = threading.Event()
         self._messages: list[SentMessage] = []
         self._requests: list[RecordedRequest] = []
+        # The Signed Event Webhook's key pair; SendGrid shows the public half, keeps the other.
+        self._signing_key = ec.generate_private_key(ec.SECP256R1())
+        self._event_numbers = itertools.count(1)
         self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler, self)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, args=(0.05,), name="fake-sendgrid", daemon=True
@@ -409,6 +463,58 @@ class SendGridServer:
         """How many requests the hung server holds unanswered right now (recorded only once answered)."""
         with self._lock:
             return self._held
+
+    @property
+    def public_key(self) -> str:
+        """The Event Webhook's verification key, as SendGrid shows it: base64 DER (SubjectPublicKeyInfo)."""
+        return _public_key_text(self._signing_key)
+
+    # the Event Webhook
+
+    def event(self, message: SentMessage, event: str, **fields: Any) -> dict[str, Any]:
+        """The event SendGrid reports about `message`: `delivered`, `bounce`, `blocked` (a bounce of
+        type blocked), `dropped`, `spamreport`, `deferred`, `processed`...; `fields` add or replace
+        fields (`sg_message_id=None` leaves it out, as some asynchronous bounces do)."""
+        number = next(self._event_numbers)
+        name = "bounce" if event == "blocked" else event
+        reported: dict[str, Any] = {
+            "email": message.to[0],
+            "timestamp": int(time.time()),
+            "smtp-id": f"<{message.message_id}@ismtpd0042p1lon1.sendgrid.net>",
+            "event": name,
+            "sg_event_id": base64.urlsafe_b64encode(f"{name}-{number}-{message.message_id}-0".encode())
+            .decode().rstrip("="),
+            "sg_message_id": f"{message.message_id}.filterdrecv-5bd8d5c6d4-x7k9p-1-{number:08X}-0.0",
+            **_EVENT_FIELDS.get(event, {}),
+            **message.custom_args,
+        }
+        reported.update(fields)
+        return {key: value for key, value in reported.items() if value is not None}
+
+    def sign(self, body: bytes, timestamp: int | None = None,
+             signature: EventSignature = EventSignature.VALID) -> dict[str, str]:
+        """The headers SendGrid sends with `body`: its signature of the timestamp then the body."""
+        stamp = str(int(time.time()) if timestamp is None else timestamp)
+        key = self._signing_key if signature is EventSignature.VALID else ec.generate_private_key(ec.SECP256R1())
+        signed = key.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+        return {
+            "Content-Type": "application/json",
+            "User-Agent": "SendGrid Event API",
+            SIGNATURE_HEADER: base64.b64encode(signed).decode(),
+            TIMESTAMP_HEADER: stamp,
+        }
+
+    def signed_batch(self, events: list[dict[str, Any]], timestamp: int | None = None,
+                     signature: EventSignature = EventSignature.VALID) -> tuple[bytes, dict[str, str]]:
+        """A batch as SendGrid posts it: body and headers."""
+        body = (json.dumps(events) + "\r\n").encode()  # SendGrid's bodies end in CRLF, and it signs that too
+        return body, self.sign(body, timestamp, signature)
+
+    def post_events(self, url: str, events: list[dict[str, Any]], timestamp: int | None = None,
+                    signature: EventSignature = EventSignature.VALID) -> tuple[int, bytes]:
+        """POST a signed batch to `url`, as SendGrid does; the answer's status and body."""
+        body, headers = self.signed_batch(events, timestamp, signature)
+        return post(url, body, headers)
 
     # switches
 
@@ -561,6 +667,41 @@ _ROUTES: dict[tuple[str, str], Endpoint] = {
     ("POST", "/v3/mail/send"): _mail_send,
     ("GET", "/v3/scopes"): _scopes,
 }
+
+
+# --- the Event Webhook --------------------------------------------------------------------------
+
+# What SendGrid adds to each kind of event (see its Event Webhook reference).
+_EVENT_FIELDS: dict[str, dict[str, Any]] = {
+    "processed": {},
+    "delivered": {"response": "250 2.0.0 OK 1733400000 ok", "ip": "149.72.123.24", "tls": 1},
+    "deferred": {"response": "451 4.7.1 Try again later", "attempt": "1", "ip": "149.72.123.24", "tls": 1},
+    "bounce": {"type": "bounce", "status": "5.1.1", "bounce_classification": "Invalid Address",
+               "reason": "550 5.1.1 The email account that you tried to reach does not exist.",
+               "ip": "149.72.123.24", "tls": 1},
+    "blocked": {"type": "blocked", "status": "5.7.1", "bounce_classification": "Reputation",
+                "reason": "550 5.7.1 Message rejected due to local policy", "ip": "149.72.123.24", "tls": 1},
+    "dropped": {"reason": "Bounced Address", "status": "5.0.0"},
+    "spamreport": {},
+}
+
+
+def _public_key_text(key: ec.EllipticCurvePrivateKey) -> str:
+    der = key.public_key().public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(der).decode()
+
+
+def post(url: str, body: bytes, headers: dict[str, str], timeout: float = 10.0) -> tuple[int, bytes]:
+    """One POST over a fresh connection (as SendGrid's poster makes): status and body."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    try:
+        connection.request("POST", parts.path or "/", body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
 
 
 # --- HTTP plumbing ------------------------------------------------------------------------------

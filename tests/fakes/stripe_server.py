@@ -20,7 +20,12 @@ list objects `{"object": "list", "data", "has_more", "url"}` newest first; error
 ("Received unknown parameter"), so a typo in a caller fails here as it would against Stripe.
 
 Endpoints: GET /v1/payment_intents/{id}, GET+POST /v1/payment_intents, GET /v1/events,
-POST /v1/refunds, GET /v1/charges/{id}, GET /v1/balance.
+POST /v1/refunds, GET /v1/charges/{id}, GET /v1/balance, GET /v1/webhook_endpoints.
+
+The account's webhook endpoints are set from Python (`add_webhook_endpoint`,
+`remove_webhook_endpoints`). The account starts (and `reset()` returns) with the endpoints a shop
+set up as healer's operations guide says: enabled, with the three event types healer handles, at
+the public base URLs healer runs with in the tests (its default, and the shop fixtures').
 
 Faults are switched from Python: `fail_next(status, count)` (429, 5xx...), `set_delay(seconds)`,
 `hang()` (accept, never answer), keys that are unknown (401) or restricted (403), and
@@ -90,8 +95,13 @@ ALL_PERMISSIONS = frozenset(
         "refunds:write",
         "charges:read",
         "balance:read",
+        "webhook_endpoints:read",
     }
 )
+
+# What a shop set up as healer's guide says has, in every test until one changes it.
+HEALER_EVENT_TYPES = ("payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded")
+DEFAULT_WEBHOOK_URLS = ("http://127.0.0.1:8080/stripe/webhook", "https://shop.example/stripe/webhook")
 
 
 class WebhookSignature(enum.Enum):
@@ -240,6 +250,7 @@ class FakeStripeServer:
         self._charges: dict[str, dict[str, Any]] = {}
         self._refunds: dict[str, dict[str, Any]] = {}
         self._events: dict[str, dict[str, Any]] = {}
+        self._webhook_endpoints: dict[str, dict[str, Any]] = {}
         self._order: dict[str, int] = {}  # id -> insertion sequence, to order equal `created`
         self._replays: dict[tuple[str, str], tuple[tuple[Any, ...], _Response]] = {}
         self._faults: list[_Fault] = []
@@ -248,6 +259,8 @@ class FakeStripeServer:
         self._hang_remaining: int | None = 0  # None: hang every request
         self._omitted: dict[str, frozenset[str]] = {}  # path -> fields left out of its answers
         self._release = threading.Event()
+        for url in DEFAULT_WEBHOOK_URLS:
+            self._new_webhook_endpoint(url, HEALER_EVENT_TYPES, "enabled")
 
     # -- faults and keys ---------------------------------------------------------------------------
 
@@ -350,6 +363,24 @@ class FakeStripeServer:
         with self._lock:
             found = [e for e in self._events.values() if type is None or e["type"] == type]
             return copy.deepcopy(self._newest_first(found))
+
+    def add_webhook_endpoint(
+        self, url: str, enabled_events: Iterable[str] = HEALER_EVENT_TYPES, status: str = "enabled"
+    ) -> dict[str, Any]:
+        """A webhook endpoint of the account, as the dashboard makes one (`["*"]`: every event)."""
+        if status not in ("enabled", "disabled"):
+            raise ValueError(f"not a webhook endpoint status: {status!r}")
+        with self._lock:
+            return copy.deepcopy(self._new_webhook_endpoint(url, tuple(enabled_events), status))
+
+    def remove_webhook_endpoints(self) -> None:
+        """The account has no webhook endpoint (the defaults included)."""
+        with self._lock:
+            self._webhook_endpoints.clear()
+
+    def webhook_endpoints(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(self._newest_first(list(self._webhook_endpoints.values())))
 
     # -- webhooks ----------------------------------------------------------------------------------
 
@@ -568,6 +599,9 @@ class FakeStripeServer:
             )
         return copy.deepcopy(self._refund(charge, amount, call))
 
+    def _list_webhook_endpoints(self, call: _Call) -> dict[str, Any]:
+        return self._list(list(self._webhook_endpoints.values()), call, "/v1/webhook_endpoints")
+
     def _get_charge(self, call: _Call) -> dict[str, Any]:
         return copy.deepcopy(self._find("charge", self._charges, call.path_id, call))
 
@@ -707,6 +741,23 @@ class FakeStripeServer:
         self._record_event("charge.refunded", charge, call, refund["created"])
         return refund
 
+    def _new_webhook_endpoint(self, url: str, enabled_events: tuple[str, ...], status: str) -> dict[str, Any]:
+        endpoint = {
+            "id": _new_id("we_"),
+            "object": "webhook_endpoint",
+            "api_version": None,
+            "application": None,
+            "created": int(time.time()),
+            "description": None,
+            "enabled_events": list(enabled_events),
+            "livemode": False,
+            "metadata": {},
+            "status": status,
+            "url": url,
+        }
+        self._store(self._webhook_endpoints, endpoint)
+        return endpoint
+
     def _store(self, table: dict[str, dict[str, Any]], obj: dict[str, Any]) -> None:
         self._order[obj["id"]] = len(self._order)
         table[obj["id"]] = obj
@@ -811,6 +862,9 @@ _ROUTES: dict[tuple[str, str], _Route] = {
         FakeStripeServer._get_charge, "charges:read", frozenset({"expand"})
     ),
     ("GET", "/v1/balance"): _Route(FakeStripeServer._get_balance, "balance:read", frozenset()),
+    ("GET", "/v1/webhook_endpoints"): _Route(
+        FakeStripeServer._list_webhook_endpoints, "webhook_endpoints:read", _LIST - {"created"}
+    ),
 }
 
 

@@ -48,6 +48,7 @@ EXPECTED = {
     ("public", "get", "/api/orders/{order_id}"): {"200", "403", "404", "422", "429", "503"},
     ("public", "get", "/download/{token}"): {"307", "200", "404", "410", "429", "503"},
     ("public", "post", "/stripe/webhook"): {"200", "400", "413", "503"},
+    ("public", "post", "/sendgrid/events"): {"200", "400", "403", "404", "413", "503"},
     ("operator", "get", "/api/orders/{order_id}"): {"200", "404", "409", "422", "503"},
     ("operator", "post", "/api/orders/{order_id}/retry"): {"202", "403", "404", "409", "422", "503"},
     ("operator", "get", "/livez"): {"200", "503"},
@@ -126,9 +127,11 @@ def test_the_webhook_documents_its_signature_header_and_its_body(apps: Apps) -> 
 def test_probes_and_metrics_are_plain_text(apps: Apps, path: str) -> None:
     answered = responses(documents(apps)["operator"], "get", path)
 
+    # /metrics answers OpenMetrics too, when Prometheus asks for it (exemplars need it).
+    expected = {"text/plain", "application/openmetrics-text"} if path == "/metrics" else {"text/plain"}
     for code, response in answered.items():
         if code != "422":
-            assert set(response["content"]) == {"text/plain"}, (path, code)
+            assert set(response["content"]) == expected, (path, code)
 
 
 def test_the_admin_and_session_tokens_are_security_schemes(apps: Apps) -> None:
@@ -138,3 +141,13 @@ def test_the_admin_and_session_tokens_are_security_schemes(apps: Apps) -> None:
     assert docs["public"]["components"]["securitySchemes"]["SessionToken"] == {
         "type": "apiKey", "in": "header", "name": "X-Session-Token",
         "description": "the session token the shop gave the customer for this order"}
+
+
+def test_sendgrids_event_webhook_documents_its_two_headers_and_its_batch(apps: Apps) -> None:
+    events = documents(apps)["public"]["paths"]["/sendgrid/events"]["post"]
+
+    headers = {p["name"]: p["required"] for p in events["parameters"] if p["in"] == "header"}
+    assert headers == {"X-Twilio-Email-Event-Webhook-Signature": True, "X-Twilio-Email-Event-Webhook-Timestamp": True}
+    body = events["requestBody"]["content"]["application/json"]["schema"]
+    assert body["type"] == "array" and set(body["items"]["required"]) == {"event", "sg_event_id"}
+    assert {"healer_order_id", "healer_email"} <= set(body["items"]["properties"])  # the mailer's custom arguments

@@ -97,6 +97,15 @@ def test_the_grace_period_is_the_policys(shop: Shop) -> None:
     assert shop.order(two_hours).status == "refunded"
 
 
+def test_an_order_whose_download_email_bounced_is_never_refunded(shop: Shop) -> None:
+    bounced = paid(shop, 3 * 24 * 60, status="needs_attention", last_error_class="email_undelivered",
+                   last_error_step="email")
+
+    sweeper(shop, refund_on_failure=True)()
+
+    assert shop.order(bounced).status == "needs_attention" and shop.stripe.refunds() == []
+
+
 def test_a_refund_whose_answer_lacks_optional_fields_is_recorded_released_and_told(shop: Shop) -> None:
     order_id = given_up(shop, title="Our song")
     shop.stripe.omit_fields("/v1/refunds", "amount", "currency", "status", "charge", "metadata", "reason")

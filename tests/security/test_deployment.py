@@ -71,7 +71,8 @@ LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 SOCKET = "/var/run/docker.sock"
 SECRETS = ("POSTGRES_PASSWORD", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "SENDGRID_API_KEY", "STRIPE_SECRET_KEY",
            "STRIPE_WEBHOOK_SECRET", "HEALER_ADMIN_TOKEN", "GRAFANA_ADMIN_PASSWORD")
-SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|_KEY|KEY_ID|API_KEY", re.IGNORECASE)
+# A name that says it carries a secret; a *public* key (SendGrid's webhook verification key) does not.
+SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|(?<!PUBLIC)_KEY|KEY_ID|API_KEY", re.IGNORECASE)
 
 # The proxy's sections of the Engine API (tecnativa/docker-socket-proxy's variables) healer needs
 # none of; EVENTS, PING and VERSION are on unless set to 0.

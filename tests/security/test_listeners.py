@@ -15,7 +15,8 @@ from tests.e2e.daemon import ADMIN, RunningDaemon, healer_env, start_daemon
 from tests.fakes.shop_fixtures import Shop
 
 OPERATOR_ONLY = ["/livez", "/readyz", "/health", "/health/database", "/metrics", "/docs", "/openapi.json",
-                 "/public/openapi.json", "/redoc", "/docs/oauth2-redirect"]
+                 "/public/openapi.json", "/redoc", "/docs/oauth2-redirect",
+                 "/", "/orders/0000abcd"]  # the status page and an order's page
 
 
 @pytest.fixture
@@ -47,7 +48,8 @@ def test_the_operator_listener_serves_probes_health_metrics_docs_and_the_admin_a
     order_id = shop.paid_order(status="needs_attention", last_error_step="render", queued=False)
 
     served = {path: daemon.ops("GET", path)[0] for path in ["/livez", "/health", "/metrics", "/docs",
-                                                             "/openapi.json", "/public/openapi.json"]}
+                                                             "/openapi.json", "/public/openapi.json", "/",
+                                                             f"/orders/{order_id}"]}
     refused = daemon.ops("POST", f"/api/orders/{order_id}/retry")[0]
     retried = daemon.ops("POST", f"/api/orders/{order_id}/retry", {"Authorization": f"Bearer {ADMIN}"})[0]
 
@@ -62,9 +64,10 @@ def test_each_schema_describes_its_own_listener(daemon: RunningDaemon) -> None:
     public = json.loads(daemon.ops("GET", "/public/openapi.json")[2])
 
     assert set(public["paths"]) == {"/api/orders/{order_id}/complete", "/api/orders/{order_id}",
-                                    "/download/{token}", "/stripe/webhook"}
+                                    "/download/{token}", "/stripe/webhook", "/sendgrid/events"}
     assert {"/livez", "/readyz", "/health", "/metrics", "/api/orders/{order_id}/retry"} <= set(operator["paths"])
-    assert not set(operator["paths"]) & {"/download/{token}", "/stripe/webhook", "/api/orders/{order_id}/complete"}
+    assert not set(operator["paths"]) & {"/download/{token}", "/stripe/webhook", "/sendgrid/events",
+                                         "/api/orders/{order_id}/complete"}
     complete = public["paths"]["/api/orders/{order_id}/complete"]["post"]["responses"]
     assert {"202", "403", "404", "409", "429"} <= set(complete)
 
