@@ -27,6 +27,8 @@ Sections, each with the baseline its figures are a ratio of, measured in the sam
   the SendGrid probe hangs (its peer a tarpit, bench/tarpit.py), against /livez under the same.
 - reconcile: 10,000 PaymentIntents, first run and steady state (bench/reconcile_bench.py), against
   the first run.
+- observability: completion throughput with the daemon's JSON logs at INFO, tracing off, against
+  the same runs with logging silenced (bench/observability_bench.py), alternating.
 
 bench/results/latest.json is one object per section, each holding that section's headline
 figures; a section not run in this invocation has every key null:
@@ -75,6 +77,7 @@ sys.path[:0] = [str(ROOT), str(BENCH)]
 
 import completion_bench  # noqa: E402
 import health_bench  # noqa: E402
+import observability_bench  # noqa: E402
 import psutil  # noqa: E402
 import reconcile_bench  # noqa: E402
 from baseline import COMMAND as BASELINE_COMMAND  # noqa: E402
@@ -99,7 +102,7 @@ from tests.faults.scenario import FaultPlan, Peers, Scenario, Shop, count_by_sta
 from tests.faults.sendgrid_tap import TappedSendGrid  # noqa: E402
 
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/"
-SECTIONS = ("completion", "faults", "footprint", "endpoints", "reconcile")
+SECTIONS = ("completion", "faults", "footprint", "endpoints", "reconcile", "observability")
 # Wide enough for the tables when the output is a file or a pipe (no terminal to ask).
 console = Console(width=int(os.environ.get("COLUMNS", "160")))
 Row = dict[str, Any]
@@ -114,7 +117,7 @@ def main() -> None:
                               "sections": {}}
     runners: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
         "completion": completion, "faults": faults, "footprint": footprint, "endpoints": endpoints,
-        "reconcile": reconcile}
+        "reconcile": reconcile, "observability": observability}
     for name in args.only or SECTIONS:
         console.rule(f"[bold]{name}")
         section_started, load_before, postgres_before = time.perf_counter(), os.getloadavg(), _postgres_started_at()
@@ -517,6 +520,7 @@ HEADLINE_KEYS: dict[str, tuple[str, ...]] = {
     "footprint": ("idle_cpu_pct", "idle_pss_mib"),
     "endpoints": ("readyz_p99_ms", "metrics_p99_ms", "health_p99_ms", "readyz_p99_hanging_probe_ms"),
     "reconcile": ("steady_requests",),
+    "observability": ("json_logs_over_silent",),
 }
 
 
@@ -536,6 +540,8 @@ def headlines(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
                             "health_p99_ms": p99["/health"], "readyz_p99_hanging_probe_ms": hanging["/readyz"]}
     if "reconcile" in s:
         out["reconcile"] = {"steady_requests": s["reconcile"]["rows"][-1]["stripe_requests"]}
+    if "observability" in s:
+        out["observability"] = {"json_logs_over_silent": s["observability"]["json_over_silent"]}
     return out
 
 
@@ -584,7 +590,20 @@ def summary(report: dict[str, Any]) -> None:
             f"{first['db_statements']} stmts")
         add("reconcile: steady state", f"{steady['wall_s']:.3f} s, {steady['stripe_requests']} req, "
             f"{steady['db_statements']} stmts", "first run", f"{steady['wall_s'] / first['wall_s']:.3f}")
+    if "observability" in s:
+        o = s["observability"]
+        add("completion with JSON logs at INFO, tracing off: orders/s", f"{o['json_orders_per_second']:.2f}",
+            f"logging silenced {o['silent_orders_per_second']:.2f}", f"{o['json_over_silent']:.2f}")
     console.print(table)
+
+
+# -- observability ----------------------------------------------------------------------------------
+
+
+def observability(args: argparse.Namespace) -> dict[str, Any]:
+    result = observability_bench.measure(orders=10 if args.quick else 30, rounds=3)
+    console.print(observability_bench.table(result))
+    return result
 
 
 def _summarise_completion(section: dict[str, Any], add: Callable[..., None]) -> None:
