@@ -86,7 +86,6 @@ from moto.server import ThreadedMotoServer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from sqlalchemy import Engine, create_engine, text  # noqa: E402
-from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 from sqlalchemy.pool import NullPool  # noqa: E402
 from tarpit import Tarpit  # noqa: E402
 
@@ -646,11 +645,7 @@ def _postgres_started_at() -> datetime | None:
     """When the shared PostgreSQL server last started (None: down): another's restart shows here."""
     engine = create_engine(PG + "postgres", poolclass=NullPool)
     try:
-        with engine.connect() as conn:
-            started: datetime | None = conn.scalar(text("SELECT pg_postmaster_start_time()"))
-            return started
-    except SQLAlchemyError:
-        return None
+        return completion_bench.postgres_started_at(engine)
     finally:
         engine.dispose()
 
