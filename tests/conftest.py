@@ -31,11 +31,16 @@ def _quiet_moto() -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The markers registered in pyproject.toml that follow from where a test is or what it uses:
     `e2e` and `faults` by directory, `docker` for every test on the real dockerd (the
-    `docker_engine` fixture, directly or through another fixture). `slow` is set by hand on each
-    test that takes over ~10 s."""
+    `docker_engine` fixture, directly or through another fixture). `serial` (scripts/test.sh runs
+    those alone, after the rest) for the fault run and every test on dockerd, whose containers
+    another test's listing would see; by hand on the tests that stop PostgreSQL or time themselves.
+    `slow` is set by hand on each test that takes over ~10 s."""
     for item in items:
         directory = item.path.relative_to(TESTS).parts[0] if item.path.is_relative_to(TESTS) else ""
         if directory in MARKED_BY_DIRECTORY:
             item.add_marker(directory)
         if "docker_engine" in getattr(item, "fixturenames", ()):
             item.add_marker("docker")
+            item.add_marker("serial")
+        if directory == "faults":
+            item.add_marker("serial")

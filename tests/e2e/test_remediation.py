@@ -32,6 +32,7 @@ def daemon(shop_env: dict[str, str], tmp_path: Path) -> Iterator[RunningDaemon]:
         yield running
 
 
+@pytest.mark.serial  # restarts PostgreSQL, which every other test shares
 def test_postgresql_restarted_under_a_running_daemon_loses_no_order(shop: Shop, daemon: RunningDaemon) -> None:
     before = [shop.paid_order() for _ in range(6)]
     # Restart while the daemon holds pooled connections and has orders in flight.

@@ -288,6 +288,7 @@ def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:
     assert policy.delay(20, rng=lambda: 1.0) == 1800
 
 
+@pytest.mark.serial  # stops PostgreSQL, which every other test shares
 def test_database_restart_between_steps_is_survived(shop: Shop) -> None:
     order_id = shop.paid_order()
     pipeline = shop.pipeline()
@@ -386,6 +387,7 @@ def outage_at_email(pg_engine, s3_bucket, stripe_server, assets_dir, request) ->
             rig.join()  # PostgreSQL is back, whatever the test did
 
 
+@pytest.mark.serial  # stops PostgreSQL, which every other test shares
 @pytest.mark.parametrize("outage_at_email", [3.0], indirect=True)
 def test_an_email_sent_during_a_database_outage_is_recorded_once_the_database_is_back(
         outage_at_email: OutageRig, caplog: pytest.LogCaptureFixture) -> None:
@@ -417,6 +419,7 @@ def test_a_step_is_not_started_on_a_lease_that_has_run_out(shop: Shop) -> None:
     assert shop.order(order_id).status == OrderStatus.PENDING_PAYMENT.value and shop.events(order_id) == []
 
 
+@pytest.mark.serial  # stops PostgreSQL, which every other test shares
 @pytest.mark.parametrize("outage_at_email", [8.0], indirect=True)
 def test_a_done_step_waiting_out_a_database_outage_gives_up_at_shutdown(outage_at_email: OutageRig) -> None:
     # Shutdown does not wait out the whole outage: the step stays unrecorded (it is redone later,

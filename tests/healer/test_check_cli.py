@@ -10,6 +10,8 @@ import sys
 import uuid
 from pathlib import Path
 
+from sqlalchemy import Engine
+
 from tests.fakes.ports import free_port
 from tests.fakes.s3_fixtures import MotoBucket
 from tests.fakes.sendgrid_server import SendGridServer
@@ -85,9 +87,10 @@ def test_an_unknown_name_is_a_usage_error_naming_the_valid_ones(tmp_path: Path) 
 
 
 def test_every_check_on_real_peers_ok_then_failing_and_never_a_secret(
-    tmp_path: Path, pg_url: str, s3_bucket: MotoBucket, sendgrid_server: SendGridServer,
+    tmp_path: Path, pg_url: str, pg_engine: Engine, s3_bucket: MotoBucket, sendgrid_server: SendGridServer,
     stripe_server: FakeStripeServer,
 ) -> None:
+    # pg_engine empties the tables: the `orders` check must not see an earlier test's orders.
     db_password, aws_secret = "pg-" + uuid.uuid4().hex, "aws-" + uuid.uuid4().hex
     env = {
         "DATABASE_URL": pg_url.replace("postgres@", f"postgres:{db_password}@", 1),
