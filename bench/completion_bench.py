@@ -98,7 +98,8 @@ from fulfilment.steps import final_pdf_key, permanent_key  # noqa: E402
 from fulfilment.storage import S3Store, make_s3_client  # noqa: E402
 from healer import db  # noqa: E402
 from healer.demo.samples import sample_phone_photo, sample_song, sample_waveform_png  # noqa: E402
-from healer.worker import RenderPool, Worker  # noqa: E402
+from healer.render.pool import RenderPool  # noqa: E402
+from healer.worker import Worker  # noqa: E402
 from poster_assets import bundled_assets_dir  # noqa: E402
 from tests.fakes.ports import free_port  # noqa: E402
 from tests.fakes.sendgrid_server import SendGridServer  # noqa: E402
@@ -402,10 +403,9 @@ def daemon_parts(peers: Peers, upload: Upload, workers: int, timeline: Timeline)
     """healer's Worker and Pipeline as `healer run` builds them, with the timing wrappers around
     what it hands them; the render pool's processes started first, as after a daemon's first order."""
     render = RenderPool(ASSETS, workers, peers.scratch)
-    # One render per slot (they are taken in turn), from this thread: a render process dies with the
-    # thread that started it (PR_SET_PDEATHSIG follows the thread), and this one outlives the run.
-    for _ in range(workers):
-        render(upload.inputs())
+    # One render per slot, all at once: renders one after another would all go to the warm slot.
+    with ThreadPoolExecutor(workers) as warming:
+        list(warming.map(lambda _: render(upload.inputs()), range(workers)))
     progress = Progress()
     pipeline = Pipeline(
         sessions=peers.sessions, store=TimedStore(peers.store, timeline),

@@ -249,9 +249,9 @@ class TimedMailer:
         self._timeline = timeline
         self.name = mailer.name
 
-    def send(self, email: Email) -> str:
+    def send(self, email: Email, *, sandbox: bool = False) -> str:
         with self._timeline.timed("email", email.text):  # the text carries the order reference
-            return self._mailer.send(email)
+            return self._mailer.send(email, sandbox=sandbox)
 
 
 class TimedRender:

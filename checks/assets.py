@@ -73,6 +73,10 @@ class VerdictCache:
         with self._lock:
             self._entry = (fingerprint, verdict) if verdict.cacheable else None
 
+    def clear(self) -> None:
+        with self._lock:
+            self._entry = None
+
 
 @dataclass(frozen=True, kw_only=True)
 class AssetsCheck(Check):
@@ -105,6 +109,11 @@ class AssetsCheck(Check):
         rendered = "canary rendered" if self.canary else "canary off"
         when = "cached, files unchanged" if cached else f"{verdict.canary_seconds:.2f}s"
         return Healthy(f"{verdict.templates} templates valid, {rendered} ({when})", data)
+
+    def invalidate(self) -> None:
+        # A render that failed on files whose fingerprint did not change (a font unreadable now,
+        # say) is judged again by a canary render, not by the verdict cached for those files.
+        self.cache.clear()
 
     def _judge(self, assets_dir: Path) -> Verdict:
         try:

@@ -172,6 +172,12 @@ class Check(abc.ABC):
     def probe(self) -> str | Healthy:
         """Detail when healthy; raise CheckFailed / CheckWarning / CheckDisabled otherwise."""
 
+    def invalidate(self) -> None:
+        """Make the next probe a full one: drop whatever a probe reuses from an earlier one (a
+        cached verdict, a recent write round trip). The monitor calls it when a step's failure is
+        evidence against this check; most probes reuse nothing, so by default there is nothing."""
+        return None
+
 
 def run_check(check: Check) -> CheckResult:
     """The boundary: run a probe once, in this thread, and turn what happens into a result."""

@@ -99,7 +99,8 @@ class OrdersCheck(Check):
             _count(expired),
             func.min(case((not_migrated, Order.created_at), else_=None)),
             func.min(case((expiring, Order.created_at), else_=None)),
-        ).where(or_(paid, Order.status == OrderStatus.NEEDS_ATTENTION.value)).group_by(Order.last_error_class)
+        ).where(or_(paid, Order.status == OrderStatus.NEEDS_ATTENTION.value),
+                Order.is_canary.is_(False)).group_by(Order.last_error_class)  # the canary's is no customer's
         with self.sessions() as session:
             return _merge(session.execute(query).all())
 

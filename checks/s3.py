@@ -3,6 +3,8 @@
 Every probe makes one cheap read of the bucket. A write/copy/delete round trip under
 `healthcheck/` proves the permissions order completion needs, but costs six requests, so it runs
 only every `round_trip_every_seconds` once it has passed (and on every probe until it passes).
+`invalidate()` (a step's S3 failure, healer.health.monitor) forgets that it passed, so the next probe
+makes the round trip, and so does every probe after it until one passes again.
 
 Each failure is named, because each has its own fix: no credentials, access denied, no such
 bucket, endpoint unreachable, wrong region, S3 unavailable, slow. Error mapping is
@@ -65,6 +67,10 @@ class _RoundTrips:
         with self.lock:
             self.last_ok = time.monotonic()
 
+    def forget(self) -> None:
+        with self.lock:
+            self.last_ok = None
+
     def age(self) -> float:
         with self.lock:
             return time.monotonic() - self.last_ok if self.last_ok is not None else 0.0
@@ -102,6 +108,9 @@ class S3Check(Check):
             )
         return Healthy(f"{where} readable in {read_seconds * 1000:.0f} ms; {trip}",
                        {"read_seconds": read_seconds})
+
+    def invalidate(self) -> None:
+        self._round_trips.forget()
 
     def _read(self) -> float:
         """One listing of the health prefix: the cheap probe, timed.

@@ -12,6 +12,10 @@ run it then, as the pipeline does not run a gated step): such a job is not late,
 else is wrong the check reports `skipped: database failing`, leaving the alarm to that check.
 Whether a waiting job still runs at all is liveness's question (`/livez`), not this check's.
 
+A singleton job that another replica leads (`following`) is not run here at all: it is neither
+late nor dead on this replica, whose switch leaves it to the leader's. When this replica takes
+over, the job's intervals count from its last run as a follower.
+
 The check takes callables rather than the scheduler, so this package does not depend on `healer`.
 """
 
@@ -42,7 +46,10 @@ class JobLike(Protocol):
     def waiting_on(self) -> tuple[str, ...]: ...  # checks it depends on that are failing now
 
     @property
-    def last_waited(self) -> float | None: ...  # when it last waited on a failing dependency
+    def last_waited(self) -> float | None: ...  # when it last waited on a failing dependency or a leader
+
+    @property
+    def following(self) -> bool: ...  # another replica leads this singleton job: not run here
 
 
 @dataclass(frozen=True)
@@ -75,13 +82,15 @@ class SchedulerCheck(Check):
         if started is None:
             raise CheckDisabled("scheduler not started: no periodic jobs to watch")
         now = self.clock()
-        jobs = [self._lateness(job, now, started) for job in self.jobs()]
+        every = self.jobs()
+        following = sorted(job.name for job in every if job.following)
+        jobs = [self._lateness(job, now, started) for job in every if not job.following]
         data = {f"{j.name}.seconds_since_success": round(j.silent_seconds, 3) for j in jobs}
         waiting = [j for j in jobs if j.waiting_on]
         dead = [j for j in jobs if not j.waiting_on and j.late_seconds > j.allowed_seconds]
         late = [j for j in jobs if not j.waiting_on and j not in dead and j.late_seconds > self._warn_after(j)]
         data.update({"jobs": float(len(jobs)), "jobs_late": float(len(late)), "jobs_dead": float(len(dead)),
-                     "jobs_waiting": float(len(waiting))})
+                     "jobs_waiting": float(len(waiting)), "jobs_following": float(len(following))})
         if dead:
             raise CheckFailed("; ".join(_describe(j) for j in dead), _remedy(dead), data)
         if late:
@@ -89,9 +98,11 @@ class SchedulerCheck(Check):
         if waiting:  # their dependency's check raises the alarm; a job that hangs fails /livez
             failing = list(dict.fromkeys(name for j in waiting for name in j.waiting_on))
             raise CheckSkipped(failing, f"jobs {', '.join(sorted(j.name for j in waiting))} wait for it", data)
+        led_elsewhere = f"; another replica leads {', '.join(following)}" if following else ""
         if not jobs:
-            return Healthy("no periodic jobs registered", data)
-        return Healthy(f"{len(jobs)} jobs succeeding: {', '.join(sorted(j.name for j in jobs))}", data)
+            return Healthy(f"no periodic jobs run here{led_elsewhere}" if following else "no periodic jobs registered",
+                           data)
+        return Healthy(f"{len(jobs)} jobs succeeding: {', '.join(sorted(j.name for j in jobs))}{led_elsewhere}", data)
 
     def _lateness(self, job: JobLike, now: float, started: float) -> Lateness:
         since = job.last_success if job.last_success is not None else started

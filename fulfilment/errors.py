@@ -2,7 +2,9 @@
 
 Every fault a step can meet is raised as one `StepError` carrying an `ErrorClass`. The class says
 whether a retry can help, which health check watches the dependency (so a retry can wait for that
-check to turn green instead of spending attempts) and which of the shop's six runbook issues it is.
+check to turn green instead of spending attempts), whether a failure is evidence that the dependency
+is down (so that check runs at once, fulfilment.pipeline) and which of the shop's six runbook issues
+it is.
 Inner code raises; the pipeline is the one boundary that catches, records and schedules.
 """
 
@@ -18,6 +20,9 @@ class ErrorPolicy:
     gated: bool  # retries wait for `checks` to be green without spending attempts
     checks: tuple[str, ...]
     runbook: str
+    # A failure of this class blames the dependency, not the order: `checks` run at once, in full,
+    # and if one fails the order waits on it without spending the attempt (Pipeline.confirm).
+    evidence: bool = False
 
 
 class ErrorClass(enum.StrEnum):
@@ -54,13 +59,13 @@ _DB = "5 database error"
 _RES = "6 memory/resource issues"
 
 _POLICIES: dict[ErrorClass, ErrorPolicy] = {
-    ErrorClass.S3_AUTH: ErrorPolicy(True, True, ("s3",), _S3),
+    ErrorClass.S3_AUTH: ErrorPolicy(True, True, ("s3",), _S3, evidence=True),
     # Endpoint unreachable, 5xx or throttled: same check, same wait, but not a credentials fault.
     ErrorClass.S3_UNAVAILABLE: ErrorPolicy(True, True, ("s3",), _S3),
     ErrorClass.S3_MISSING_FILE: ErrorPolicy(False, False, ("orders",), _FILES),
-    ErrorClass.ASSET_MISSING: ErrorPolicy(True, True, ("assets",), _PDF),
-    ErrorClass.RENDER_ERROR: ErrorPolicy(True, True, ("assets",), _PDF),
-    ErrorClass.EMAIL_AUTH: ErrorPolicy(True, True, ("sendgrid",), _EMAIL),
+    ErrorClass.ASSET_MISSING: ErrorPolicy(True, True, ("assets",), _PDF, evidence=True),
+    ErrorClass.RENDER_ERROR: ErrorPolicy(True, True, ("assets",), _PDF, evidence=True),
+    ErrorClass.EMAIL_AUTH: ErrorPolicy(True, True, ("sendgrid",), _EMAIL, evidence=True),
     # SendGrid refused this message (bad recipient, 400/413): resending the same one cannot help.
     ErrorClass.EMAIL_REJECTED: ErrorPolicy(False, False, ("sendgrid",), _EMAIL),
     ErrorClass.EMAIL_TRANSIENT: ErrorPolicy(True, False, ("sendgrid",), _EMAIL),
@@ -68,8 +73,10 @@ _POLICIES: dict[ErrorClass, ErrorPolicy] = {
     # retries by itself, since the same address would bounce again; an operator fixes the address
     # and retries, which sends the download email again.
     ErrorClass.EMAIL_UNDELIVERED: ErrorPolicy(False, False, ("sendgrid",), _EMAIL),
-    ErrorClass.DATABASE: ErrorPolicy(True, False, ("database",), _DB),
-    ErrorClass.RESOURCES: ErrorPolicy(True, True, ("disk", "memory"), _RES),
+    # Not gated before a step (the worker claims nothing while the database check fails), but a
+    # failure the check confirms still waits instead of spending the attempt.
+    ErrorClass.DATABASE: ErrorPolicy(True, False, ("database",), _DB, evidence=True),
+    ErrorClass.RESOURCES: ErrorPolicy(True, True, ("disk", "memory"), _RES, evidence=True),
     ErrorClass.PAYMENT_UNVERIFIED: ErrorPolicy(False, False, ("stripe",), "-"),
     # Stripe unreachable, 429 or 5xx: the payment is not known to be bad, so ask again later.
     ErrorClass.PAYMENT_TRANSIENT: ErrorPolicy(True, False, ("stripe",), "-"),

@@ -28,7 +28,17 @@ from typing import Any, Protocol
 
 from python_http_client.exceptions import HTTPError as SendGridHTTPError
 from sendgrid import SendGridAPIClient
-from sendgrid.helpers.mail import CustomArg, From, HtmlContent, Mail, PlainTextContent, Subject, To
+from sendgrid.helpers.mail import (
+    CustomArg,
+    From,
+    HtmlContent,
+    Mail,
+    MailSettings,
+    PlainTextContent,
+    SandBoxMode,
+    Subject,
+    To,
+)
 from sendgrid.helpers.mail.exceptions import SendGridException
 
 from fulfilment.errors import ErrorClass, StepError
@@ -86,8 +96,11 @@ class Email:
 class Mailer(Protocol):
     name: str  # "sendgrid" | "outbox"
 
-    def send(self, email: Email) -> str:
-        """Send one email; returns the provider's message id. Raises `StepError`."""
+    def send(self, email: Email, *, sandbox: bool = False) -> str:
+        """Send one email; returns the provider's message id. Raises `StepError`.
+
+        `sandbox`: the provider validates the email as it would send it, and delivers nothing
+        (healer's canary). Never the default: a customer's email is always delivered."""
         ...
 
 
@@ -234,15 +247,19 @@ class SendGridMailer:
             f"api_key={self._masked_key!r}, timeout={self._timeout})"
         )
 
-    def send(self, email: Email) -> str:
+    def send(self, email: Email, *, sandbox: bool = False) -> str:
         mail = self._mail(email, _checked_recipient(email))
+        if sandbox:
+            # SendGrid validates the request as it would send it, answers 200 instead of 202,
+            # delivers nothing and reports no event about it.
+            mail.mail_settings = MailSettings(sandbox_mode=SandBoxMode(True))
         try:
             response = self._client.send(mail)
         except SendGridHTTPError as exc:
             raise self._http_failure(exc) from exc
         except (OSError, http.client.HTTPException) as exc:
             raise self._connection_failure(exc) from exc
-        return self._message_id(response.headers)
+        return self._message_id(response.headers, sandbox=sandbox)
 
     def _mail(self, email: Email, to: str) -> Mail:
         try:
@@ -262,10 +279,12 @@ class SendGridMailer:
             mail.add_custom_arg(CustomArg(key, value))
         return mail
 
-    def _message_id(self, headers: Any) -> str:
+    def _message_id(self, headers: Any, *, sandbox: bool) -> str:
         message_id = headers.get("X-Message-Id") or ""
         if message_id:
             logger.debug("SendGrid accepted message %s", message_id)
+        elif sandbox:
+            logger.debug("SendGrid validated a message in sandbox mode")
         else:
             # Accepted all the same: raising would send the customer a second email on retry.
             logger.warning("SendGrid accepted a message but returned no X-Message-Id")
@@ -391,8 +410,10 @@ class OutboxMailer:
         sender = self._from.header()
         return f"OutboxMailer(directory={str(self._directory)!r}, from_email={sender!r})"
 
-    def send(self, email: Email) -> str:
+    def send(self, email: Email, *, sandbox: bool = False) -> str:
         message = self._compose(email, _checked_recipient(email))
+        if sandbox:  # composed, so validated; an outbox delivers by writing, so nothing is written
+            return str(message["Message-ID"])
         try:
             path = self._write(message.as_bytes())
         except OSError as exc:

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
     Float,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     Uuid,
+    false,
     func,
 )
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -156,6 +158,9 @@ class Order(Base):
     last_error_step: Mapped[Step | None] = mapped_column(enum_column(Step, 32))
     last_error_class: Mapped[ErrorClass | None] = mapped_column(enum_column(ErrorClass, 32))
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The synthetic order of healer's canary (healer.jobs.canary), alive only while a canary runs:
+    # never claimed, reconciled or swept, and left out of every business figure.
+    is_canary: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
         Index("ix_orders_due", "next_attempt_at"),

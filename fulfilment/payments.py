@@ -102,6 +102,24 @@ class StripePayments:
         )
         return VerifiedPayment(payment_intent_id, intent["amount"], intent["currency"], SUCCEEDED)
 
+    def read_account(self) -> str:
+        """A read that charges nothing and needs what verification needs: one PaymentIntent of
+        the account listed (healer's canary). Raises `StepError` (PAYMENT_TRANSIENT, as for a
+        verification Stripe could not answer); returns what it saw."""
+        try:
+            listed = self._client.v1.payment_intents.list(params={"limit": 1})
+        except stripe.StripeError as err:
+            reason = self._scrub(_describe(err))
+            if isinstance(err, (stripe.AuthenticationError, stripe.PermissionError)):
+                raise StepError(
+                    ErrorClass.PAYMENT_TRANSIENT,
+                    f"stripe refused the API key {mask_secret(self._secret_key)} ({reason}); "
+                    "check STRIPE_SECRET_KEY",
+                ) from None
+            raise StepError(ErrorClass.PAYMENT_TRANSIENT, f"stripe unavailable: {reason}") from None
+        mode = "live" if "_live_" in self._secret_key else "test"
+        return f"key {mask_secret(self._secret_key)} ({mode} mode) may read PaymentIntents ({len(listed.data)} listed)"
+
     def _retrieve(self, order_id: str, payment_intent_id: str) -> dict[str, Any]:
         try:
             intent = self._client.v1.payment_intents.retrieve(payment_intent_id)

@@ -8,6 +8,13 @@ its lease can never overwrite another's progress. Work is claimed with a compare
 an order held by a dead worker is picked up again once its lease expires, and a lease is renewed
 while a step runs. `run_step` is the one boundary where step failures are caught and classified.
 
+Failures are evidence: a step that fails on a dependency (an error class with `evidence`, such as
+`s3_auth`) asks `confirm` to run that dependency's checks at once, in full. If one fails, the order
+waits on it as if the gate had stopped it, without spending the attempt; if they pass, the failure
+counts as usual. This is passive health checking (Envoy's outlier detection) confirmed by an active
+probe before acting: the step's failure alone could be the order's own fault, and the check's
+schedule alone (a write round trip every few minutes) would notice too late to save the attempts.
+
 `run` is one completion attempt: one trace (a root span `order.complete`, a child span per step, on
 the OpenTelemetry API, a no-op unless the daemon set up tracing; none for an order that only waits
 on a failing check), and the log lines of its thread carry `order_id`, and within a step `step` and
@@ -67,9 +74,16 @@ STEP_CHECKS: dict[Step, tuple[str, ...]] = {
 
 # Returns why a step must wait ("s3 failing: access denied"), or None to go ahead.
 Gate = Callable[[tuple[str, ...]], str | None]
+# Runs the named checks now, in full, because a step's failure blames their dependency; returns
+# why the step must wait (one of them failed), or None (they pass: the failure counts).
+Confirm = Callable[[tuple[str, ...]], str | None]
 
 
 def never_gated(_checks: tuple[str, ...]) -> str | None:
+    return None
+
+
+def never_confirmed(_checks: tuple[str, ...]) -> str | None:
     return None
 
 
@@ -94,6 +108,7 @@ class Pipeline:
         retry: RetryPolicy,
         lease_seconds: int,
         gate: Gate = never_gated,
+        confirm: Confirm = never_confirmed,
         gate_wait_seconds: float = 15.0,
         observe: Callable[[StepResult], None] = lambda _result: None,
         clock: Callable[[], datetime] = utcnow,
@@ -103,6 +118,7 @@ class Pipeline:
         self.recorder = Recorder(sessions, retry, lease_seconds, gate_wait_seconds, frozenset(NEXT_STEP), clock)
         self.lease_seconds = lease_seconds
         self.gate = gate
+        self.confirm = confirm
         self.observe = observe  # called here, not by the recorder: tests swap it after construction
         # The daemon's clock stamps facts (story lines, when a payment was verified or an email
         # sent); who holds a lease and when an order is due are on the database's clock.
@@ -115,7 +131,8 @@ class Pipeline:
         with self._transaction() as session:
             candidates = session.scalars(
                 select(Order.id)
-                .where(Order.status.in_(ACTIVE), Order.next_attempt_at <= db_now(), lease_free(owner))
+                .where(Order.status.in_(ACTIVE), Order.next_attempt_at <= db_now(), lease_free(owner),
+                       Order.is_canary.is_(False))  # the canary runs its own order's steps
                 .order_by(Order.next_attempt_at)
                 .limit(limit + len(exclude))
             ).all()
@@ -132,7 +149,7 @@ class Pipeline:
         with self._transaction() as session:
             taken = session.execute(
                 update(Order)
-                .where(Order.id == order_id, Order.status.in_(ACTIVE), lease_free(owner))
+                .where(Order.id == order_id, Order.status.in_(ACTIVE), lease_free(owner), Order.is_canary.is_(False))
                 .values(lease_owner=owner, lease_expires_at=db_later(self.lease_seconds))
             )
             return bool(taken.rowcount == 1)  # type: ignore[attr-defined]
@@ -403,7 +420,22 @@ class Pipeline:
             failure = StepError(ErrorClass.INTERNAL, one_line(error, 500))
         else:
             return self.recorder.succeed(order, step, owner, started, done, stopping)
+        if (reason := self._confirmed(order, step, failure)) is not None:
+            return self.recorder.wait_confirmed(order, step, owner, started, failure, reason)
         return self.recorder.fail(order, step, owner, started, failure)
+
+    def _confirmed(self, order: Order, step: Step, failure: StepError) -> str | None:
+        """Why the order must wait, when the failure blames a dependency whose check, run now,
+        fails too; None when the failure should count."""
+        policy = failure.error_class.policy
+        if not policy.evidence:
+            return None
+        reason = self.confirm(policy.checks)
+        if reason is None:
+            log.info("Step %s failed for order %s with %s, but %s passed when run at once: the attempt counts",
+                     step, order.id, failure.error_class, ", ".join(policy.checks))
+            return None
+        return f"{failure.error_class} confirmed by its check: {reason} (the step: {failure.message})"
 
     def _renew(self, order: Order, owner: str) -> bool:
         """Renew-or-fail before a step starts: the lease must still be live on the database's

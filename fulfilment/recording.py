@@ -55,7 +55,8 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class StepResult:
-    """What one step did; `healer` turns these into metrics."""
+    """What one step did; `healer` turns these into metrics. WAITING with an `error_class`: the step
+    ran and failed, and its check confirmed the failure (no attempt spent)."""
 
     order_id: uuid.UUID
     step: Step
@@ -230,21 +231,42 @@ class Recorder:
     def wait(self, order: Order, step: Step, owner: str, reason: str) -> StepResult:
         """Put off a step gated on a failing check, without spending an attempt."""
         message = f"{WAITING_PREFIX}{reason}"
-        values: dict[str, object] = {
+        # One story line per distinct reason, not one per poll.
+        record = order.last_error != message
+        if record:
+            log.info("Order %s waits before %s: %s", order.id, step, reason)
+        line = StoryLine(Outcome.WAITING, message) if record else None
+        self.commit(OutcomeRecord(order.id, owner, step, order.status, self._waiting_values(step, message), line))
+        return StepResult(order.id, step, Outcome.WAITING, 0.0, order.status, message=message,
+                          trace_id=_trace_id())
+
+    def wait_confirmed(
+        self, order: Order, step: Step, owner: str, started: float, error: StepError, reason: str
+    ) -> StepResult | None:
+        """A step that failed on its dependency, whose check then failed too: the order waits on
+        that check as a gated one does, and the attempt is not counted (the dependency failed, not
+        the order). Unlike a gated wait the step ran, so its failure always gets a story line, with
+        its class. None if the order is no longer ours."""
+        message = f"{WAITING_PREFIX}{reason}"
+        values = self._waiting_values(step, message)
+        values["last_error_class"] = error.error_class
+        line = StoryLine(Outcome.WAITING, message, started, error.error_class)
+        with bound_contextvars(error_class=error.error_class.value):
+            log.warning("Order %s waits before %s without spending an attempt: %s", order.id, step, reason)
+            if not self._commit_failure(OutcomeRecord(order.id, owner, step, order.status, values, line)):
+                _lost_lease(order.id, step)
+                return None
+        return StepResult(order.id, step, Outcome.WAITING, time.monotonic() - started, order.status,
+                          error.error_class, message, trace_id=_trace_id())
+
+    def _waiting_values(self, step: Step, message: str) -> dict[str, object]:
+        return {
             "next_attempt_at": db_later(self.gate_wait_seconds),
             "lease_owner": None,
             "lease_expires_at": None,
             "last_error_step": step,
             "last_error": message,
         }
-        # One story line per distinct reason, not one per poll.
-        record = order.last_error != message
-        if record:
-            log.info("Order %s waits before %s: %s", order.id, step, reason)
-        line = StoryLine(Outcome.WAITING, message) if record else None
-        self.commit(OutcomeRecord(order.id, owner, step, order.status, values, line))
-        return StepResult(order.id, step, Outcome.WAITING, 0.0, order.status, message=message,
-                          trace_id=_trace_id())
 
     def commit(self, record: OutcomeRecord) -> bool:
         """Apply a step's result if we still hold the lease and the order still stands where the

@@ -97,6 +97,7 @@ class Settings:
     check_interval_seconds: float
     worker_interval_seconds: float
     reconcile_interval_seconds: float
+    canary_interval_seconds: float | None  # None: the scheduled canary is off (`healer canary` still runs)
     order_sla_seconds: int
     lease_seconds: int
     workers: int
@@ -194,7 +195,7 @@ class Settings:
         return [v for v in values if v]
 
 
-# Limits of one render process (see fulfilment.render and healer.worker.RenderPool).
+# Limits of one render process (see fulfilment.render and healer.render.pool.RenderPool).
 # Measured on the 2-core dev machine (final A4 render in a fresh render process, RLIMIT_DATA cap):
 # peak RSS 68 MiB for a 12 MP JPEG, 218 MiB for a 12 MP PNG, 132 MiB for a 200 MP baseline JPEG
 # (embedded as it is; fits a 256 MB cap), 651 MiB for a 200 MP progressive JPEG (libjpeg holds
@@ -473,6 +474,8 @@ class _Reader:
             "check_interval_seconds": self.number("HEALER_CHECK_INTERVAL_SECONDS", 30, minimum=0.1),
             "worker_interval_seconds": self.number("HEALER_WORKER_INTERVAL_SECONDS", 2, minimum=0.05),
             "reconcile_interval_seconds": self.number("HEALER_RECONCILE_INTERVAL_SECONDS", 300, minimum=1),
+            # 0 turns the scheduled canary off; anything else is how often it runs.
+            "canary_interval_seconds": self.number("HEALER_CANARY_INTERVAL_SECONDS", 900, minimum=0) or None,
             "order_sla_seconds": self.integer("HEALER_ORDER_SLA_SECONDS", 600, minimum=1),
             "lease_seconds": self.integer("HEALER_LEASE_SECONDS", 120, minimum=1),
             "workers": self.integer("HEALER_WORKERS", os.cpu_count() or 1, minimum=1),

@@ -34,6 +34,8 @@ from healer import __version__, db, tracing
 from healer.config import Settings
 from healer.errors import ConfigurationError, OperatorError
 from healer.health.metrics import Metrics
+from healer.jobs.canary import CanaryJob
+from healer.jobs.leadership import leadership_for
 from healer.wiring import (
     Services,
     build_apps,
@@ -42,10 +44,11 @@ from healer.wiring import (
     build_render_pool,
     build_scheduler,
     build_stuck_sweep,
+    canary_job,
     reconcile_job,
     scheduler_check,
 )
-from healer.worker import Worker
+from healer.worker import Worker, worker_identity
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +78,23 @@ class Daemon:
         self.services = Services.build(settings)
         self.render_pool = build_render_pool(settings)
         self.metrics = Metrics(runbook_base_url=settings.runbook_base_url)
-        self.scheduler = build_scheduler(settings, lambda names: self.health.failing(names))
+        owner = worker_identity()  # this replica's name: on its leases, and on its leadership locks
+        # Which singleton work (reconciliation, the stuck sweep, container restarts) runs here.
+        self.leadership = leadership_for(self.services.engine, owner)
+        self.scheduler = build_scheduler(settings, lambda names: self.health.failing(names), self.leadership)
         self.health = build_monitor(settings, self.services, [scheduler_check(settings, self.scheduler)])
+        # A step's failure on a dependency runs that dependency's checks at once (confirm).
         self.pipeline: Pipeline = self.services.pipeline(self.render_pool, gate=self.health.gate,
+                                                         confirm=self.health.confirm,
                                                          observe=self._observe_step)
-        self.worker = Worker(self.pipeline, concurrency=settings.workers)
+        self.worker = Worker(self.pipeline, concurrency=settings.workers, owner=owner)
         self.remediator = build_remediator(
             settings, self.services, self.metrics,
             resume_waiting=self.pipeline.resume_waiting,
             rerender=self.pipeline.rerender,
             render_blocked=lambda: self.pipeline.gate(STEP_CHECKS[Step.RENDER]),
             worker=self.worker.owner,
+            leadership=self.leadership,
         )
         # Restarts containers, frees scratch, resumes orders waiting on a check that turned green.
         self.health.add_listener(self.remediator.on_check_result)
@@ -93,27 +102,38 @@ class Daemon:
         self._schedule_jobs()
         self.metrics.watch_checks(self.health.reports)
         self.metrics.watch_jobs(self.scheduler.jobs)
+        self.metrics.watch_leadership(self.leadership.roles)
         # Order counts are cached for a typical scrape interval: one query per scrape at most.
         self.metrics.watch_orders(self.services.sessions, settings.order_sla_seconds, ttl_seconds=15)
         apps = build_apps(settings, self.services, self.pipeline, self.health, self.metrics,
-                          self.scheduler.liveness, self.remediator.on_missing_download)
+                          self.scheduler.liveness, self.remediator.on_missing_download, self.leadership.roles,
+                          canary=self.canary.state if self.canary is not None else None)
         self.public_app, self.operator_app = apps.public, apps.operator
         self.servers: list[uvicorn.Server] = []
         self._sockets: list[list[socket.socket]] = []  # per listener: public, operator
         self._prepared = False
 
     def _schedule_jobs(self) -> None:
-        """Every check on its interval, the worker, Stripe reconciliation (one daemon at a time, by
-        lock) and the stuck-order sweep, each waiting while a check it depends on fails."""
+        """Every check on its interval, the worker, Stripe reconciliation and the stuck-order sweep
+        (both on the replica leading them), each waiting while a check it depends on fails."""
         settings = self.settings
         self.health.schedule(self.scheduler)
         self.scheduler.add("worker", self.worker.tick, settings.worker_interval_seconds,
                            depends_on=Worker.depends_on)
         job = reconcile_job(self.services, self.pipeline, self.metrics, self.worker.owner)
         if job is not None:
-            self.scheduler.add("reconcile", job, settings.reconcile_interval_seconds, depends_on=job.depends_on)
+            self.scheduler.add("reconcile", job, settings.reconcile_interval_seconds, depends_on=job.depends_on,
+                               singleton=True)
         stuck = build_stuck_sweep(settings, self.services, self.pipeline, self.metrics)
-        self.scheduler.add("stuck", stuck, min(60.0, settings.order_sla_seconds / 2), depends_on=stuck.depends_on)
+        self.scheduler.add("stuck", stuck, min(60.0, settings.order_sla_seconds / 2), depends_on=stuck.depends_on,
+                           singleton=True)
+        # The synthetic order, first one interval after start: a restart is no reason to run it
+        # (`healer canary` runs one on demand), and by then the checks it waits on have answered.
+        self.canary: CanaryJob | None = canary_job(settings, self.services, self.render_pool, self.metrics,
+                                                   self.worker.owner)
+        if self.canary is not None:
+            self.scheduler.add("canary", self.canary, self.canary.interval_seconds, depends_on=self.canary.depends_on,
+                               run_now=False, singleton=True)
 
     def _observe_step(self, result: StepResult) -> None:
         self.metrics.observe_step(result)
@@ -241,6 +261,9 @@ class Daemon:
     def shutdown(self) -> None:
         log.info("healer shutting down: finishing in-flight steps (%d order(s))", self.worker.in_flight)
         self.scheduler.shutdown()
+        # Now, not after the in-flight steps: another replica takes the singleton work over at its
+        # next period while this one finishes its orders.
+        self.leadership.release()
         self.worker.shutdown(wait=True)
         self.close()
         log.info("healer stopped")
@@ -253,6 +276,7 @@ class Daemon:
                 sock.close()
         self.remediator.shutdown()  # a PDF being rendered again is finished and recorded
         self.render_pool.shutdown()
+        self.leadership.release()
         self.services.close()
         if self.tracing is not None:
             self.tracing.shutdown()  # last: the spans of the steps that just finished go out too

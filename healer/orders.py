@@ -165,7 +165,8 @@ def list_orders(
 
 def count_by_status(sessions: sessionmaker[Session]) -> dict[str, int]:
     with sessions() as session:
-        rows = session.execute(select(Order.status, func.count()).group_by(Order.status)).all()
+        rows = session.execute(select(Order.status, func.count()).where(Order.is_canary.is_(False))
+                               .group_by(Order.status)).all()
     return dict(rows)
 
 
@@ -195,7 +196,7 @@ def money_at_risk(sessions: sessionmaker[Session]) -> MoneyAtRisk:
     """
     query = (
         select(Order.currency, func.count(), func.sum(Order.amount_cents), func.min(Order.paid_at))
-        .where(Order.status.in_(AT_RISK), Order.paid_at.is_not(None))
+        .where(Order.status.in_(AT_RISK), Order.paid_at.is_not(None), Order.is_canary.is_(False))
         .group_by(Order.currency)
     )
     with sessions() as session:

@@ -1,17 +1,20 @@
 """The composition root: the one place that reads Settings and builds components from them.
 
 Clients and the pipeline (`Services`), the health monitor and its checks (`build_monitor`), the
-remediator and its actions (`build_remediator`), and the reconciler (`build_reconciler`,
-`reconcile_job`). Everything else receives what it needs in its constructor.
+remediator and its actions (`build_remediator`), the reconciler (`build_reconciler`,
+`reconcile_job`) and the canary (`build_canary`, `canary_job`). Everything else receives what it
+needs in its constructor.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from email.utils import parseaddr
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
@@ -29,11 +32,12 @@ from checks.scheduler import SchedulerCheck
 from checks.sendgrid import SendGridCheck
 from checks.stripe import StripeCheck
 from fulfilment.mailer import Mailer, OutboxMailer, SendGridMailer
+from fulfilment.models import utcnow
 from fulfilment.payments import DisabledPayments, Payments, StripePayments
-from fulfilment.pipeline import Gate, Pipeline, never_gated
+from fulfilment.pipeline import Confirm, Gate, Pipeline, never_confirmed, never_gated
 from fulfilment.recording import RetryPolicy, StepResult
 from fulfilment.secrets import Redactor
-from fulfilment.steps import RenderFn
+from fulfilment.steps import RenderFn, Steps
 from fulfilment.storage import LocalStore, ObjectStore, S3Store, make_s3_client
 from healer import db
 from healer.config import Settings
@@ -44,22 +48,25 @@ from healer.http.operator import OperatorContext, create_operator_app
 from healer.http.public import PublicContext, create_public_app
 from healer.http.ratelimit import ClientRateLimit
 from healer.http.status_data import PageConfig, webhook_deliveries
+from healer.jobs.canary import Canary, CanaryJob
+from healer.jobs.canary_results import CanaryState
+from healer.jobs.leadership import Leadership
 from healer.jobs.scheduler import Failing, Scheduler
 from healer.jobs.stuck import StuckOrders, StuckPolicy
 from healer.remediation.audit import Audit
 from healer.remediation.containers import ContainerHealer
 from healer.remediation.pdfs import PdfRestorer
 from healer.remediation.policy import RemediationPolicy
-from healer.remediation.remediator import Remediator
+from healer.remediation.remediator import CONTAINERS, Remediator
 from healer.remediation.resume import OrderResumer
 from healer.remediation.scratch import ScratchSweeper
 from healer.remediation.waveforms import WaveformRestorer
+from healer.render.pool import RenderPool
 from healer.sendgrid.webhook import events_router
 from healer.stripe.reconcile import ReconcileConfig, Reconciler
 from healer.stripe.reconcile_job import ReconcileJob, run_lock
 from healer.stripe.webhook_events import HANDLED_TYPES
 from healer.stripe.webhooks import webhook_router
-from healer.worker import RenderPool
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +98,7 @@ class Services:
         render: RenderFn,
         *,
         gate: Gate = never_gated,
+        confirm: Confirm = never_confirmed,
         observe: Callable[[StepResult], None] = lambda _r: None,
     ) -> Pipeline:
         s = self.settings
@@ -104,6 +112,7 @@ class Services:
             retry=RetryPolicy(s.max_attempts, s.retry_base_seconds, s.retry_max_seconds),
             lease_seconds=s.lease_seconds,
             gate=gate,
+            confirm=confirm,
             gate_wait_seconds=min(s.check_interval_seconds, 30.0),
             observe=observe,
         )
@@ -273,10 +282,12 @@ def build_remediator(
     rerender: Callable[[uuid.UUID], str] | None = None,
     render_blocked: Callable[[], str | None] = lambda: None,
     worker: str | None = None,
+    leadership: Leadership | None = None,
 ) -> Remediator:
     """Every action the settings allow. `resume_waiting` and `rerender` are the pipeline's,
     `render_blocked` names a failing check the render step waits on; `worker` names this daemon;
-    `policy` defaults to the HEALER_AUTOHEAL_* settings."""
+    `policy` defaults to the HEALER_AUTOHEAL_* settings; `leadership` elects the replica that
+    restarts containers (None: this one)."""
     policy = policy or remediation_policy(settings)
     audit = Audit(services.sessions, metrics, settings.remediation, worker)
     containers = None
@@ -285,6 +296,8 @@ def build_remediator(
     elif policy.docker and settings.docker_host is not None:
         labels = (settings.autoheal_label, compose_project_label(settings.compose_project))
         containers = ContainerHealer(settings.docker_host, labels, policy, audit)
+        if leadership is not None:
+            leadership.declare(CONTAINERS)
     remediator = Remediator(
         audit,
         containers=containers,
@@ -294,6 +307,7 @@ def build_remediator(
             memory_mb=settings.render_memory_mb, max_photo_megapixels=settings.max_photo_megapixels)),
         orders=OrderResumer(services.sessions, resume_waiting, audit) if resume_waiting else None,
         pdfs=PdfRestorer(rerender, audit, render_blocked=render_blocked) if rerender else None,
+        lead=leadership.lead if leadership is not None else None,
     )
     return remediator
 
@@ -312,7 +326,7 @@ def build_reconciler(settings: Settings, services: Services, pipeline: Pipeline,
 
 
 def reconcile_job(services: Services, pipeline: Pipeline, metrics: Metrics, owner: str) -> ReconcileJob | None:
-    """The daemon's `reconcile` job (None without Stripe): one daemon at a time runs it."""
+    """The daemon's `reconcile` job (None without Stripe): run where this replica leads it, one run at a time."""
     reconciler = build_reconciler(services.settings, services, pipeline, metrics, worker=owner)
     if reconciler is None:
         return None
@@ -339,10 +353,43 @@ def build_render_pool(settings: Settings) -> RenderPool:
                       max_photo_megapixels=settings.max_photo_megapixels)
 
 
-def build_scheduler(settings: Settings, failing: Failing) -> Scheduler:
+@contextmanager
+def rendering(settings: Settings) -> Iterator[RenderFn]:
+    """The render function of a command that renders (`healer canary`): the daemon's pool, for
+    the length of a block."""
+    pool = build_render_pool(settings)
+    try:
+        yield pool
+    finally:
+        pool.shutdown()
+
+
+def build_canary(settings: Settings, services: Services, render: RenderFn, owner: str = "canary") -> Canary:
+    """The canary on the daemon's own clients; its email goes to the shop's own address."""
+    payments = services.payments
+    steps = Steps(services.sessions, services.store, payments, services.mailer, render,
+                  settings.public_base_url.rstrip("/"), utcnow)
+    return Canary(services.sessions, steps, settings.assets_dir, recipient=parseaddr(settings.from_email)[1],
+                  stripe_read=payments.read_account if isinstance(payments, StripePayments) else None, owner=owner)
+
+
+def canary_job(settings: Settings, services: Services, render: RenderFn, metrics: Metrics,
+               owner: str) -> CanaryJob | None:
+    """The daemon's `canary` job, its runs in the metrics; None when HEALER_CANARY_INTERVAL_SECONDS is 0."""
+    interval = settings.canary_interval_seconds
+    if interval is None:
+        return None
+    job = CanaryJob(build_canary(settings, services, render, owner=f"canary:{owner}"), interval)
+    # A run's phases are current until the run after next is due: then they have been overtaken.
+    metrics.watch_canary(job.state, fresh_seconds=2 * interval + 60)
+    return job
+
+
+def build_scheduler(settings: Settings, failing: Failing, leadership: Leadership | None = None) -> Scheduler:
     """The job scheduler; `failing` names the checks that fail now (the monitor's, read late: the
-    monitor holds the scheduler's own check, so it is built after the scheduler)."""
-    return Scheduler(failing=failing, redact=Redactor(settings.secret_values()))
+    monitor holds the scheduler's own check, so it is built after the scheduler); `leadership`
+    says which singleton jobs this replica runs (None: all of them)."""
+    return Scheduler(failing=failing, redact=Redactor(settings.secret_values()), leadership=leadership)
 
 
 def scheduler_check(settings: Settings, scheduler: Scheduler) -> SchedulerCheck:
@@ -374,9 +421,13 @@ class Apps:
 
 def build_apps(settings: Settings, services: Services, pipeline: Pipeline, health: HealthMonitor,
                metrics: Metrics, liveness: Callable[[], tuple[bool, str]],
-               restore_pdf: Callable[[uuid.UUID, str], bool]) -> Apps:
+               restore_pdf: Callable[[uuid.UUID, str], bool],
+               leaders: Callable[[], Mapping[str, bool]] | None = None,
+               canary: Callable[[], CanaryState] | None = None) -> Apps:
     """The two listeners' apps: the public one with Stripe's and SendGrid's webhooks, the operator
-    one serving the public one's schema beside its own. Both count their requests in the one registry."""
+    one serving the public one's schema beside its own. Both count their requests in the one registry.
+    `leaders`: the singleton roles and whether this replica leads each (Leadership.roles), for /health;
+    `canary`: the canary job's state, for the status page (None: the canary is off)."""
     http_metrics = HttpMetrics(metrics.registry)
     public = create_public_app(PublicContext(
         sessions=services.sessions, pipeline=pipeline, store=services.store,
@@ -391,17 +442,21 @@ def build_apps(settings: Settings, services: Services, pipeline: Pipeline, healt
         sessions=services.sessions, pipeline=pipeline, admin_token=settings.admin_token,
         redact=Redactor(settings.secret_values()), liveness=liveness, health=health,
         metrics=metrics.exposition, public_schema=public.openapi, notices=tuple(settings.embedded_defaults()),
-        http_metrics=http_metrics, pages=page_config(settings, services, metrics),
+        http_metrics=http_metrics, pages=page_config(settings, services, metrics, canary), leaders=leaders,
     ))
     return Apps(public, operator)
 
 
-def page_config(settings: Settings, services: Services, metrics: Metrics) -> PageConfig:
+def page_config(settings: Settings, services: Services, metrics: Metrics,
+                canary: Callable[[], CanaryState] | None = None) -> PageConfig:
     """What the status page judges by: the SLA, whether and how often reconciliation runs (only
-    with Stripe, as `reconcile_job` decides), and this daemon's count of webhook deliveries."""
+    with Stripe, as `reconcile_job` decides), this daemon's count of webhook deliveries, and its
+    canary's state (None: off)."""
     reconciles = isinstance(services.payments, StripePayments)
     return PageConfig(
         order_sla_seconds=settings.order_sla_seconds,
         reconcile_interval_seconds=settings.reconcile_interval_seconds if reconciles else None,
         webhook_deliveries=lambda: webhook_deliveries(metrics.webhook_events),
+        canary=canary,
+        canary_interval_seconds=settings.canary_interval_seconds,
     )

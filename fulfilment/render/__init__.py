@@ -64,7 +64,7 @@ class RenderLimits:
     # full size (embedded as it is, checked at 1/8 scale), and a PNG or WebP too large to decode
     # under the memory cap is stopped by the cap. Pillow's own check (DecompressionBombError at
     # twice its MAX_IMAGE_PIXELS, 89 MP by default) must be raised to this in the process that
-    # renders, or it refuses such a photo first: healer.render_process does.
+    # renders, or it refuses such a photo first: healer.render.process does.
     max_photo_pixels: int = 200_000_000
     max_audio_bytes: int = MAX_AUDIO_BYTES
     max_audio_seconds: float = MAX_AUDIO_SECONDS

@@ -13,6 +13,7 @@ from fulfilment.models import OrderStatus
 from fulfilment.secrets import Redactor
 from healer import logs
 from healer.cli import commands
+from healer.cli.canary import cmd_canary
 from healer.cli.check import cmd_check
 from healer.cli.config import cmd_config
 from healer.cli.consoles import err
@@ -104,7 +105,7 @@ def _json_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _daemon_commands(sub: Subparsers) -> None:
-    """run, demo, check, config, db upgrade."""
+    """run, demo, check, canary, config, db upgrade."""
     sub.add_parser("run", help="run the daemon").set_defaults(handler=commands.cmd_run)
 
     demo = sub.add_parser("demo", help="run the daemon on embedded defaults with sample orders")
@@ -118,6 +119,11 @@ def _daemon_commands(sub: Subparsers) -> None:
     check.add_argument("names", nargs="*", metavar="NAME", help="checks to run (default: all)")
     _json_flag(check)
     check.set_defaults(handler=cmd_check)
+
+    canary = sub.add_parser("canary", help="take a synthetic order through the real steps now (nothing charged "
+                                           "or delivered, nothing left behind); exit 0 passed, 1 failed")
+    _json_flag(canary)
+    canary.set_defaults(handler=cmd_canary)
 
     config = sub.add_parser("config", help="the effective configuration: every variable, its source, "
                                            "secrets masked; every error at once (exit 78)")

@@ -97,7 +97,7 @@ def cmd_orphans_resolve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
-    from healer.worker import RenderPool
+    from healer.render.pool import RenderPool
 
     if not args.output.parent.is_dir():  # before the render, not after it
         raise OperatorError(f"cannot write {args.output}: the directory {args.output.parent} does not exist")

@@ -71,7 +71,7 @@ def print_story(view: OrderView) -> None:
 
 
 def cmd_orders_complete(settings: Settings, args: argparse.Namespace) -> int:
-    from healer.worker import RenderPool
+    from healer.render.pool import RenderPool
 
     with database(settings, read_only=False) as services:
         # In a render process under the render limits, as the daemon does: the uploads are a customer's.

@@ -61,6 +61,7 @@ def report_dict(report: ReconcileReport) -> dict[str, object]:
         "dry_run": report.dry_run, "window_start": report.window_start.isoformat(timespec="seconds"),
         "payments_read": report.payments_read, "stripe_requests": report.stripe_requests,
         "seconds": round(report.seconds, 3), "orders_repaired": report.orders_repaired,
+        "payments_succeeded": report.payments_succeeded, "payments_missed": report.payments_missed,
         "findings": [{"kind": f.kind.value, "order_id": str(f.order_id) if f.order_id else None,
                       "payment": f.payment.id, "amount": f.payment.amount,
                       "currency": f.payment.currency, "detail": f.detail} for f in report.findings],
@@ -97,4 +98,10 @@ def print_report(report: ReconcileReport, console: Console) -> None:
         f"{report.orphans_found} new orphan payment(s), {report.orphans_resolved} orphan payment(s) "
         f"resolved, {report.count(FindingKind.MISMATCH)} mismatch(es)",
         markup=False, highlight=False,
+    )
+    # The sales judged (healer.stripe.missed): those the webhook missed are the worrying ones.
+    console.print(
+        f"{report.payments_succeeded} succeeded payment(s) judged, {report.payments_missed} found only by "
+        "reconciliation (no webhook for them)",
+        markup=False, highlight=False, style="bold yellow" if report.payments_missed else None,
     )

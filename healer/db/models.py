@@ -5,7 +5,7 @@ events SendGrid reported.
 They are declared on `fulfilment.models.Base` so that one metadata (and one Alembic history) holds
 the whole schema; `fulfilment` never imports them. Revision 0002 creates them, by hand, and these
 classes must stay in step with it (tests compare them); 0004 adds how an orphan was resolved, 0006
-the SendGrid events.
+the SendGrid events, 0007_reconcile_missed the sales each reconciliation run judged.
 """
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ class ReconcileRun(Base):
     payments_read: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     orders_repaired: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     orphans_found: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Succeeded payments the run judged, and those healer had no webhook for (healer.stripe.missed).
+    payments_succeeded: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    payments_missed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     stripe_requests: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     result: Mapped[RunResult] = mapped_column(enum_column(RunResult, 16), default=RunResult.RUNNING)
     error: Mapped[str | None] = mapped_column(Text)

@@ -1,9 +1,9 @@
 """Prometheus metrics, recorded here from what checks and steps return.
 
 Counters and histograms are fed by `observe_*` calls. Everything that describes current state
-(checks, jobs, orders and unresolved orphan payments in the database) is computed by collectors at
-scrape time; the database figures at most once per `orders_ttl_seconds`, with one aggregate query
-and one count, however often or by how many scrapers the endpoint is read. So every daemon sharing
+(checks, jobs, orders, unresolved orphan payments and reconciliation runs that missed webhooks, in
+the database) is computed by collectors at scrape time; the database figures at most once per
+`orders_ttl_seconds`, with one aggregate query and two small reads, however often or by how many scrapers the endpoint is read. So every daemon sharing
 the database reports the same figures, whichever of them (or an operator's CLI) changed them. The
 registry is injected, so each test gets a fresh one.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -46,9 +46,11 @@ from fulfilment.models import Order, OrderStatus, Outcome, Step, utcnow
 from fulfilment.pipeline import ACTIVE
 from fulfilment.recording import StepResult
 from healer import __version__
+from healer.jobs.canary_results import CanaryState, PhaseOutcome
 from healer.jobs.scheduler import JobState
 from healer.sendgrid.events import EmailEventLabel
 from healer.stripe.orphans import count_unresolved
+from healer.stripe.streak import STREAK_LIMIT, missed_streak
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,14 @@ class Metrics:
         self.remediations = Counter(
             "healer_remediations_total", "Self-healing actions taken, by action and result.",
             ["action", "result"], registry=r)
+        # Fed by successful reconciliation runs, each payment once (healer.stripe.missed).
+        self.payments_succeeded = Counter(
+            "healer_reconcile_payments_succeeded_total",
+            "Succeeded Stripe payments judged by reconciliation: those that reached healer by webhook "
+            "first and those that did not.", registry=r)
+        self.webhook_missed = Counter(
+            "healer_webhook_missed_total",
+            "Succeeded Stripe payments healer had no webhook for before reconciliation found them.", registry=r)
         self.webhook_events = Counter(
             "healer_webhook_events_total", "Stripe webhook deliveries, by event type and result.",
             ["type", "result"], registry=r)
@@ -118,8 +128,10 @@ class Metrics:
     # -- fed by the worker -----------------------------------------------------------------------
 
     def observe_step(self, result: StepResult) -> None:
-        if result.outcome is Outcome.WAITING:
+        if result.outcome is Outcome.WAITING and result.error_class is None:
             return  # a gated step did not run: no duration, no failure
+        # A failure its check confirmed (WAITING with its class) did run: it counts here, though
+        # not as one of the order's attempts.
         self.step_duration.labels(result.step.value).observe(result.duration_seconds)
         if result.error_class is not None:
             self.step_failures.labels(result.step.value, result.error_class.value).inc()
@@ -138,6 +150,15 @@ class Metrics:
 
     def watch_jobs(self, jobs: Callable[[], Sequence[JobState]]) -> None:
         self.registry.register(_JobsCollector(jobs))
+
+    def watch_leadership(self, roles: Callable[[], Mapping[str, bool]]) -> None:
+        """healer_leader{job}: 1 on the replica leading each singleton role (Leadership.roles)."""
+        self.registry.register(_LeadersCollector(roles))
+
+    def watch_canary(self, state: Callable[[], CanaryState], fresh_seconds: float) -> None:
+        """healer_canary_*: the canary's latest run (healer.jobs.canary), its phases' success and
+        duration only while that run is younger than `fresh_seconds` (see _CanaryCollector)."""
+        self.registry.register(_CanaryCollector(state, fresh_seconds))
 
     def watch_orders(
         self, sessions: sessionmaker[Session], sla_seconds: int, ttl_seconds: float = 15.0
@@ -204,11 +225,57 @@ class _JobsCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily("healer_job_last_success_timestamp_seconds",
-                                   "When each scheduled job last succeeded.", labels=["job"])
+                                   "When each scheduled job last succeeded (a singleton job: on the replica "
+                                   "leading it).", labels=["job"])
         for job in self.jobs():
-            if job.last_success is not None:
+            # A replica that lost a job's leadership keeps its last success: exported, it would age
+            # into the job's alert on a replica that is not meant to run it.
+            if job.last_success is not None and not job.following:
                 family.add_metric([job.name], job.last_success)
         return [family]
+
+
+class _LeadersCollector(Collector):
+    def __init__(self, roles: Callable[[], Mapping[str, bool]]) -> None:
+        self.roles = roles
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("healer_leader", "1 if this replica leads the singleton job (one replica "
+                                   "at a time runs it), 0 if another does.", labels=["job"])
+        for role, leading in sorted(self.roles().items()):
+            family.add_metric([role], 1 if leading else 0)
+        return [family]
+
+
+class _CanaryCollector(Collector):
+    """Like blackbox_exporter's probe_success and probe_duration_seconds, per phase: 1 or 0, and
+    seconds, for the phases the latest run reached (no sample for one it skipped). A daemon whose
+    latest run is older than `fresh_seconds` (it waits on a failing dependency, or another replica
+    runs the canary now) says nothing of the phases, so no stale failure keeps an alert firing;
+    when the canary last passed stays, for the "not succeeded for too long" alert."""
+
+    def __init__(self, state: Callable[[], CanaryState], fresh_seconds: float) -> None:
+        self.state = state
+        self.fresh_seconds = fresh_seconds
+
+    def collect(self) -> Iterable[Metric]:
+        success = GaugeMetricFamily("healer_canary_success", "1 if the canary's phase passed in its latest "
+                                    "run, 0 if it failed; no sample for a phase not reached.", labels=["phase"])
+        duration = GaugeMetricFamily("healer_canary_duration_seconds", "How long the phase took in the "
+                                     "canary's latest run.", labels=["phase"])
+        last = GaugeMetricFamily("healer_canary_last_success_timestamp_seconds",
+                                 "When a canary run last passed every phase.")
+        state = self.state()
+        if state.last_success_at is not None:
+            last.add_metric([], state.last_success_at.timestamp())
+        run = state.latest
+        if run is not None and (utcnow() - run.finished_at).total_seconds() <= self.fresh_seconds:
+            for phase in run.phases:
+                if phase.outcome is PhaseOutcome.SKIPPED:
+                    continue
+                success.add_metric([phase.phase.value], 1 if phase.outcome is PhaseOutcome.OK else 0)
+                duration.add_metric([phase.phase.value], phase.duration_seconds)
+        return [success, duration, last]
 
 
 @dataclass(frozen=True)
@@ -217,12 +284,13 @@ class OrderSnapshot:
     stuck: int
     oldest_stuck_age_seconds: float
     orphan_payments: int  # unresolved ones
+    webhook_missed_streak: int  # reconciliation runs in a row that found missed payments
     taken_at: float
 
 
 class OrderFigures:
-    """Order counts from one aggregate query, and the unresolved orphan payments, cached for
-    `ttl_seconds`."""
+    """Order counts from one aggregate query, the unresolved orphan payments and the reconciliation
+    runs in a row that missed webhooks, cached for `ttl_seconds`."""
 
     def __init__(self, sessions: sessionmaker[Session], sla_seconds: int, ttl_seconds: float) -> None:
         self.sessions = sessions
@@ -258,9 +326,10 @@ class OrderFigures:
                     func.count(),
                     func.sum(case((stuck, 1), else_=0)),
                     func.min(case((stuck, Order.paid_at), else_=None)),
-                ).group_by(Order.status)
+                ).where(Order.is_canary.is_(False)).group_by(Order.status)
             ).all()
             orphans = count_unresolved(session)
+            streak = missed_streak(session)
         self.queries += 1
         by_status = {status.value: 0 for status in OrderStatus}
         stuck_count, oldest = 0, None
@@ -271,7 +340,7 @@ class OrderFigures:
                 oldest_paid = _aware(oldest_paid)
                 oldest = oldest_paid if oldest is None else min(oldest, oldest_paid)
         age = (now - oldest).total_seconds() if oldest is not None else 0.0
-        return OrderSnapshot(by_status, stuck_count, age, orphans, time.monotonic())
+        return OrderSnapshot(by_status, stuck_count, age, orphans, streak, time.monotonic())
 
 
 def _aware(value: datetime | str) -> datetime:
@@ -302,4 +371,8 @@ class _OrdersCollector(Collector):
                                     "Succeeded payments with no matching order, not yet resolved "
                                     "(refunded, claimed by an order, or dealt with by an operator).",
                                     value=snapshot.orphan_payments)
-        return [orders, stuck, oldest, orphans]
+        streak = GaugeMetricFamily("healer_webhook_missed_runs_in_a_row",
+                                   "Reconciliation runs in a row, the newest back, that found succeeded "
+                                   "payments healer had no webhook for (runs that saw no sale are passed "
+                                   f"over; counted up to {STREAK_LIMIT}).", value=snapshot.webhook_missed_streak)
+        return [orders, stuck, oldest, orphans, streak]

@@ -12,6 +12,12 @@ Two rules shape what is *reported*, while the raw result of every probe is kept 
   failing` instead of raising a second alarm for the same cause. Scheduled jobs wait on the same
   answers (`failing`, read by healer.jobs.scheduler).
 
+Failures are evidence (`confirm`): a step that fails on a dependency has the checks of that
+dependency run at once, in full, outside their schedule; a failure this confirms is reported at once,
+whatever the threshold, so the order waits on the check instead of spending its attempts. A check
+that is failing probes in full at every run, so its recovery is seen at its next interval and the
+orders waiting on it resume (the listeners see failing -> ok).
+
 The configured checks come from `healer.wiring.build_monitor`, the one place that reads Settings.
 Lines logged about a check (its transitions, its listeners' actions) carry its name as `check`
 (healer.logs); checks.base binds it on the probe's own thread as well.
@@ -141,7 +147,9 @@ class _Watched(Check):
 
 
 class HealthMonitor:
-    def __init__(self, checks: Sequence[Check], *, redact: Redactor = Redactor()) -> None:
+    def __init__(
+        self, checks: Sequence[Check], *, redact: Redactor = Redactor(), confirm_every_seconds: float = 5.0
+    ) -> None:
         names = [check.name for check in checks]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
@@ -156,6 +164,10 @@ class HealthMonitor:
         # started per check, which may outlive its caller when it hangs.
         self._callers = {name: threading.Lock() for name in self._checks}
         self._probes: dict[str, _Probe] = {}
+        # When each check last ran to confirm a step's failure (time.monotonic(); read and written
+        # under that check's caller lock): at most one such probe per check per `confirm_every`.
+        self._confirm_every = confirm_every_seconds
+        self._confirmed: dict[str, float] = {}
 
     # -- configuration -----------------------------------------------------------------------------
 
@@ -183,8 +195,44 @@ class HealthMonitor:
         """Probe one check now (unless skipped or still hanging); returns the reported result."""
         check = self._checks[name]
         with self._callers[name], bound_contextvars(check=name):
+            if self.failing((name,)):
+                # A failing check judges afresh: an answer reused from an earlier probe (the s3
+                # check's last round trip, the assets' cached verdict) would hide the fix, and keep
+                # the orders that wait on this check waiting.
+                check.invalidate()
             raw = self._skipped(check) or self._probe(check)
             return self._record(check, raw)
+
+    def confirm(self, names: tuple[str, ...]) -> str | None:
+        """fulfilment.pipeline.Confirm: a step failed in a way that blames the dependency these
+        checks watch. Run each of them now, in full (bypassing its interval and anything its probe
+        would reuse), and say why the step must wait if one fails; None if they pass (or are
+        unknown here), and the failure then counts as usual.
+
+        At most one such probe per check every `confirm_every_seconds`: many orders failing on one
+        outage cost one probe. Callers that arrive while it runs wait for it and share its answer.
+        """
+        known = tuple(name for name in names if name in self._checks)
+        for name in known:
+            self._confirm(self._checks[name])
+        return self.gate(known)
+
+    def _confirm(self, check: Check) -> None:
+        with self._callers[check.name], bound_contextvars(check=check.name):
+            last = self._confirmed.get(check.name)
+            if last is not None and time.monotonic() - last < self._confirm_every:
+                return  # answered by a probe this recent (perhaps the one this caller waited for)
+            check.invalidate()
+            raw = self._skipped(check) or self._probe(check)
+            self._confirmed[check.name] = time.monotonic()
+            # The failure threshold guards a good status against one probe's blip. Here the probe
+            # is not alone: a step has just failed on the same dependency, so a failing probe is the
+            # second witness, and the point is to act on it at once (gate the order before its
+            # attempts are spent). So a confirmed failure is reported as failing at once, and its
+            # listeners and readiness see it as they would a failure past the threshold.
+            reported = self._record(check, raw, hold=False)
+            log.info("Check %s run at once on a step's failure: %s (%s)", check.name, reported.status.value,
+                     reported.detail)
 
     def run_all(self, names: Iterable[str] | None = None) -> dict[str, CheckResult]:
         """Run the named checks (default: all) once, in parallel; reported results in display order."""
@@ -222,13 +270,14 @@ class HealthMonitor:
         self._probes[check.name] = _Probe(watched.done, time.monotonic())
         return run_with_timeout(watched)
 
-    def _record(self, check: Check, raw: CheckResult) -> CheckResult:
+    def _record(self, check: Check, raw: CheckResult, *, hold: bool = True) -> CheckResult:
+        """Keep a probe's result; `hold`: apply the failure threshold (see `confirm`)."""
         raw = self._scrubbed(raw)
         with self._lock:
             entry = self._entries.get(check.name)
             previous = entry.reported if entry else None
             failures = _failures(raw, entry)
-            reported = _held(check, raw, previous, failures)
+            reported = _held(check, raw, previous, failures) if hold else raw
             last_success = raw.checked_at if raw.status in _SUCCESS else (entry.last_success if entry else None)
             self._entries[check.name] = _Entry(reported, raw, failures, last_success)
             listeners = list(self._listeners)

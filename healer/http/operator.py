@@ -17,7 +17,7 @@ on call (healer.http.status_page).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -66,6 +66,8 @@ class OperatorContext:
     http_metrics: HttpMetrics | None = None
     # What the status page (`/`, healer.http.status_page) needs beyond the above.
     pages: PageConfig = field(default_factory=PageConfig)
+    # The singleton roles and whether this replica leads each (Leadership.roles); None: no roles.
+    leaders: Callable[[], Mapping[str, bool]] | None = None
 
 
 ADMIN = HTTPBearer(scheme_name="AdminToken", auto_error=False, description="HEALER_ADMIN_TOKEN")
@@ -107,7 +109,7 @@ def create_operator_app(ctx: OperatorContext) -> FastAPI:
     install_layers(app, "operator", ctx.http_metrics)
     _order_routes(app, ctx)
     probe_routes(app, ctx.liveness, ctx.health, ctx.redact)
-    health_routes(app, ctx.health, ctx.notices, ctx.redact)
+    health_routes(app, ctx.health, ctx.notices, ctx.redact, ctx.leaders)
     _exposition_routes(app, ctx)
     _docs_routes(app)
     runbook_routes(app)

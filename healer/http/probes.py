@@ -10,7 +10,7 @@ check that is not critical matches no line: Kubernetes' warning line says so.
 
 # No `from __future__ import annotations` here: FastAPI reads the routes' annotations at run time,
 # and `exclude`'s (the checks of this daemon) is made per app, a name only the enclosing function has.
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -79,11 +79,14 @@ class CheckReport(BaseModel):
 
 
 class HealthReport(BaseModel):
-    """Every check, the worst status among them, and how this daemon runs (embedded defaults)."""
+    """Every check, the worst status among them, how this daemon runs (embedded defaults), and
+    which singleton work (reconcile, stuck, containers...) this replica leads."""
 
     status: str  # ok, warning, failing, unknown: what `healer check` says of the same results
     checks: dict[str, CheckReport]
     notices: list[str]
+    # The daemon's singleton roles -> whether this replica leads each (healer_leader{job}).
+    leader: dict[str, bool] | None = None
 
 
 HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -118,8 +121,10 @@ def probe_routes(app: FastAPI, liveness: Callable[[], tuple[bool, str]], health:
                                  status_code=200 if readiness.ready else 503, headers=NO_STORE)
 
 
-def health_routes(app: FastAPI, health: HealthMonitor | None, notices: tuple[str, ...], redact: Redactor) -> None:
-    """Every check as JSON (status, latency, last success, detail, remedy), redacted."""
+def health_routes(app: FastAPI, health: HealthMonitor | None, notices: tuple[str, ...], redact: Redactor,
+                  leaders: Callable[[], Mapping[str, bool]] | None = None) -> None:
+    """Every check as JSON (status, latency, last success, detail, remedy), redacted; `leaders`:
+    the singleton roles and whether this replica leads each."""
 
     @app.get("/health", response_model=HealthReport, responses=HEALTH_RESPONSES,
              summary="Every check: status, latency, last success, detail, remedy")
@@ -129,6 +134,8 @@ def health_routes(app: FastAPI, health: HealthMonitor | None, notices: tuple[str
         if health is not None:
             body = {"status": health.overall().value, "checks": {report.name: report.as_dict() for report in reports}}
         body["notices"] = list(notices)
+        if leaders is not None:
+            body["leader"] = dict(leaders())
         # The code answers what an HTTP monitor can act on: this daemon cannot do its work. A
         # failing check that is not critical is in the body (and `status`), not worth a 503.
         code = 503 if critical_failing(reports) else 200

@@ -31,6 +31,7 @@ from fulfilment.secrets import Redactor
 from healer import orders
 from healer.db.models import ReconcileRun, RunResult, WebhookEvent
 from healer.health.monitor import CheckReport, HealthMonitor
+from healer.jobs.canary_results import CanaryState
 from healer.remediation.audit import RemediationView, list_remediations
 from healer.stripe.orphans import count_unresolved
 from healer.stripe.webhook_events import WebhookResult
@@ -68,6 +69,9 @@ class PageConfig:
     reconcile_interval_seconds: float | None = None
     # This daemon's webhook deliveries since it started, by result (healer_webhook_events_total).
     webhook_deliveries: Callable[[], Mapping[str, int]] = dict
+    # The canary job's state (healer.jobs.canary.CanaryJob.state); None: the canary is off here.
+    canary: Callable[[], CanaryState] | None = None
+    canary_interval_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,10 @@ class ReconcileView:
     payments_read: int
     orders_repaired: int
     orphans_found: int
+    # The last run's succeeded payments judged, and those that reached healer by no webhook
+    # (healer.stripe.missed): what tells a quiet shop from a broken webhook.
+    payments_succeeded: int
+    payments_missed: int
     last_success_at: datetime | None
     unresolved_orphans: int
 
@@ -153,6 +161,28 @@ class WebhookView:
 
 
 @dataclass(frozen=True)
+class CanaryPhaseRow:
+    phase: str
+    outcome: str  # ok, failed, skipped
+    seconds: float
+    detail: str
+
+
+@dataclass(frozen=True)
+class CanaryView:
+    state: str  # never (not run by this daemon yet), ok, failing
+    interval_seconds: float | None
+    last_run_at: datetime | None
+    seconds: float
+    phases: tuple[CanaryPhaseRow, ...]
+    failed_phase: str | None
+    error_class: str | None
+    remedy: str
+    runbook: RunbookLink | None
+    last_success_at: datetime | None
+
+
+@dataclass(frozen=True)
 class StatusPage:
     generated_at: datetime
     verdict: str  # what `healer check` says: ok, warning, failing, unknown
@@ -164,6 +194,7 @@ class StatusPage:
     remediations: tuple[RemediationView, ...] | Unavailable
     reconcile: ReconcileView | Unavailable
     webhooks: WebhookView | Unavailable
+    canary: CanaryView | None = None  # None: the canary is off on this daemon
 
 
 @dataclass(frozen=True)
@@ -193,6 +224,7 @@ def status_page(sessions: sessionmaker[Session], health: HealthMonitor | None, n
         remediations=_guarded(lambda: tuple(list_remediations(sessions, limit=REMEDIATION_LIMIT))),
         reconcile=_guarded(lambda: reconcile_view(sessions, config.reconcile_interval_seconds, now)),
         webhooks=_guarded(lambda: webhook_view(sessions, config.webhook_deliveries(), now)),
+        canary=canary_view(config.canary(), config.canary_interval_seconds) if config.canary else None,
     )
     return redacted(page, redact)
 
@@ -266,6 +298,8 @@ def reconcile_view(sessions: sessionmaker[Session], interval_seconds: float | No
         payments_read=last.payments_read if last else 0,
         orders_repaired=last.orders_repaired if last else 0,
         orphans_found=last.orphans_found if last else 0,
+        payments_succeeded=last.payments_succeeded if last else 0,
+        payments_missed=last.payments_missed if last else 0,
         last_success_at=success,
         unresolved_orphans=orphans,
     )
@@ -300,6 +334,23 @@ def webhook_view(sessions: sessionmaker[Session], deliveries: Mapping[str, int],
                     if deliveries.get(result.value))
     state = "refused" if refused else ("ok" if stored else "quiet")
     return WebhookView(state, stored, max(newest, default=None), refused, int(WEBHOOK_WINDOW.total_seconds() // 3600))
+
+
+def canary_view(state: CanaryState, interval_seconds: float | None) -> CanaryView:
+    """The canary's latest run on this daemon (memory, not the database: its order is gone)."""
+    run = state.latest
+    if run is None:
+        return CanaryView("never", interval_seconds, None, 0.0, (), None, None, "", None, state.last_success_at)
+    failure = run.failure
+    phases = tuple(CanaryPhaseRow(p.phase.value, p.outcome.value, p.duration_seconds, p.detail) for p in run.phases)
+    return CanaryView(
+        state="ok" if failure is None else "failing", interval_seconds=interval_seconds, last_run_at=run.started_at,
+        seconds=run.duration_seconds, phases=phases,
+        failed_phase=failure.phase.value if failure else None,
+        error_class=failure.error_class.value if failure and failure.error_class else None,
+        remedy=failure.remedy if failure else "", runbook=runbook_link(failure.runbook) if failure else None,
+        last_success_at=state.last_success_at,
+    )
 
 
 def webhook_deliveries(counter: Counter) -> dict[str, int]:

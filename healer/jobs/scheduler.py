@@ -11,6 +11,13 @@ Two questions are asked of that record, and kept apart:
   its work done? A dead-man's switch on its last success (checks/scheduler.py) that excuses a job
   waiting on a failing dependency: that dependency's own check raises the one alarm.
 
+Singleton jobs (`singleton=True`: reconciliation, the stuck sweep, the canary) run only on the
+replica that leads them (healer.jobs.leadership). Each period a replica asks to lead before it runs
+one: the leader keeps it, a follower takes it if the leader is gone, so leadership moves within one
+period of the leader's death. A run not made because another replica leads the job is neither a
+failure nor late: the job is alive (its runs finish) and the dead-man's switch leaves it to the
+leader's.
+
 A run that fails because a dependency is unreachable (the database, before its check has flipped)
 is one WARNING line per outage, never a traceback; a job's own failure is an ERROR with its
 traceback, since it is a bug or a fault no check watches.
@@ -34,6 +41,7 @@ from checks.base import CheckResult, Status
 from fulfilment.errors import one_line
 from fulfilment.models import database_unreachable
 from fulfilment.secrets import Redactor
+from healer.jobs.leadership import Leadership, SoleLock
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,7 @@ class RunOutcome(enum.StrEnum):
     SKIPPED = "skipped"  # not run: a check it depends on is failing
     DEPENDENCY_DOWN = "dependency_down"  # ran, and a dependency it declares failed it
     FAILED = "failed"  # ran, and failed of its own
+    FOLLOWING = "following"  # not run: a singleton job that another replica leads
 
 
 @dataclass(frozen=True)
@@ -69,9 +78,13 @@ class JobState:
     depends_on: tuple[str, ...] = ()
     last_outcome: RunOutcome | None = None
     last_finished: float | None = None  # time.time() of the last run's end, whatever its outcome
-    last_waited: float | None = None  # time.time() of its last run skipped on a failing dependency
+    # time.time() of its last run not made for a cause outside it: a failing dependency, or (a
+    # singleton job) another replica leading it; lateness counts from then at the earliest.
+    last_waited: float | None = None
     running_since: float | None = None  # time.time(), while a run is in progress
     waiting_on: tuple[str, ...] = ()  # of `depends_on`, those failing now: not run meanwhile
+    singleton: bool = False  # runs only on the replica that leads it
+    following: bool = False  # a singleton job that another replica led at its last run
 
     def stalled(self, now: float, since: float, min_grace: float = LIVENESS_MIN_GRACE_SECONDS) -> str | None:
         """Why this job is not alive, or None: a run that has not returned, or no run finishing
@@ -88,14 +101,17 @@ class JobState:
 class _Job:
     func: Callable[[], object]
     depends_on: tuple[str, ...]
+    singleton: bool
 
 
 class Scheduler:
     """`failing` says which checks are failing now (the monitor's cache); `redact` scrubs the
-    error lines the scheduler logs and keeps; `min_grace_seconds` is liveness's floor."""
+    error lines the scheduler logs and keeps; `min_grace_seconds` is liveness's floor;
+    `leadership` says whether this replica runs the singleton jobs (default: it runs them all)."""
 
     def __init__(self, *, failing: Failing = lambda _names: (), redact: Redactor = Redactor(),
-                 min_grace_seconds: float = LIVENESS_MIN_GRACE_SECONDS) -> None:
+                 min_grace_seconds: float = LIVENESS_MIN_GRACE_SECONDS,
+                 leadership: Leadership | None = None) -> None:
         # Probes block a thread for up to their timeout; on their own pool, a wide outage that
         # hangs every probe cannot delay the worker or reconciliation.
         self._scheduler = BackgroundScheduler(
@@ -106,18 +122,23 @@ class Scheduler:
         self._failing = failing
         self._redact = redact
         self._min_grace = min_grace_seconds
+        self._leadership = leadership if leadership is not None else Leadership(lambda _role: SoleLock())
         self._jobs: dict[str, _Job] = {}
         self._states: dict[str, JobState] = {}
         self._lock = threading.Lock()
         self.started_at: float | None = None
 
     def add(self, name: str, func: Callable[[], object], interval_seconds: float, *,
-            depends_on: tuple[str, ...], run_now: bool = True) -> None:
+            depends_on: tuple[str, ...], run_now: bool = True, singleton: bool = False) -> None:
         """Run `func` every `interval_seconds`, except while a check named in `depends_on` fails.
-        Every job says what it depends on, `()` included: the declaration is the point."""
+        Every job says what it depends on, `()` included: the declaration is the point.
+        `singleton`: work for one replica at a time, run here only while this replica leads the
+        role named `name` (so every replica must give the job the same name)."""
         with self._lock:
-            self._jobs[name] = _Job(func, depends_on)
-            self._states[name] = JobState(name, interval_seconds, None, None, 0, 0, depends_on)
+            self._jobs[name] = _Job(func, depends_on, singleton)
+            self._states[name] = JobState(name, interval_seconds, None, None, 0, 0, depends_on, singleton=singleton)
+        if singleton:
+            self._leadership.declare(name)
         kwargs: dict[str, Any] = {"next_run_time": datetime.now(UTC)} if run_now else {}
         executor = PROBES if name.startswith("check:") else "default"
         self._scheduler.add_job(self._run, "interval", args=(name,), seconds=interval_seconds, id=name,
@@ -132,7 +153,10 @@ class Scheduler:
         if waiting:
             self._skipped(name, waiting)
             return
-        self._update(name, running_since=time.time())
+        if job.singleton and not self._leadership.lead(name):
+            self._following(name)
+            return
+        self._update(name, running_since=time.time(), following=False)
         try:
             job.func()
         except Exception as error:
@@ -146,6 +170,11 @@ class Scheduler:
         previous = self._finish(name, RunOutcome.SKIPPED, last_waited=time.time())
         if previous is not RunOutcome.SKIPPED:
             log.info("Job %s waits while %s failing: not run until it is back", name, ", ".join(waiting))
+
+    def _following(self, name: str) -> None:
+        previous = self._finish(name, RunOutcome.FOLLOWING, last_waited=time.time(), following=True)
+        if previous is not RunOutcome.FOLLOWING:
+            log.info("Job %s follows: another replica leads it; this one takes over if that one stops", name)
 
     def _failed(self, name: str, job: _Job, error: Exception) -> None:
         said = self._redact(one_line(error, 500))

@@ -1,9 +1,10 @@
 """Stuck orders: paid, not completed within the SLA, and nobody working on them.
 
-Every daemon runs this job; the re-queue is one compare-and-set UPDATE that skips leased rows, so
-several daemons sweeping at once re-queue each order once. A re-queued order gets
-`next_attempt_at = paid_at`: it is due at once, and since the worker claims the earliest
-`next_attempt_at` first, the customers who have waited longest are served first.
+One replica at a time runs this job (a singleton job: healer.jobs.leadership), so the delay emails
+and refunds riding on it are sent from one place; the re-queue is one compare-and-set UPDATE that
+skips leased rows all the same, so two sweeps meeting at a handover re-queue each order once.
+A re-queued order gets `next_attempt_at = paid_at`: it is due at once, and since the worker claims
+the earliest `next_attempt_at` first, the customers who have waited longest are served first.
 
 Attempts are kept, not reset: a stuck order that keeps failing still ends in `needs_attention`
 after the last attempt, instead of being retried for ever by this sweep. Gating happens in the
@@ -91,6 +92,7 @@ def _stuck(now: datetime, sla_seconds: int) -> tuple[ColumnElement[bool], ...]:
         # Never queued: nobody will ever take it. An order in backoff is not stuck, it waits its
         # retry (re-queueing it would burn its attempts in minutes); a due one the worker takes.
         Order.next_attempt_at.is_(None),
+        Order.is_canary.is_(False),  # the canary's order is never queued, by design
     )
 
 

@@ -112,6 +112,17 @@ class ContainerHealer:
         finally:
             self._lock.release()
 
+    def forget(self) -> None:
+        """Drop what this replica remembers of unhealthy stretches and restarts, while another
+        replica restarts containers: if this one takes over, it counts from the audit again."""
+        if not self._lock.acquire(blocking=False):
+            return  # a scan is finishing; the next call forgets
+        try:
+            self._unhealthy_since.clear()
+            self._attempts.clear()
+        finally:
+            self._lock.release()
+
     def _scan(self) -> None:
         try:
             client = docker.DockerClient(base_url=self.base_url, version="auto",

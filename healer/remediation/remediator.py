@@ -21,6 +21,16 @@ the health monitor, `Remediator.observe_step` watches order steps) and refuses w
   (symlinks are never followed, file systems mounted inside never entered), are deleted oldest
   first until it is above that level again.
 
+Replicas: restart_container acts on containers every replica sees (one engine, one compose
+project), so it runs on the replica that leads the `containers` role (healer.jobs.leadership),
+asked at each docker check result; the others leave it alone, and a replica that takes over reads
+the restarts of the window from the audit, so the flap guard holds across replicas. The others stay
+local on purpose: free_scratch deletes files under this replica's own HEALER_DATA_DIR (an emptyDir
+per pod, a volume per container), which its own disk check measured and no other replica can
+reach; regenerate_waveform and rerender_pdf follow an order this replica works under its lease;
+resume_orders answers this replica's own check turning green, with a compare-and-set any replica
+may make.
+
 Every action is a `remediations` row (healer.remediation.audit) and a count in
 healer_remediations_total{action,result}. HEALER_REMEDIATION=off does nothing at all; dry-run logs
 and records what it would do (result `dry_run`) and changes nothing.
@@ -34,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 
 from structlog.contextvars import bound_contextvars
 
@@ -50,6 +61,8 @@ from healer.remediation.waveforms import WaveformRestorer
 
 log = logging.getLogger(__name__)
 
+CONTAINERS = "containers"  # the leadership role of restart_container
+
 
 class Remediator:
     """The actions behind one listener and one step observer; does nothing when mode is off."""
@@ -63,13 +76,17 @@ class Remediator:
         waveforms: WaveformRestorer | None = None,
         orders: OrderResumer | None = None,
         pdfs: PdfRestorer | None = None,
+        lead: Callable[[str], bool] | None = None,
     ) -> None:
+        """`lead(role)`: whether this replica leads a singleton role now (Leadership.lead); None:
+        it acts alone."""
         self.audit = audit
         self.containers = containers
         self.scratch = scratch
         self.waveforms = waveforms
         self.orders = orders
         self.pdfs = pdfs
+        self.lead = lead
 
     @property
     def mode(self) -> RemediationMode:
@@ -84,8 +101,11 @@ class Remediator:
             with bound_contextvars(action=Action.RESUME_ORDERS.value):
                 self.orders.on_green(new, previous)
         if new.name == "docker" and self.containers is not None:
-            with bound_contextvars(action=Action.RESTART_CONTAINER.value):
-                self.containers.on_docker_result(new)
+            if self.lead is None or self.lead(CONTAINERS):
+                with bound_contextvars(action=Action.RESTART_CONTAINER.value):
+                    self.containers.on_docker_result(new)
+            else:
+                self.containers.forget()  # what it saw goes stale while another replica acts
         if new.name == "disk" and self.scratch is not None:
             with bound_contextvars(action=Action.FREE_SCRATCH.value):
                 self.scratch.on_disk_result(new)

@@ -17,7 +17,7 @@ from fulfilment.models import Order
 from fulfilment.steps import MAX_AUDIO_BYTES, permanent_key
 from fulfilment.storage import ObjectStore
 from healer.remediation.audit import Action, Audit, Result
-from healer.worker import RenderPool
+from healer.render.pool import RenderPool
 
 log = logging.getLogger(__name__)
 

@@ -65,6 +65,9 @@ class ReconcileReport:
     findings: tuple[Finding, ...]
     dry_run: bool
     seconds: float
+    # Succeeded payments judged (healer.stripe.missed), and those healer had no webhook for.
+    payments_succeeded: int = 0
+    payments_missed: int = 0
 
     def count(self, kind: FindingKind) -> int:
         return sum(1 for f in self.findings if f.kind is kind)
@@ -89,6 +92,8 @@ class Tally:
     payments_read: int = 0
     stripe_requests: int = 0
     newest_created: int | None = None
+    payments_succeeded: int = 0
+    payments_missed: int = 0
     seen: set[str] = field(default_factory=set)
     findings: list[Finding] = field(default_factory=list)
 

@@ -8,13 +8,16 @@ are matched to orders by `metadata.order_id` (or the order's payment id) with on
 - a stored orphan that an order now holds (restored, or repaired above) is resolved (healer.stripe.orphans).
 The first run looks back three days, the time Stripe keeps retrying a webhook; later runs resume
 from the newest `created` seen, less an overlap for payments that were still being confirmed.
+Each run also judges which succeeded payments reached healer by webhook first, each payment once
+(healer.stripe.missed): healer_webhook_missed_total counts those that did not.
 
 Database to Stripe: `pending_payment` orders whose payment was not in the listing (created before
 the window) are retrieved one by one, each when it turns 5, 10, 20, 40... minutes old, so a payment
 that succeeds late is still found, while an abandoned checkout costs about ten requests in all.
 
 Stripe rate limits (429), 5xx and network errors are retried with backoff (healer.stripe.listing).
-One daemon reconciles at a time: a PostgreSQL advisory lock, or a lease row on SQLite.
+One replica reconciles: the one leading `reconcile` (healer.jobs.leadership); each run also holds
+a lock (a PostgreSQL advisory lock, or a lease row on SQLite) so `healer reconcile` never overlaps it.
 
 Leases are on the database's clock (fulfilment.leases): an order's, when deciding whether it is
 stuck, and the SQLite reconcile lease. The reconciler's own clock (`clock`) measures the window,
@@ -50,6 +53,13 @@ from healer.jobs.stuck import requeue_stuck
 from healer.stripe.findings import Finding, FindingKind, Payment, ProgressFn, ReconcileReport, Tally
 from healer.stripe.listing import Backoff, PaymentIntents, covered
 from healer.stripe.matching import awaiting_payment, claiming_order, crossed_checkpoint, matching_columns
+from healer.stripe.missed import (
+    FOUND_BY_RECONCILIATION,
+    WEBHOOK_GRACE_SECONDS,
+    Slice,
+    judge,
+    verified_by_reconciliation,
+)
 from healer.stripe.orphans import count_unresolved
 from healer.stripe.orphans import resolve as resolve_orphan
 from healer.stripe.webhooks import parse_order_id, payment_mismatch
@@ -77,6 +87,13 @@ class ReconcileConfig:
     max_retries: int = 6
     backoff_base_seconds: float = 0.5
     backoff_max_seconds: float = 30.0
+    webhook_grace_seconds: int = WEBHOOK_GRACE_SECONDS  # how late a webhook may be before it is missed
+
+    def __post_init__(self) -> None:
+        # A slice judged must lie inside the window listed (healer.stripe.missed.Slice).
+        if not 0 <= self.webhook_grace_seconds < self.overlap_seconds:
+            raise ValueError(f"webhook_grace_seconds must be at least 0 and less than overlap_seconds "
+                             f"({self.overlap_seconds}), not {self.webhook_grace_seconds}")
 
 
 class Reconciler:
@@ -122,11 +139,12 @@ class Reconciler:
         started, began = self.clock(), time.monotonic()
         cursor, last_run_at = self._load_state()
         window_start = self._window_start(started, cursor)
+        judged = Slice.of_run(started, window_start, last_run_at, self.config.webhook_grace_seconds)
         run_id = None if dry_run else self._start_run(started, window_start)
         tally = Tally()
         try:
             for intents in self.intents.pages(window_start, tally):
-                self._reconcile_page(intents, started, tally, dry_run)
+                self._reconcile_page(intents, started, judged, tally, dry_run)
                 if progress is not None:
                     progress(tally.payments_read, covered(intents, window_start, started))
             self._check_pending(started, last_run_at, tally, dry_run)
@@ -135,7 +153,8 @@ class Reconciler:
             self._record_failure(run_id, tally, error)
             raise
         report = ReconcileReport(window_start, tally.payments_read, tally.stripe_requests,
-                                 tuple(tally.findings), dry_run, time.monotonic() - began)
+                                 tuple(tally.findings), dry_run, time.monotonic() - began,
+                                 tally.payments_succeeded, tally.payments_missed)
         if not dry_run:
             self._record_success(run_id, started, cursor, tally, report)
         return report
@@ -157,7 +176,7 @@ class Reconciler:
 
     # -- Stripe to database -----------------------------------------------------------------------
 
-    def _reconcile_page(self, intents: list[dict[str, Any]], now: datetime, tally: Tally,
+    def _reconcile_page(self, intents: list[dict[str, Any]], now: datetime, judged: Slice, tally: Tally,
                         dry_run: bool) -> None:
         tally.payments_read += len(intents)
         for intent in intents:
@@ -167,17 +186,21 @@ class Reconciler:
         if not succeeded:
             return
         orders = self._orders_for(succeeded)  # the page's one query
+        sales = judge(succeeded, orders, judged)  # on the rows as read, before the repairs below
+        tally.payments_succeeded += sales.succeeded
+        tally.payments_missed += sales.missed
         findings = [f for p in succeeded if (f := self._classify(p, orders, now)) is not None]
         tally.findings.extend(self._preview(findings) if dry_run else self._apply(findings))
 
     def _orders_for(self, payments: list[Payment]) -> list[Row[Any]]:
         order_ids = {oid for p in payments if (oid := parse_order_id(p.metadata_order_id))}
+        columns: tuple[Any, ...] = (*matching_columns(), verified_by_reconciliation())  # for the judgement
         with self.sessions() as session:
             return list(session.execute(
-                select(*matching_columns()).where(or_(
+                select(*columns).where(or_(
                     Order.id.in_(order_ids),
                     Order.stripe_payment_intent_id.in_([p.id for p in payments]),
-                ))
+                ), Order.is_canary.is_(False))  # no payment is ever the canary's
             ).all())
 
     def _classify(self, payment: Payment, orders: list[Row[Any]], now: datetime) -> Finding | None:
@@ -243,7 +266,7 @@ class Reconciler:
         paid = self.pipeline.mark_paid(
             session, finding.order_id, payment_intent_id=finding.payment.id,
             paid_at=finding.payment.created,
-            message=f"Payment succeeded: {finding.payment}, found by reconciliation "
+            message=f"Payment succeeded: {finding.payment}, {FOUND_BY_RECONCILIATION} "
                     "(the webhook never arrived)",
         )
         if paid:
@@ -312,7 +335,12 @@ class Reconciler:
             finding = self._classify(payment, [order], now)
             if finding is None or finding.kind is not FindingKind.MISSED_WEBHOOK:
                 continue  # not this order's payment after all: the worker's verify step says so
-            tally.findings.extend(self._preview([finding]) if dry_run else self._apply([finding]))
+            done = self._preview([finding]) if dry_run else self._apply([finding])
+            # Outside every slice (created before the window), so judged here, once: the order is
+            # marked paid once (healer.stripe.missed).
+            tally.payments_succeeded += len(done)
+            tally.payments_missed += len(done)
+            tally.findings.extend(done)
 
     def _pending_due(self, now: datetime, last_run_at: datetime | None, seen: set[str]) -> list[Row[Any]]:
         c = self.config
@@ -322,6 +350,7 @@ class Reconciler:
                 .where(awaiting_payment_clause(),  # incl. orders that gave up at verification
                        Order.stripe_payment_intent_id.is_not(None),
                        Order.next_attempt_at.is_(None),  # queued ones are verified by the worker
+                       Order.is_canary.is_(False),
                        Order.created_at >= now - timedelta(seconds=c.lookback_seconds),
                        Order.created_at <= now - timedelta(seconds=c.pending_check_after_seconds))
                 .order_by(Order.created_at.desc())
@@ -368,11 +397,19 @@ class Reconciler:
         self._finish_run(run_id, tally, RunResult.SUCCESS, None, report)
         self.metrics.reconcile_runs.labels(RunResult.SUCCESS).inc()
         self.metrics.reconcile_last_success.set(time.time())
+        # Counted only once the run succeeded: a failed run's slice is judged again by the next.
+        self.metrics.payments_succeeded.inc(report.payments_succeeded)
+        self.metrics.webhook_missed.inc(report.payments_missed)
         log.info("Reconciliation done: %d payment(s) read since %s with %d Stripe request(s); "
-                 "%d order(s) repaired, %d new orphan payment(s), %d resolved, in %.1fs",
+                 "%d order(s) repaired, %d new orphan payment(s), %d resolved; %d sale(s) judged, "
+                 "%d found only by reconciliation; in %.1fs",
                  report.payments_read, report.window_start.isoformat(timespec="seconds"),
                  report.stripe_requests, report.orders_repaired, report.orphans_found,
-                 report.orphans_resolved, report.seconds)
+                 report.orphans_resolved, report.payments_succeeded, report.payments_missed, report.seconds)
+        if report.payments_missed:
+            log.warning("%d of %d succeeded payment(s) reached healer only through reconciliation, "
+                        "not by Stripe's webhook: is the webhook endpoint delivering?",
+                        report.payments_missed, report.payments_succeeded)
 
     def _finish_run(self, run_id: int, tally: Tally, result: RunResult, error: str | None,
                     report: ReconcileReport | None = None) -> None:
@@ -382,6 +419,8 @@ class Reconciler:
                 stripe_requests=tally.stripe_requests, result=result, error=error,
                 orders_repaired=report.orders_repaired if report else 0,
                 orphans_found=report.orphans_found if report else 0,
+                payments_succeeded=report.payments_succeeded if report else 0,
+                payments_missed=report.payments_missed if report else 0,
             ))
 
     def orphan_count(self) -> int:

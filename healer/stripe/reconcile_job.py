@@ -1,64 +1,33 @@
-"""The scheduled `reconcile` job, and the lock that lets one daemon at a time run it: a PostgreSQL
-advisory lock held on its own connection, or on SQLite a lease on the reconcile state row."""
+"""The scheduled `reconcile` job, and the lock around each run: a PostgreSQL advisory lock held on
+its own connection (healer.jobs.leadership), or on SQLite a lease on the reconcile state row.
+
+Among daemons, the `reconcile` job runs on the replica that leads it (healer.jobs.leadership, by the
+scheduler); this lock keeps a foreground `healer reconcile` and that replica's run from overlapping."""
 
 from __future__ import annotations
 
 import logging
 from typing import ClassVar, Protocol
 
-from sqlalchemy import Engine, or_, text, update
-from sqlalchemy.engine import Connection
+from sqlalchemy import Engine, or_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fulfilment.leases import db_later, db_now
 from fulfilment.models import transaction
 from healer.db.models import ReconcileState, insert_once
+from healer.jobs.leadership import AdvisoryLock
 from healer.stripe.findings import ReconcileReport
 from healer.stripe.reconcile import STATE, Reconciler
 
 log = logging.getLogger(__name__)
 
-LOCK_KEY = 0x6865616C  # pg advisory lock key every healer agrees on: "heal" in ASCII
+LOCK_KEY = 0x6865616C  # the run's advisory lock key every healer agrees on: "heal" in ASCII
 LEASE_SECONDS = 1800  # SQLite only: longer than any run, so a crashed holder frees it in time
 
 class RunLock(Protocol):
     def acquire(self) -> bool: ...
 
     def release(self) -> None: ...
-
-
-class AdvisoryLock:
-    """A PostgreSQL session-level advisory lock, held on its own connection for the run. If the
-    process dies, the server drops the connection and the lock with it: no stale lock to expire."""
-
-    def __init__(self, engine: Engine, key: int = LOCK_KEY) -> None:
-        self.engine = engine
-        self.key = key
-        self._connection: Connection | None = None
-
-    def acquire(self) -> bool:
-        connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        try:
-            taken = bool(connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key}))
-        except Exception:
-            connection.close()
-            raise
-        if not taken:
-            connection.close()
-            return False
-        self._connection = connection
-        return True
-
-    def release(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is None:
-            return
-        try:
-            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
-        except Exception:
-            connection.invalidate()  # closing the session frees the lock all the same
-        finally:
-            connection.close()
 
 
 class LeaseLock:
@@ -94,13 +63,14 @@ class LeaseLock:
 
 def run_lock(engine: Engine, sessions: sessionmaker[Session], owner: str) -> RunLock:
     if engine.dialect.name == "postgresql":
-        return AdvisoryLock(engine)
+        return AdvisoryLock(engine, LOCK_KEY, name=f"healer reconcile run {owner}")
     return LeaseLock(sessions, owner)
 
 
 class ReconcileJob:
-    """The scheduled job: reconcile if no other daemon is; a failed run is logged, recorded and
-    counted, not raised, so a Stripe outage does not read as a wedged scheduler."""
+    """The scheduled job (on the replica leading `reconcile`): reconcile unless a run holds the
+    lock (a foreground `healer reconcile`); a failed run is logged, recorded and counted, not
+    raised, so a Stripe outage does not read as a wedged scheduler."""
 
     # It reads Stripe and writes the database: while either's check fails, it waits (the check
     # raises the alarm), instead of failing a run per interval.
@@ -112,7 +82,7 @@ class ReconcileJob:
 
     def __call__(self) -> ReconcileReport | None:
         if not self.lock.acquire():
-            log.debug("Reconciliation skipped: another daemon is reconciling")
+            log.debug("Reconciliation skipped: another run (healer reconcile) holds the lock")
             return None
         try:
             return self.reconciler.run()

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -29,10 +30,12 @@ import yaml
 from sqlalchemy import Engine
 
 from checks.base import Check
+from fulfilment.models import utcnow
 from healer import db
 from healer.health.metrics import Metrics
 from healer.health.monitor import HealthMonitor
 from healer.http.observe import HttpMetrics
+from healer.jobs.canary_results import CanaryRun, CanaryState, Phase, PhaseOutcome, PhaseResult
 from healer.jobs.scheduler import JobState
 
 REPO = Path(__file__).resolve().parents[2]
@@ -238,7 +241,11 @@ def exported(sqlite_engine: Engine) -> set[str]:
     monitor.run(_PassingCheck.name)
     metrics.watch_checks(monitor.reports)
     metrics.watch_jobs(lambda: [JobState("worker", 2.0, time.time(), None, 1, 0)])
+    metrics.watch_leadership(lambda: {"reconcile": True})
     metrics.watch_orders(db.make_session_factory(sqlite_engine), sla_seconds=600)
+    now = utcnow()
+    canary = CanaryRun(uuid.uuid4(), now, now, tuple(PhaseResult(p, PhaseOutcome.OK, 0.5, "ok") for p in Phase))
+    metrics.watch_canary(lambda: CanaryState(canary, canary.finished_at), fresh_seconds=60)
     names: set[str] = set()
     for family in metrics.registry.collect():
         if family.type == "histogram":

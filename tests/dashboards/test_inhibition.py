@@ -31,7 +31,8 @@ CHECK_ALERTS = {"database": "HealerDatabaseDown", "orders": "HealerOrdersCheckFa
                 "memory": "HealerMemoryExhausted", "docker": "HealerContainerRestartLoop"}
 # Alerts about one job besides HealerJobNotSucceeding: per daemon, or over the fleet.
 JOB_ALERTS = {"worker": [{"alertname": "HealerJobNeverSucceeded", "instance": DAEMON}],
-              "reconcile": [{"alertname": "HealerReconcileNotRun"}]}
+              "reconcile": [{"alertname": "HealerReconcileNotRun"}],
+              "canary": [{"alertname": "HealerCanaryFailing", "instance": DAEMON}, {"alertname": "HealerCanaryNotSucceeded"}]}
 
 
 def check_alert(check: str) -> dict[str, str]:
@@ -56,7 +57,7 @@ def declared_dependencies(tmp_path: Path) -> dict[str, list[dict[str, str]]]:
         jobs = {job.name: job.depends_on for job in daemon.scheduler.jobs() if not job.name.startswith("check:")}
     finally:
         daemon.shutdown()
-    assert jobs.keys() == {"worker", "stuck", "reconcile"} and checks["orders"] == ("database",)
+    assert jobs.keys() == {"worker", "stuck", "reconcile", "canary"} and checks["orders"] == ("database",)
     # The scheduler check reports the jobs it watches as waiting: it depends on what they depend on.
     checks["scheduler"] = tuple(dict.fromkeys(d for deps in jobs.values() for d in deps))
     dependents: dict[str, list[dict[str, str]]] = {}
@@ -121,10 +122,11 @@ def _key(labels: dict[str, str]) -> str:
 
 def test_a_dependencys_alert_inhibits_exactly_the_alerts_of_its_dependents(alertmanager: str, tmp_path: Path) -> None:
     dependents = declared_dependencies(tmp_path)
-    assert set(dependents) == {"database", "stripe"}
-    # In each dependency's scope: its alert, its dependents' alerts, and alerts of checks that
-    # depend on nothing (not to be inhibited); in a control scope, every dependent without a source.
-    unrelated = [check_alert("s3"), check_alert("sendgrid")]
+    # The canary depends on what every step does, and on the database.
+    assert set(dependents) == {"database", "stripe", "s3", "assets", "disk", "memory", "sendgrid"}
+    # In each dependency's scope: its alert, its dependents' alerts, and the alert of a check that
+    # is nobody's dependency (not to be inhibited); in a control scope, every dependent without a source.
+    unrelated = [check_alert("docker")]
     every_dependent = [a for alerts in dependents.values() for a in alerts]
     scopes = {dependency: [check_alert(dependency), *alerts, *unrelated] for dependency, alerts in dependents.items()}
     scopes["control"] = every_dependent

@@ -30,7 +30,7 @@ RUNBOOK_ISSUES = ("runbook-1-s3-permission-denied", "runbook-2-s3-files-missing"
                   "runbook-3-pdf-generation-failing", "runbook-4-email-sending-failing",
                   "runbook-5-database-error", "runbook-6-memory-and-resource-issues")
 
-# What issues 5 and 19 ask the rules to watch, by the alert that does it.
+# What issues 5, 16 and 19 ask the rules to watch, by the alert that does it.
 REQUIRED_ALERTS = {
     "HealerDown": 'up{job="healer"} == 0',
     "HealerNotScraped": 'absent(up{job="healer"})',
@@ -44,6 +44,7 @@ REQUIRED_ALERTS = {
     "HealerReconcileNotRun": "time() - ",
     "HealerReconcileMetricAbsent": "absent(healer_reconcile_last_success_timestamp_seconds",
     "HealerOrphanPayments": "healer_orphan_payments",
+    "HealerWebhooksMissing": "healer_webhook_missed_runs_in_a_row) >= 2",  # issue 16: two runs in a row
     "HealerDiskLow": 'healer_check_status{check="disk", status=~"warning|failing"}',
     "HealerDiskFull": 'healer_check_status{check="disk", status="failing"} == 1',
     "HealerMemoryLow": 'healer_check_status{check="memory", status=~"warning|failing"}',
@@ -53,6 +54,8 @@ REQUIRED_ALERTS = {
     "HealerOrdersCheckFailing": 'healer_check_status{check="orders", status=~"warning|failing"}',
     "HealerJobNotSucceeding": "healer_job_last_success_timestamp_seconds",
     "HealerPublicServerErrors": 'healer_http_requests_total{listener="public", code=~"5.."}',
+    "HealerCanaryFailing": "healer_canary_success",  # issue 16: twice in a row
+    "HealerCanaryNotSucceeded": "healer_canary_last_success_timestamp_seconds",  # issue 16: for 3 intervals
 }
 # Each "warning or failing" alert, and the critical alert that pages on the failure.
 ESCALATIONS = {"HealerDiskLow": "HealerDiskFull", "HealerMemoryLow": "HealerMemoryExhausted"}

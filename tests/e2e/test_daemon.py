@@ -19,6 +19,8 @@ import pytest
 from tests.e2e.daemon import HEALER, REPO, RunningDaemon, healer_env, running_daemon
 from tests.eventually import eventually
 from tests.fakes.ports import free_port
+from tests.fakes.render_fixtures import busy_rendering, render_processes
+from tests.fakes.render_inputs import endless_title
 from tests.fakes.shop_fixtures import Shop
 
 
@@ -65,15 +67,26 @@ def test_customer_completion_through_the_running_daemon(shop: Shop, daemon: Runn
     assert order.download_token not in log and 'HTTP/1.1" 307' not in log
 
 
-def test_sigterm_stops_the_daemon_cleanly(shop: Shop, daemon: RunningDaemon) -> None:
-    order_id = shop.paid_order()
-    eventually(lambda: shop.order(order_id).status == "completed", timeout=60, what="the order to complete")
+def test_sigterm_stops_the_daemon_cleanly_with_a_render_in_flight(
+        shop: Shop, daemon_env: dict[str, str], tmp_path: Path) -> None:
+    # A short time limit: the render in flight at SIGTERM is one the daemon waits for, to its end.
+    env = dict(daemon_env, HEALER_RENDER_TIMEOUT_SECONDS="2")
+    with running_daemon(env, tmp_path / "daemon.log") as daemon:
+        done = shop.paid_order()
+        eventually(lambda: shop.order(done).status == "completed", timeout=60, what="the order to complete")
+        rendering = shop.paid_order(title=endless_title())
+        eventually(lambda: shop.order(rendering).status == "files_migrated", timeout=60, what="its render to start")
+        (process,) = render_processes(daemon.process.pid)  # the first order's, idle since, takes it
+        busy_rendering(process)
 
-    daemon.process.send_signal(signal.SIGTERM)
+        daemon.process.send_signal(signal.SIGTERM)
 
-    assert daemon.process.wait(timeout=30) == 0
-    assert "healer stopped" in daemon.log()
-    assert shop.order(order_id).lease_owner is None
+        assert daemon.process.wait(timeout=30) == 0, daemon.log()
+        assert "healer stopped" in daemon.log()
+    assert shop.order(done).lease_owner is None
+    stopped = shop.order(rendering)  # the step ended at its time limit and was recorded, then the daemon
+    assert stopped.lease_owner is None and stopped.last_error_class == "bad_input", stopped.last_error
+    assert not process.is_running()
 
 
 def test_unknown_order_and_wrong_token_over_http(shop: Shop, daemon: RunningDaemon) -> None:

@@ -1,5 +1,7 @@
-"""Fixtures for cuttable TCP proxies (tests/fakes/tcp_proxy.py): an outage of one peer for the code
-under test, the peer itself untouched, since other tests (and other test runs) share it."""
+"""Fixtures for proxies in front of shared peers: cuttable TCP proxies (tests/fakes/tcp_proxy.py) for
+an outage of one peer, and an S3 proxy (tests/fakes/s3_proxy.py) that answers with S3's own errors;
+each fails the code under test only, the peer itself untouched, since other tests (and other test
+runs) share it."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.fakes.s3_proxy import S3FaultProxy
 from tests.fakes.tcp_proxy import TcpProxy
 
 
@@ -31,3 +34,12 @@ def pg_proxy(tcp_proxy: Callable[[int], TcpProxy], pg_url: str) -> TcpProxy:
     """A proxy to the test session's PostgreSQL server: cut it for a database outage, never the
     server (other tests and other engineers' runs use it)."""
     return tcp_proxy(urlsplit(pg_url).port or 5432)
+
+
+@pytest.fixture
+def s3_fault_proxy(moto_server: str) -> Iterator[S3FaultProxy]:
+    """A started S3FaultProxy in front of the session's moto server (forwarding everything until
+    a test sets a fault); point the code under test's endpoint at its `url`."""
+    proxy = S3FaultProxy(moto_server).start()
+    yield proxy
+    proxy.stop()

@@ -3,7 +3,8 @@
 `assets_dir` is a private copy of the repository's fonts, templates and backgrounds, so a test may
 delete or damage a file and see exactly what an operator would see. `sample_inputs` is one small
 order's uploads (a 480x640 photo, a few seconds of voice-like audio and its waveform image), made
-once per session from fixed seeds.
+once per session from fixed seeds. `render_processes` and `busy_rendering` watch the render
+processes of a pool (or a daemon) from outside.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import psutil
 import pytest
 
 from fulfilment.render import PosterInputs
 from healer.demo.samples import sample_audio, sample_photo, sample_waveform_png
 from poster_assets import bundled_assets_dir
+from tests.eventually import eventually
 
 BUNDLED_ASSETS = bundled_assets_dir()
 SAMPLE_TITLE = "Zoë & Ömer"
@@ -46,3 +49,28 @@ def sample_inputs() -> PosterInputs:
         audio=audio,
         audio_name="voice-note.wav",
     )
+
+
+def render_processes(owner: int) -> list[psutil.Process]:
+    """The render processes `owner` has spawned (multiprocessing's spawn: `spawn_main` in their
+    command line), leaving out its other children (the resource tracker)."""
+    children = psutil.Process(owner).children()
+    return [child for child in children if "spawn_main" in " ".join(_cmdline(child))]
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return [str(part) for part in process.cmdline()]
+    except psutil.NoSuchProcess:  # ended between the listing and the look
+        return []
+
+
+def busy_rendering(process: psutil.Process) -> None:
+    """Returns once the process is working on a render (its CPU time grows), not just taking it in."""
+    before = _cpu_seconds(process)
+    eventually(lambda: _cpu_seconds(process) > before + 0.05, timeout=30, what="the render to be under way")
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)

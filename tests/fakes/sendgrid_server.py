@@ -4,7 +4,9 @@ The real `sendgrid` library is pointed at it (`SendGridAPIClient(key, host=serve
 exercise the same request building, status handling and exceptions as production. Endpoints:
 
 - `POST /v3/mail/send`: validated like SendGrid validates (all errors reported at once, with
-  SendGrid's messages and field paths); 202 with an `X-Message-Id` header on success.
+  SendGrid's messages and field paths); 202 with an `X-Message-Id` header on success. With
+  `mail_settings.sandbox_mode.enable` true, validated the same and answered 200: nothing is
+  delivered, so the message is in `sandboxed`, never in `messages`.
 - `GET /v3/scopes`: the key's scopes, which the health check reads to tell "allowed to send".
 
 Faults are switched from Python: `fail_next`, `set_delay`, `set_hang`, `set_key_valid`.
@@ -110,6 +112,8 @@ class SentMessage:
     # The message's custom arguments (the personalization's over the top-level ones): SendGrid
     # copies them into every event it reports about the message.
     custom_args: dict[str, str] = field(default_factory=dict)
+    # The request's mail_settings.sandbox_mode.enable: validated only, never delivered.
+    sandbox_mode: bool = False
 
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
@@ -375,7 +379,20 @@ def validate_mail(body: Any) -> list[dict[str, Any]]:
         + _subject_errors(body)
         + _content_errors(body)
         + _custom_args_errors(body)
+        + _mail_settings_errors(body)
     )
+
+
+def _mail_settings_errors(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Sandbox mode, the one mail setting healer sends: `enable` must be a JSON boolean."""
+    sandbox = (body.get("mail_settings") or {}).get("sandbox_mode")
+    if sandbox is None or isinstance(sandbox, dict) and isinstance(sandbox.get("enable"), bool):
+        return []
+    return [_item("The sandbox mode enable param should be a boolean value.", "mail_settings.sandbox_mode.enable")]
+
+
+def sandbox_mode(body: dict[str, Any]) -> bool:
+    return bool(((body.get("mail_settings") or {}).get("sandbox_mode") or {}).get("enable"))
 
 
 def _messages_of(body: dict[str, Any], message_id: str) -> list[SentMessage]:
@@ -390,6 +407,7 @@ def _messages_of(body: dict[str, Any], message_id: str) -> list[SentMessage]:
             html=parts.get("text/html"),
             body=body,
             custom_args={**(body.get("custom_args") or {}), **(p.get("custom_args") or {})},
+            sandbox_mode=sandbox_mode(body),
         )
         for p in body["personalizations"]
     ]
@@ -450,8 +468,15 @@ class SendGridServer:
 
     @property
     def messages(self) -> list[SentMessage]:
+        """The messages accepted for delivery."""
         with self._lock:
-            return list(self._messages)
+            return [m for m in self._messages if not m.sandbox_mode]
+
+    @property
+    def sandboxed(self) -> list[SentMessage]:
+        """The messages validated in sandbox mode: answered 200, never delivered."""
+        with self._lock:
+            return [m for m in self._messages if m.sandbox_mode]
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -656,6 +681,9 @@ def _mail_send(server: SendGridServer, request: Request, key: str) -> Response:
     errors = validate_mail(body)
     if errors:
         return _errors(400, errors)
+    if sandbox_mode(body):
+        server.accept(body)
+        return Response(200)
     return Response(202, b"", (("X-Message-Id", server.accept(body)),))
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fulfilment.mailer import SendGridMailer
 from fulfilment.models import Order, OrderEvent, transaction, utcnow
 from fulfilment.payments import StripePayments
-from fulfilment.pipeline import Gate, Pipeline, never_gated
+from fulfilment.pipeline import Confirm, Gate, Pipeline, never_confirmed, never_gated
 from fulfilment.recording import RetryPolicy, StepResult
 from fulfilment.render import render_poster
 from fulfilment.storage import ObjectStore, S3Store
@@ -54,6 +54,7 @@ class Shop:
         self,
         *,
         gate: Gate = never_gated,
+        confirm: Confirm = never_confirmed,
         max_attempts: int = 5,
         lease_seconds: int = 60,
         render: Callable[..., bytes] | None = None,
@@ -73,6 +74,7 @@ class Shop:
             retry=RetryPolicy(max_attempts=max_attempts, base_seconds=0.0, max_seconds=0.0),
             lease_seconds=lease_seconds,
             gate=gate,
+            confirm=confirm,
             observe=self.results.append,
         )
 

@@ -117,6 +117,8 @@ class RecordedRequest:
     query: str  # the raw query string
     params: dict[str, Any]  # query (GET) or form body (POST), bracket notation decoded
     idempotency_key: str | None
+    api_key: str | None = None  # the bearer key sent: which client (each replica its own) asked
+    at: float = 0.0  # time.time() when it arrived
 
 
 @dataclass(frozen=True)
@@ -431,8 +433,9 @@ class FakeStripeServer:
         idempotency_key = headers.get("Idempotency-Key")
         request_id = _new_id("req_")
         with self._lock:
+            bearer = (headers.get("Authorization") or "").partition(" ")[2].strip() or None
             self._requests.append(
-                RecordedRequest(method, split.path, split.query, params, idempotency_key)
+                RecordedRequest(method, split.path, split.query, params, idempotency_key, bearer, time.time())
             )
             hang, delay, release = self._take_hang(), self._delay, self._release
         if hang:

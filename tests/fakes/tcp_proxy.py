@@ -8,7 +8,7 @@ serving every other test.
     proxy.restore()                   # listening again, on the same port
     proxy.stop()
 
-It moves bytes and nothing else, so it works for any protocol; tests/faults/s3_proxy.py is the
+It moves bytes and nothing else, so it works for any protocol; tests/fakes/s3_proxy.py is the
 HTTP-aware one that answers with S3's own errors.
 """
 

@@ -1,4 +1,5 @@
-"""Two `healer run` daemons on one database, as the fault run's target.
+"""`healer run` daemons on one database (two in the fault run, three in tests/faults/replicas.py),
+as the fault run's target.
 
 Orders reach them three ways, as in production: queued by the shop at checkout (the worker verifies
 the payment), by the customer's `POST /api/orders/{id}/complete`, or by Stripe's signed
@@ -42,13 +43,19 @@ DELIVERY_SECONDS = 300.0
 class HealerTarget:
     name = "healer"
 
-    def __init__(self, peers: Peers, s3_endpoint: str, data_dirs: list[Path]) -> None:
-        keys = [peers.sendgrid.api_key, peers.sendgrid.add_key()]  # each daemon its own sender key
-        self.slots = [
-            Slot(f"healer-{name}", HEALER_RUN,
-                 dict(peer_env(peers, s3_endpoint, data_dir, key), **DAEMON_SETTINGS), peers.work_dir)
-            for name, key, data_dir in zip("ab", keys, data_dirs, strict=False)
-        ]
+    def __init__(self, peers: Peers, s3_endpoint: str, data_dirs: list[Path], *, stripe_keys: bool = False,
+                 **settings: str) -> None:
+        """A daemon per data directory. Each sends email with a SendGrid key of its own, so every
+        email is known by its sender; `stripe_keys`: each calls Stripe with a key of its own too,
+        so every Stripe request is; `settings` add to or replace DAEMON_SETTINGS."""
+        keys = [peers.sendgrid.api_key] + [peers.sendgrid.add_key() for _ in data_dirs[1:]]
+        self.slots = []
+        for name, key, data_dir in zip("abcdefgh"[:len(data_dirs)], keys, data_dirs, strict=True):
+            env = {**peer_env(peers, s3_endpoint, data_dir, key), **DAEMON_SETTINGS, **settings}
+            if stripe_keys:
+                env["STRIPE_SECRET_KEY"] = f"sk_test_healer_{name}_{uuid.uuid4().hex[:12]}"
+                peers.stripe.add_key(env["STRIPE_SECRET_KEY"])
+            self.slots.append(Slot(f"healer-{name}", HEALER_RUN, env, peers.work_dir))
         self._rng = random.Random(1)
         self._lock = threading.Lock()
 

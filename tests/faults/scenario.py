@@ -47,9 +47,9 @@ from fulfilment.storage import S3Store, make_s3_client
 from healer import db
 from healer.demo.samples import sample_audio, sample_photo, sample_waveform_png
 from tests.eventually import TimedOut, eventually
+from tests.fakes.s3_proxy import S3FaultProxy
 from tests.fakes.stripe_server import FakeStripeServer
 from tests.faults.processes import Incarnation, Slot, wait_until_answering
-from tests.faults.s3_proxy import S3FaultProxy
 from tests.faults.sendgrid_tap import MAIL_SEND, TappedSendGrid
 
 TEMPLATES = ("a4-portrait", "a3-portrait", "square-30x30", "print-50x70")

@@ -39,6 +39,7 @@ from healer.cli.services import NoDatabase, database
 from healer.config import RemediationMode, Settings
 from healer.health.metrics import Metrics
 from healer.health.monitor import HealthMonitor
+from healer.jobs.leadership import Leadership, leadership_for
 from healer.remediation.audit import Action, Audit, Remediation, Result
 from healer.remediation.containers import ContainerHealer
 from healer.remediation.policy import RemediationPolicy
@@ -79,19 +80,22 @@ class DockerRig:
     """The daemon's wiring in small: the docker check in a health monitor, the remediator listening."""
 
     def __init__(self, engine: DockerEngine, containers: Containers, sessions: sessionmaker[Session],
-                 mode: RemediationMode = ON, **policy: object) -> None:
+                 mode: RemediationMode = ON, *, worker: str = "test", leadership: Leadership | None = None,
+                 **policy: object) -> None:
+        """`leadership`: this rig is one replica of several (None: the only one)."""
         self.engine = engine
         self.containers = containers
         self.sessions = sessions
         self.metrics = Metrics()
-        self.audit = Audit(sessions, self.metrics, mode, worker="test")
+        self.audit = Audit(sessions, self.metrics, mode, worker=worker)
         options: dict[str, object] = {"docker": True, "unhealthy_seconds": 0.5, "max_restarts": 2, "window_seconds": 600,
                                           "stop_timeout_seconds": 1}
         options.update(policy)
         self.healer = ContainerHealer(engine.base_url, ("healer.autoheal=true", containers.label),
                                       RemediationPolicy(**options), self.audit)  # type: ignore[arg-type]
         self.monitor = HealthMonitor([DockerCheck(base_url=engine.base_url, label=containers.label)])
-        self.monitor.add_listener(Remediator(self.audit, containers=self.healer).on_check_result)
+        lead = leadership.lead if leadership is not None else None
+        self.monitor.add_listener(Remediator(self.audit, containers=self.healer, lead=lead).on_check_result)
         self.started = time.time()
 
     def probe(self) -> CheckResult:
@@ -134,6 +138,34 @@ def test_a_labelled_unhealthy_container_is_restarted_and_becomes_healthy(
     assert counted(rig.metrics, Action.RESTART_CONTAINER, Result.SUCCESS) == 1
     eventually(lambda: rig.probe().status is Status.OK, timeout=20, what="the docker check to be green again",
                interval=0.2)
+
+
+def test_of_several_replicas_only_the_one_leading_containers_restarts_them(
+    docker_engine: DockerEngine, docker_containers: Containers, sessions: sessionmaker[Session], pg_url: str,
+) -> None:
+    engines = [db.make_engine(pg_url, pool_size=2) for _ in range(2)]
+    leaderships = [leadership_for(engine, name) for engine, name in zip(engines, ("a", "b"), strict=True)]
+    try:
+        rigs = [DockerRig(docker_engine, docker_containers, sessions, worker=f"replica-{name}", leadership=leadership)
+                for name, leadership in zip("ab", leaderships, strict=True)]
+        web = docker_containers.run("web", labels=AUTOHEAL)
+        docker_containers.wait_for_health(web, "healthy")
+        rigs[1].probe()  # b's docker result comes first: b leads container restarts
+        rigs[0].probe()
+        docker_containers.make_unhealthy(web)
+        docker_containers.wait_for_health(web, "unhealthy")
+
+        eventually(lambda: rigs[0].restarts(web.id) == 1, timeout=30, what="the restart", interval=0.2,
+                   step=lambda: [rig.probe() for rig in rigs])
+        docker_containers.wait_for_health(web, "healthy")
+
+        assert [(r.worker, r.result) for r in rows(sessions)] == [("replica-b", "success")]
+        assert (leaderships[0].roles(), leaderships[1].roles()) == ({"containers": False}, {"containers": True})
+    finally:
+        for leadership in leaderships:
+            leadership.release()
+        for engine in engines:
+            engine.dispose()
 
 
 def test_unlabelled_containers_and_other_projects_are_left_alone(

@@ -501,6 +501,20 @@ def test_reconciliation_shows_its_last_run_last_success_and_orphans(operator_app
     assert "off Not run here: no STRIPE_SECRET_KEY" in off
 
 
+def test_reconciliation_shows_the_sales_its_last_run_judged_and_those_no_webhook_brought(
+        operator_app: Callable[..., Operator]) -> None:
+    operator = operator_app()
+    with transaction(operator.sessions) as session:
+        session.add(ReconcileRun(window_start=utcnow(), started_at=utcnow(), finished_at=utcnow(),
+                                 result=RunResult.SUCCESS, payments_read=9, payments_succeeded=3, payments_missed=2))
+
+    text = operator.page().text
+
+    assert ("Sales and webhooks 2 of 3 succeeded payments judged by the last run reached healer only through "
+            "reconciliation : no webhook for them ( what to do )") in text
+    assert 'href="/runbook#healerwebhooksmissing"' in operator.client.get("/").text
+
+
 def test_reconciliation_without_a_recent_success_is_late(operator_app: Callable[..., Operator]) -> None:
     operator = operator_app()
     with transaction(operator.sessions) as session:

@@ -23,7 +23,8 @@ import pytest
 from opentelemetry import trace
 
 from healer import tracing
-from healer.worker import RenderPool, Worker
+from healer.render.pool import RenderPool
+from healer.worker import Worker
 from tests.e2e.daemon import REPO, RunningDaemon, healer_env, running_daemon
 from tests.eventually import Unmet, eventually
 from tests.fakes.otlp_receiver import OtlpReceiver, ReceivedSpan

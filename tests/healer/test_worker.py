@@ -76,7 +76,7 @@ def test_render_pool_spools_through_scratch_and_reports_a_full_disk(
     import pytest
 
     from fulfilment.errors import ErrorClass, StepError
-    from healer.worker import RenderPool
+    from healer.render.pool import RenderPool
 
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -96,8 +96,9 @@ def test_render_pool_spools_through_scratch_and_reports_a_full_disk(
         subprocess.run(["umount", str(scratch)], check=True)
 
 
-# A render past its time limit, over its memory cap, or whose process is killed: each is stopped,
-# is `bad_input`, and the pool renders the next order: tests/security/test_render_limits.py.
+# A render past its time limit or over its memory cap is stopped, is `bad_input`, and the pool
+# renders the next order: tests/security/test_render_limits.py. A render process killed, hung or
+# idle, and the pool's owner stopped or killed: tests/healer/test_render_pool.py.
 
 
 # -- a database outage ------------------------------------------------------------------------------

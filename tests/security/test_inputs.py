@@ -25,7 +25,7 @@ from fulfilment.pipeline import Pipeline
 from fulfilment.render import PosterInputs, render_poster
 from fulfilment.templates import load_template
 from healer.demo.samples import sample_photo
-from healer.worker import RenderPool
+from healer.render.pool import RenderPool
 from tests.fakes.render_fixtures import BUNDLED_ASSETS
 from tests.fakes.shop_fixtures import Shop
 

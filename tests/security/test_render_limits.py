@@ -2,18 +2,16 @@
 order's fault (`bad_input`, never retried), only that render's process pays for it, and the pool
 renders the next order as if nothing happened. A 200 MP phone photo renders under the defaults.
 
-Every render here goes through healer.worker.RenderPool, the daemon's own pool, into real spawned
-processes; the inputs are what a customer could upload.
+Every render here goes through healer.render.pool.RenderPool, the daemon's own pool, into real
+spawned processes; the inputs are what a customer could upload. A render process killed or hung
+from outside, not by its input: tests/healer/test_render_pool.py.
 """
 
 from __future__ import annotations
 
 import io
 import multiprocessing
-import os
-import signal
 import struct
-import threading
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -31,8 +29,9 @@ from fulfilment.render import PosterInputs
 from fulfilment.waveform import waveform_png
 from healer.config import Settings
 from healer.demo.samples import sample_audio, sample_photo
-from healer.worker import RenderPool
+from healer.render.pool import RenderPool
 from tests.eventually import eventually
+from tests.fakes.render_inputs import endless_title
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -120,38 +119,7 @@ def test_a_render_over_the_memory_cap_is_bad_input_and_the_pool_renders_on(
         pool.shutdown()
 
 
-def test_a_render_process_that_is_killed_is_bad_input_and_replaced(
-    sample_inputs: PosterInputs, assets_dir: Path, scratch: Path
-) -> None:
-    # What the kernel does to a process it picks for running out of memory: SIGKILL, mid-render.
-    pool = RenderPool(assets_dir, 1, scratch, timeout_seconds=120)
-    outcome: list[BaseException] = []
-    slow = replace(sample_inputs, title=_endless_title())
-    renderer = threading.Thread(target=lambda: _capture(outcome, pool, slow))
-    others = set(multiprocessing.active_children())
-    try:
-        assert pool(sample_inputs).startswith(b"%PDF")  # the process is up, and idle again
-        pid = _new_process(others).pid or 0
-        idle = _cpu_seconds(pid)
-        renderer.start()
-        eventually(lambda: _cpu_seconds(pid) > idle + 1.0, timeout=60, what="the slow render to use the CPU")
-        os.kill(pid, signal.SIGKILL)
-        renderer.join(timeout=60)
-        assert len(outcome) == 1 and isinstance(outcome[0], StepError), outcome
-        assert outcome[0].error_class is ErrorClass.BAD_INPUT
-        assert "render process died" in outcome[0].message and "memory limit" in outcome[0].message
-        assert pool(sample_inputs).startswith(b"%PDF")
-    finally:
-        pool.shutdown()
-
-
 # ----------------------------------------------------------------------------- the time limit
-
-
-def _endless_title() -> str:
-    # Customer text of 4 MB (the title column is unbounded): fitting it tries every font size down
-    # to the minimum, a couple of minutes of pure CPU before it is refused as too long.
-    return "Zoë & Ömer " * 400_000
 
 
 def test_a_render_over_the_time_limit_is_bad_input_and_the_pool_renders_on(
@@ -160,7 +128,7 @@ def test_a_render_over_the_time_limit_is_bad_input_and_the_pool_renders_on(
     pool = RenderPool(assets_dir, 1, scratch, timeout_seconds=5)
     others = set(multiprocessing.active_children())
     try:
-        error = bad_input(pool, replace(sample_inputs, title=_endless_title()))
+        error = bad_input(pool, replace(sample_inputs, title=endless_title()))
         assert error.message == "render took longer than 5 s; stopped"
         eventually(lambda: set(multiprocessing.active_children()) <= others, timeout=60,
                    what="the render process to stop")  # stopped, not left running
@@ -184,26 +152,3 @@ def test_a_waveform_is_redrawn_in_a_render_process_under_the_memory_cap(assets_d
         assert pool.waveform_png(audio, "voice.wav").startswith(b"\x89PNG")
     finally:
         pool.shutdown()
-
-
-# ------------------------------------------------------------------------------------ helpers
-
-
-def _capture(outcome: list[BaseException], pool: RenderPool, inputs: PosterInputs) -> None:
-    try:
-        pool(inputs)
-    except BaseException as error:
-        outcome.append(error)
-
-
-def _new_process(others: set[multiprocessing.process.BaseProcess]) -> multiprocessing.process.BaseProcess:
-    """The render process the pool started (on its first render), once it is there."""
-    (started,) = eventually(lambda: set(multiprocessing.active_children()) - others, timeout=60,
-                            what="the pool's render process")
-    return started
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User and system CPU time the process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

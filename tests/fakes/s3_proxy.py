@@ -3,10 +3,14 @@
 The daemons' `S3_ENDPOINT_URL` points here. Requests are forwarded to moto byte for byte (headers,
 body, status), except while a fault is switched on: then a share of them get S3's own error
 response instead (`AccessDenied` 403, `InternalError` 500, `SlowDown` 503) with S3's XML body and
-`x-amz-request-id` header, so boto3 parses and classifies them exactly as it would real ones.
+`x-amz-request-id` header, so boto3 parses and classifies them exactly as it would real ones. A fault
+may be narrowed to some methods or to paths holding a string, as a policy that denies only some
+actions or keys would be.
 
     proxy = S3FaultProxy(moto_endpoint).start()
     proxy.set_fault(403, share=1.0)   # credentials revoked: every request is denied
+    proxy.set_fault(403, methods=WRITES)   # write permission removed: reads still pass
+    proxy.set_fault(403, methods=WRITES, path_contains="/orders/")   # writes under orders/ only
     proxy.set_fault(500, share=0.3)   # S3 having a bad day: 3 requests in 10 fail
     proxy.clear()
 """
@@ -18,6 +22,7 @@ import random
 import secrets
 import threading
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -26,6 +31,9 @@ from urllib.parse import urlsplit
 # Hop-by-hop headers are the proxy's own business; everything else passes through untouched.
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                          "proxy-connection", "proxy-authenticate", "proxy-authorization"})
+
+# What s3:PutObject and s3:DeleteObject govern (a copy is a PUT, a multi-object delete a POST).
+WRITES = frozenset({"PUT", "POST", "DELETE"})
 
 _ERRORS = {
     403: ("AccessDenied", "Access Denied"),
@@ -38,6 +46,12 @@ _ERRORS = {
 class _Fault:
     status: int
     share: float
+    methods: frozenset[str] | None  # None: every method
+    path_contains: str | None  # None: every path
+
+    def applies_to(self, method: str, path: str) -> bool:
+        return ((self.methods is None or method in self.methods)
+                and (self.path_contains is None or self.path_contains in path))
 
 
 class S3FaultProxy:
@@ -69,20 +83,25 @@ class S3FaultProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._httpd.server_port}"
 
-    def set_fault(self, status: int, share: float = 1.0) -> None:
+    def set_fault(self, status: int, share: float = 1.0, *, methods: Collection[str] | None = None,
+                  path_contains: str | None = None) -> None:
+        """Answer `share` of the requests (those with one of `methods` and a path holding
+        `path_contains`, when given) with S3's error for `status`."""
         if status not in _ERRORS:
             raise ValueError(f"no S3 error body for status {status}")
         with self._lock:
-            self._fault = _Fault(status, share)
+            self._fault = _Fault(status, share, frozenset(methods) if methods is not None else None,
+                                 path_contains)
 
     def clear(self) -> None:
         with self._lock:
             self._fault = None
 
-    def fault_for_next_request(self) -> int | None:
+    def fault_for(self, method: str, path: str) -> int | None:
+        """The error status to answer this request with, or None to forward it."""
         with self._lock:
             fault = self._fault
-            if fault is None or self._random.random() >= fault.share:
+            if fault is None or not fault.applies_to(method, path) or self._random.random() >= fault.share:
                 self.forwarded += 1
                 return None
             self.injected[fault.status] += 1
@@ -131,7 +150,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         body = self._read_body()
-        status = self.server.proxy.fault_for_next_request()
+        status = self.server.proxy.fault_for(self.command, self.path)
         if status is not None:
             self._answer_fault(status)
         else:

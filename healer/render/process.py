@@ -1,13 +1,15 @@
 """What runs inside a render process, and nothing else.
 
-Render processes are spawned (see healer.worker.RenderPool): each imports only what it is handed,
-so this module stays apart from healer.worker, whose imports (the pipeline, the database layer,
-the S3, Stripe and SendGrid clients) a render process has no use for. A render process holds
-ReportLab, Pillow and numpy; about a third of the memory of the daemon's full import.
+Render processes are spawned (see healer.render.pool.RenderPool): each imports only what it is
+handed, so this module stays apart from the pool and from healer.worker, whose imports (the
+pipeline, the database layer, the S3, Stripe and SendGrid clients) a render process has no use
+for. A render process holds ReportLab, Pillow and numpy; about a third of the memory of the
+daemon's full import.
 
 Each render process is bounded (`start_render_process`, the pool's initializer): its memory by an
 rlimit, so a photo or a recording too large to render fails there with a MemoryError (`bad_input`)
-and the daemon never notices; its time by the pool, which stops the process at the deadline.
+and the daemon never notices; its time by the pool, which stops the process at the deadline. It
+ends with the daemon (`end_with_parent`), however the daemon ends.
 
 With tracing on, the work arrives with its caller's trace context (`trace_headers`), and the render
 is a span here, under the caller's step, exported by this process itself (healer.tracing); without
@@ -16,12 +18,11 @@ it, nothing of tracing is imported here.
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
 import resource
-import signal
 import tempfile
+import threading
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -32,12 +33,14 @@ from fulfilment.errors import ErrorClass, StepError
 from fulfilment.render import PosterInputs, RenderLimits, out_of_memory, render_poster
 from fulfilment.waveform import peaks_from_audio, waveform_png
 
-PR_SET_PDEATHSIG = 1
+# The watcher only waits on a pipe. Its stack is a private writable mapping, which RLIMIT_DATA
+# counts (cap_memory): the default 8 MiB would come out of every render's memory cap.
+_WATCHER_STACK_BYTES = 256 * 1024
 
 
 def start_render_process(memory_mb: int | None, max_photo_pixels: int) -> None:
     """The pool's initializer: tie the process to the daemon, cap its memory, size Pillow's check."""
-    die_with_parent()
+    end_with_parent()
     if memory_mb is not None:
         cap_memory(memory_mb)
     # Pillow refuses twice this and warns above it; render_poster checks the header against the
@@ -45,18 +48,32 @@ def start_render_process(memory_mb: int | None, max_photo_pixels: int) -> None:
     Image.MAX_IMAGE_PIXELS = max_photo_pixels
 
 
-def die_with_parent() -> None:
-    """End when the daemon ends, even if it was SIGKILLed (Linux)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:  # not Linux: orphans end when their next read of the call queue fails
-        return
-    # A spawned process takes a moment to get here: a daemon killed meanwhile sends no signal to
-    # a child that asked only now, and the child has been handed to another parent already.
+def end_with_parent() -> None:
+    """End this process as soon as the daemon is gone, however it went (SIGKILL included).
+
+    The daemon holds the write end of the pipe this process was started through (multiprocessing's
+    parent sentinel) for as long as it keeps the process; the kernel closes it when the daemon
+    dies. A thread here waits for that and ends the process. It is already closed if the daemon
+    died while this process was starting, so there is no window in which an orphan goes unnoticed.
+
+    Not PR_SET_PDEATHSIG: Linux sends it when the *thread* that spawned the child ends, not the
+    process, and a pool spawns from whichever thread renders first (an order thread, a short-lived
+    remediation thread). Its SIGKILL then hit render processes of a live daemon, some while they
+    held a lock their siblings needed. Kept as a belt it would do only that harm, so it is gone.
+    """
     parent = multiprocessing.parent_process()
-    if parent is not None and os.getppid() != parent.pid:
-        os._exit(1)
+    if parent is None:  # not started by a pool (called in the daemon's own process): nothing to watch
+        return
+    previous = threading.stack_size(_WATCHER_STACK_BYTES)
+    try:
+        threading.Thread(target=_exit_when_gone, args=(parent,), name="parent-watch", daemon=True).start()
+    finally:
+        threading.stack_size(previous)
+
+
+def _exit_when_gone(parent: multiprocessing.process.BaseProcess) -> None:
+    parent.join()  # returns once the sentinel pipe is closed: the daemon is gone
+    os._exit(1)  # at once: a render for nobody is not worth finishing, nor cleaning up after
 
 
 def cap_memory(memory_mb: int) -> None:
