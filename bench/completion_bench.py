@@ -104,6 +104,7 @@ from poster_assets import bundled_assets_dir  # noqa: E402
 from tests.fakes.ports import free_port  # noqa: E402
 from tests.fakes.sendgrid_server import SendGridServer  # noqa: E402
 from tests.fakes.stripe_server import FakeStripeServer  # noqa: E402
+from tests.fakes.subprocesses import terminate  # noqa: E402
 
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/"
 ASSETS = bundled_assets_dir()  # the daemon's default HEALER_ASSETS_DIR
@@ -229,12 +230,7 @@ def s3_server(timeout: float = 30.0) -> Iterator[str]:
                 time.sleep(0.1)
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)
 
 
 def empty_bucket(peers: Peers) -> None:

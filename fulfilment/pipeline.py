@@ -34,11 +34,10 @@ from datetime import datetime
 from opentelemetry import context as trace_context
 from opentelemetry import trace
 from sqlalchemy import ColumnElement, and_, or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.contextvars import bound_contextvars
 
-from fulfilment.errors import ErrorClass, StepError, one_line
+from fulfilment.errors import ErrorClass, StepError, classified, one_line
 from fulfilment.leases import LeaseKeeper, database_time, db_later, db_now, lease_free, release_lease, renew_lease
 from fulfilment.mailer import Mailer
 from fulfilment.models import Order, OrderStatus, Outcome, Step, transaction, utcnow
@@ -408,16 +407,12 @@ class Pipeline:
         try:
             with self._keeping_lease(order, owner, step):
                 done = self.steps.run(step, order)
-        except StepError as error:
-            failure = error
-        except SQLAlchemyError as error:
-            failure = StepError(ErrorClass.DATABASE, one_line(error, 500))
-        except MemoryError:
-            failure = StepError(ErrorClass.RESOURCES, "out of memory")
-        except Exception as error:  # a bug must not lose a paid order: record, back off, retry
-            log.exception("Unexpected error in step %s for order %s", step, order.id,
-                          extra={"error_class": ErrorClass.INTERNAL.value})
-            failure = StepError(ErrorClass.INTERNAL, one_line(error, 500))
+        except Exception as error:
+            known = classified(error)
+            if known is None:  # a bug must not lose a paid order: record, back off, retry
+                log.exception("Unexpected error in step %s for order %s", step, order.id,
+                              extra={"error_class": ErrorClass.INTERNAL.value})
+            failure = known or StepError(ErrorClass.INTERNAL, one_line(error, 500))
         else:
             return self.recorder.succeed(order, step, owner, started, done, stopping)
         if (reason := self._confirmed(order, step, failure)) is not None:

@@ -37,10 +37,9 @@ from pathlib import Path
 from typing import ClassVar
 
 from sqlalchemy import delete, or_, select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from fulfilment.errors import ErrorClass, StepError, one_line
+from fulfilment.errors import ErrorClass, StepError, classified, one_line
 from fulfilment.leases import db_later, db_now
 from fulfilment.models import Order, OrderEvent, OrderStatus, Outcome, Step, transaction, utcnow
 from fulfilment.pipeline import STEP_CHECKS
@@ -216,15 +215,11 @@ def _timed(phase: Phase, work: Callable[[], str]) -> PhaseResult:
     started = time.monotonic()
     try:
         detail = work()
-    except StepError as error:
-        failure = error
-    except SQLAlchemyError as error:
-        failure = StepError(ErrorClass.DATABASE, one_line(error, 500))
-    except MemoryError:
-        failure = StepError(ErrorClass.RESOURCES, "out of memory")
-    except Exception as error:  # a bug: reported like any failure, with its traceback in the log
-        log.exception("Unexpected error in canary phase %s", phase, extra={"error_class": ErrorClass.INTERNAL.value})
-        failure = StepError(ErrorClass.INTERNAL, one_line(error, 500))
+    except Exception as error:
+        known = classified(error)
+        if known is None:  # a bug: reported like any failure, with its traceback in the log
+            log.exception("Unexpected error in canary phase %s", phase, extra={"error_class": ErrorClass.INTERNAL.value})
+        failure = known or StepError(ErrorClass.INTERNAL, one_line(error, 500))
     else:
         return PhaseResult(phase, PhaseOutcome.OK, time.monotonic() - started, detail)
     return PhaseResult(phase, PhaseOutcome.FAILED, time.monotonic() - started, failure.message, failure.error_class)

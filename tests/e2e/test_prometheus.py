@@ -35,6 +35,7 @@ from tests.e2e.daemon import RunningDaemon, healer_env, running_daemon
 from tests.eventually import eventually
 from tests.fakes.ports import free_port
 from tests.fakes.shop_fixtures import Shop
+from tests.fakes.subprocesses import terminate
 
 FAST_FOR = "1s"
 
@@ -149,12 +150,7 @@ def prometheus(daemon: RunningDaemon, tmp_path: Path) -> Iterator[Prometheus]:
 
     eventually(scraping, timeout=30, what="Prometheus to scrape the daemon")
     yield server
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    terminate(process)
 
 
 _MATCHER = re.compile(r"""(\w+)\s*(=~|!~|!=|=)\s*("(?:[^"\\]|\\.)*")""")
