@@ -13,8 +13,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from sqlalchemy.exc import SQLAlchemyError
-
 
 @dataclass(frozen=True)
 class ErrorPolicy:
@@ -109,15 +107,3 @@ def one_line(error: BaseException, limit: int = 300) -> str:
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0] if lines else ''}"[:limit]
 
-
-def classified(error: Exception) -> StepError | None:
-    """What a step's exception means as a failure class, when it is a fault the pipeline knows: a
-    StepError as raised, a database error, an allocation that failed. None: an unexpected error, a
-    bug, which the caller logs with its traceback and records as `internal`."""
-    if isinstance(error, StepError):
-        return error
-    if isinstance(error, SQLAlchemyError):
-        return StepError(ErrorClass.DATABASE, one_line(error, 500))
-    if isinstance(error, MemoryError):
-        return StepError(ErrorClass.RESOURCES, "out of memory")
-    return None

@@ -34,10 +34,11 @@ from datetime import datetime
 from opentelemetry import context as trace_context
 from opentelemetry import trace
 from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.contextvars import bound_contextvars
 
-from fulfilment.errors import ErrorClass, StepError, classified, one_line
+from fulfilment.errors import ErrorClass, StepError, one_line
 from fulfilment.leases import LeaseKeeper, database_time, db_later, db_now, lease_free, release_lease, renew_lease
 from fulfilment.mailer import Mailer
 from fulfilment.models import Order, OrderStatus, Outcome, Step, transaction, utcnow
@@ -83,6 +84,20 @@ def never_gated(_checks: tuple[str, ...]) -> str | None:
 
 
 def never_confirmed(_checks: tuple[str, ...]) -> str | None:
+    return None
+
+
+def classified(error: Exception) -> StepError | None:
+    """What a step's exception means as a failure class, when it is a fault the pipeline knows: a
+    StepError as raised, a database error, an allocation that failed. None: an unexpected error, a
+    bug, which the caller logs with its traceback and records as `internal`. (Here, not in
+    fulfilment.errors: render processes import that module, and must not load SQLAlchemy.)"""
+    if isinstance(error, StepError):
+        return error
+    if isinstance(error, SQLAlchemyError):
+        return StepError(ErrorClass.DATABASE, one_line(error, 500))
+    if isinstance(error, MemoryError):
+        return StepError(ErrorClass.RESOURCES, "out of memory")
     return None
 
 

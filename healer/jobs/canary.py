@@ -39,10 +39,10 @@ from typing import ClassVar
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from fulfilment.errors import ErrorClass, StepError, classified, one_line
+from fulfilment.errors import ErrorClass, StepError, one_line
 from fulfilment.leases import db_later, db_now
 from fulfilment.models import Order, OrderEvent, OrderStatus, Outcome, Step, transaction, utcnow
-from fulfilment.pipeline import STEP_CHECKS
+from fulfilment.pipeline import STEP_CHECKS, classified
 from fulfilment.steps import Steps, final_pdf_key, permanent_key
 from fulfilment.templates import TEMPLATES_DIR, list_templates
 from healer.jobs.canary_results import CanaryRun, CanaryState, Phase, PhaseOutcome, PhaseResult

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from sqlalchemy import Engine
 
 from checks.base import Check, CheckFailed, CheckResult, CheckWarning, Status
 from checks.database import DatabaseCheck
@@ -393,9 +394,10 @@ def configured(tmp_path: Path, pg_url: str, s3: MotoBucket, sendgrid: SendGridSe
 
 
 def test_build_monitor_on_real_peers_is_ok_and_never_shows_a_secret(
-    tmp_path: Path, pg_url: str, s3_bucket: MotoBucket, sendgrid_server: SendGridServer,
+    tmp_path: Path, pg_url: str, pg_engine: Engine, s3_bucket: MotoBucket, sendgrid_server: SendGridServer,
     stripe_server: FakeStripeServer, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # pg_engine empties the tables: the `orders` check must not see an earlier test's orders.
     # The daemon's own level for libraries (botocore's DEBUG lines carry the access key id in the
     # signed header; `healer` runs its libraries at WARNING), everything for the project's code.
     caplog.set_level(logging.INFO)
