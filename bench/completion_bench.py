@@ -97,6 +97,7 @@ from fulfilment.render import PosterInputs, render_poster  # noqa: E402
 from fulfilment.steps import final_pdf_key, permanent_key  # noqa: E402
 from fulfilment.storage import S3Store, make_s3_client  # noqa: E402
 from healer import db  # noqa: E402
+from healer.config import ORDERS_PER_RENDER_PROCESS  # noqa: E402
 from healer.demo.samples import sample_phone_photo, sample_song, sample_waveform_png  # noqa: E402
 from healer.render.pool import RenderPool  # noqa: E402
 from healer.worker import Worker  # noqa: E402
@@ -410,7 +411,7 @@ def daemon_parts(peers: Peers, upload: Upload, workers: int, timeline: Timeline)
         render=TimedRender(render, timeline), public_base_url=PUBLIC_BASE_URL,
         retry=RetryPolicy(3, 0.1, 1.0), lease_seconds=120, observe=progress.observe,
     )
-    worker = Worker(pipeline, concurrency=workers, owner=f"bench-{uuid.uuid4().hex[:6]}")
+    worker = Worker(pipeline, concurrency=workers * ORDERS_PER_RENDER_PROCESS, owner=f"bench-{uuid.uuid4().hex[:6]}")
     stop_watching = timeline.watch_database(peers.engine, peers.sessions)
     try:
         yield worker, progress
@@ -495,7 +496,7 @@ def measure(orders: dict[str, int], workers: tuple[int, ...] = (1, 2), paced_ord
         log(describe_line(line))
     rows: list[dict[str, Any]] = []
     paced_row: dict[str, Any] | None = None
-    with local_peers(pool_size=max(workers) + 4) as peers:
+    with local_peers(pool_size=max(workers) * ORDERS_PER_RENDER_PROCESS + 4) as peers:
         for upload in uploads:
             n = orders[upload.label]
             pdf = render_poster(ASSETS, upload.inputs(), preview=False)  # what the I/O alone uploads

@@ -93,8 +93,9 @@ from tarpit import Tarpit  # noqa: E402
 
 from fulfilment.storage import make_s3_client  # noqa: E402
 from healer import db  # noqa: E402
+from healer.render.pool import IDLE_SECONDS  # noqa: E402
 from tests.fakes.db_fixtures import restart_postgresql  # noqa: E402
-from tests.fakes.render_fixtures import copy_assets  # noqa: E402
+from tests.fakes.render_fixtures import copy_assets, render_processes  # noqa: E402
 from tests.fakes.stripe_server import FakeStripeServer  # noqa: E402
 from tests.faults.healer_target import HealerTarget  # noqa: E402
 from tests.faults.ledger import Verdict, judge  # noqa: E402
@@ -276,32 +277,50 @@ def footprint(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 if not wait_until_answering(incarnation):
                     raise SystemExit(f"{name} did not start: see {incarnation.log_path}")
-                _warm_up(shop, engine, incarnation.base_url, daemon=command is HEALER_RUN)
+                daemon = command is HEALER_RUN
+                _warm_up(shop, engine, incarnation.base_url, daemon=daemon)
+                # Warm: just after the orders, render processes still up (a burst's state).
+                warm = _proportional_mib(incarnation.pid)
+                retired = _wait_for_retirement(incarnation.pid) if daemon else 0.0
                 cpu, rss, children = health_bench.measure_idle(incarnation.pid, seconds)
                 pss = _proportional_mib(incarnation.pid)
             finally:
                 slot.stop()
             rows.append({"process": name, "cpu_percent": cpu, "rss_mib": rss, "children_rss_mib": children,
-                         "pss_mib": pss})
+                         "pss_mib": pss, "pss_warm_mib": warm, "retired_after_seconds": retired})
     healer, baseline = rows
-    table = Table("process", "idle CPU % of a core", "RSS MiB", "+ children MiB", "PSS MiB, all", "CPU ÷ baseline",
-                  "RSS ÷ baseline", "PSS ÷ baseline",
-                  title=f"Idle for {seconds:.0f} s after completing 2 orders, every check at its default interval "
-                        "(docker check off: no engine)")
+    table = Table("process", "idle CPU % of a core", "RSS MiB", "+ children MiB", "PSS MiB, all",
+                  "PSS MiB, warm", "CPU ÷ baseline", "RSS ÷ baseline", "PSS ÷ baseline",
+                  title=f"Idle: {seconds:.0f} s measured once no render process is left (healer retires them "
+                        f"{IDLE_SECONDS:.0f} s after the last render), after completing 2 orders, every check "
+                        "at its default interval (docker check off: no engine)")
     for r in rows:
         table.add_row(r["process"], f"{r['cpu_percent']:.2f}", f"{r['rss_mib']:.0f}", f"{r['children_rss_mib']:.0f}",
-                      f"{r['pss_mib']:.0f}", f"{r['cpu_percent'] / max(baseline['cpu_percent'], 1e-6):.1f}",
+                      f"{r['pss_mib']:.0f}", f"{r['pss_warm_mib']:.0f}",
+                      f"{r['cpu_percent'] / max(baseline['cpu_percent'], 1e-6):.1f}",
                       f"{(r['rss_mib'] + r['children_rss_mib']) / (baseline['rss_mib'] + baseline['children_rss_mib']):.2f}",
                       f"{r['pss_mib'] / baseline['pss_mib']:.2f}")
     console.print(table)
     console.print("RSS counts the pages processes share (libraries) once per process; PSS splits each shared "
-                  "page between its sharers, so the tree's PSS is the memory it takes.")
-    return {"seconds": seconds, "rows": rows}
+                  "page between its sharers, so the tree's PSS is the memory it takes. Warm: the tree's PSS "
+                  "right after the orders, render processes still up.")
+    return {"seconds": seconds, "idle": "after render processes retired", "rows": rows}
 
 
 def _proportional_mib(pid: int) -> float:
     parent = psutil.Process(pid)
-    return sum(p.memory_full_info().pss for p in (parent, *parent.children(recursive=True))) / 2**20
+    return float(sum(p.memory_full_info().pss for p in (parent, *parent.children(recursive=True)))) / 2**20
+
+
+def _wait_for_retirement(pid: int) -> float:
+    """Seconds until the daemon holds no render process (retired IDLE_SECONDS after its last render):
+    its steady idle state, the one that lasts."""
+    started = time.monotonic()
+    while render_processes(pid):
+        if time.monotonic() - started > IDLE_SECONDS + 60:
+            raise SystemExit(f"render processes were not retired within {IDLE_SECONDS + 60:.0f} s")
+        time.sleep(1)
+    return time.monotonic() - started
 
 
 def _warm_up(shop: Shop, engine: Engine, base_url: str, *, daemon: bool) -> None:
@@ -341,7 +360,8 @@ def endpoints(args: argparse.Namespace) -> dict[str, Any]:
             _wait_ready(incarnation.ops_url)
             cold = _timed(lambda: http("GET", incarnation.ops_url + "/metrics", timeout=60))
             health_bench.hammer(incarnation.ops_url + "/livez", 100, clients)  # warm: not the baseline's cost
-            rows = [_hammered(incarnation.ops_url, path, requests, clients)
+            # Probes and HTTP monitors open a connection per request; Prometheus keeps its own.
+            rows = [_hammered(incarnation.ops_url, path, requests, clients, keep_alive=path == "/metrics")
                     for path in ("/livez", "/readyz", "/health", "/metrics")]
             page = readyz_while_the_page_loads(incarnation.ops_url, requests, clients)
         finally:
@@ -402,12 +422,13 @@ def readyz_while_the_page_loads(ops_url: str, requests: int, clients: int) -> di
             "page_loads": len(page_latencies), "page_p50_ms": page_p50}
 
 
-def _hammered(base_url: str, path: str, requests: int, clients: int) -> Row:
+def _hammered(base_url: str, path: str, requests: int, clients: int, *, keep_alive: bool = False) -> Row:
     started = time.perf_counter()
-    latencies = health_bench.hammer(base_url + path, requests, clients)
+    latencies = health_bench.hammer(base_url + path, requests, clients, keep_alive=keep_alive)
     wall = time.perf_counter() - started
     p50, p99 = health_bench.summary(latencies)
-    return {"endpoint": path, "p50_ms": p50, "p99_ms": p99, "requests_per_second": requests / wall}
+    return {"endpoint": path, "p50_ms": p50, "p99_ms": p99, "requests_per_second": requests / wall,
+            "connection": "keep-alive" if keep_alive else "new"}
 
 
 def readyz_with_a_hanging_probe(peers: Peers, requests: int) -> dict[str, Any]:

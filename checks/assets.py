@@ -6,6 +6,13 @@ deploys or edits them, so the whole verdict is cached under a fingerprint of the
 size, mtime of every file in `templates/`, `fonts/`, `backgrounds/`): the next probe with the same
 fingerprint reuses it, and any added, removed, replaced or touched file makes the next probe redo
 it all. Every failure names the file, because the reader has to go and fix that file.
+
+The daemon hands the check its render pool (`render`): the canary is then rendered in a render
+process, and the daemon's own process never imports ReportLab, Pillow or numpy (25 MiB resident
+once it has rendered, held for good). The canary render loads every font and the background the way an order's
+render does, so it names a broken file with the same message, but stops at the first one. Without
+`render` (`healer check`, a process of its own), the files are loaded here first, every problem
+is listed, and the canary is rendered here too.
 """
 
 from __future__ import annotations
@@ -18,16 +25,15 @@ import struct
 import threading
 import time
 import wave
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from PIL import Image
-
 from checks.base import Check, CheckFailed, Healthy, Runbook
 from fulfilment.errors import ErrorClass, StepError
-from fulfilment.render import PosterInputs, render_poster
-from fulfilment.render.assets import template_asset_problems
+from fulfilment.render.inputs import PosterInputs
 from fulfilment.templates import (
     BACKGROUNDS_DIR,
     FONTS_DIR,
@@ -44,6 +50,8 @@ CANARY_SUBTITLE = "health check render"
 _TRANSIENT = (ErrorClass.RESOURCES, ErrorClass.INTERNAL)
 
 Fingerprint = tuple[tuple[str, int, int], ...]
+# The final poster as PDF bytes, from the assets this check judges (healer.render.pool.RenderPool).
+CanaryRender = Callable[[PosterInputs], bytes]
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,8 @@ class AssetsCheck(Check):
     # Renders wait on this check (step gating); readiness does not: orders are still taken and queued.
     critical: bool = False
     cache: VerdictCache = field(default_factory=VerdictCache, compare=False, repr=False)
+    # Renders the canary in a render process; None: here (see the module docstring).
+    render: CanaryRender | None = field(default=None, compare=False, repr=False)
 
     def probe(self) -> str | Healthy:
         assets_dir = Path(self.assets_dir)
@@ -137,17 +147,29 @@ class AssetsCheck(Check):
             template = load_template(assets_dir, name)
         except StepError as error:
             return error
-        missing = template_asset_problems(assets_dir, template)
-        if missing:
-            return StepError(ErrorClass.ASSET_MISSING, "; ".join(missing))
+        if self.render is None or not self.canary:
+            # Loads the files with ReportLab and Pillow, in this process.
+            from fulfilment.render.assets import template_asset_problems
+
+            missing = template_asset_problems(assets_dir, template)
+            if missing:
+                return StepError(ErrorClass.ASSET_MISSING, "; ".join(missing))
         if not self.canary:
             return None
         try:
-            render_poster(assets_dir, canary_inputs(name), preview=False)
+            self._render_canary(assets_dir, canary_inputs(name))
         except StepError as error:
             log.warning("Canary render of template %s failed: %s", name, error.message)
             return error
         return None
+
+    def _render_canary(self, assets_dir: Path, inputs: PosterInputs) -> None:
+        if self.render is not None:
+            self.render(inputs)
+            return
+        from fulfilment.render.poster import render_poster
+
+        render_poster(assets_dir, inputs, preview=False)
 
 
 def asset_fingerprint(assets_dir: Path) -> Fingerprint:
@@ -181,12 +203,18 @@ def canary_inputs(template: str) -> PosterInputs:
 
 
 @functools.cache
-def _canary_photo() -> bytes:
-    # A small gradient JPEG: the final render embeds it as it is, like a customer's photo.
-    image = Image.linear_gradient("L").resize((96, 128)).convert("RGB")
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=85)
-    return out.getvalue()
+def _canary_photo(width: int = 96, height: int = 128) -> bytes:
+    # A small grey gradient PNG, written with zlib so that the daemon's process need not import
+    # Pillow to make it; the render decodes it like a customer's PNG.
+    rows = b"".join(b"\x00" + bytes([255 * y // (height - 1)]) * width for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(rows)) + (
+        _png_chunk(b"IEND", b"")
+    )
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 @functools.cache

@@ -101,6 +101,17 @@ class StepError(Exception):
         return f"StepError({self.error_class}, {self.message!r})"
 
 
+class WaveformUnusable(StepError):
+    """The shop's waveform image cannot be drawn from, and the render had no audio to fall back
+    on: the render step, which leaves the audio out while the image is there, asks again with it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorClass.BAD_INPUT, message)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (WaveformUnusable, (self.message,))
+
+
 def one_line(error: BaseException, limit: int = 300) -> str:
     """An unexpected error for a log line or a stored message: its class and its first line
     (drivers and SDKs put a query, a traceback or a response body on the lines after)."""

@@ -18,7 +18,7 @@ from pathlib import PurePosixPath
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from fulfilment.errors import ErrorClass, StepError
+from fulfilment.errors import ErrorClass, StepError, WaveformUnusable
 from fulfilment.mailer import Mailer, download_email
 from fulfilment.models import Order, OrderStatus, Step, transaction
 from fulfilment.payments import Payments
@@ -114,25 +114,39 @@ class Steps:
 
     def render(self, order: Order) -> Done:
         """Render the final PDF from the permanent files and store it; also what a completed
-        order's lost PDF is rendered again with (the same bytes as the first time)."""
-        inputs = self._poster_inputs(order)
-        pdf = self.renderer(inputs)
+        order's lost PDF is rendered again with (the same bytes as the first time).
+
+        The customer's audio (megabytes) is read only if the shop's waveform image is gone or
+        turns out unusable: the poster is drawn from the image."""
+        inputs = self._poster_inputs(order, with_audio=False)
+        try:
+            pdf = self.renderer(inputs)
+        except WaveformUnusable as unusable:
+            if inputs.waveform_image is None:
+                raise
+            log.warning("Order %s: %s; drawing the waveform from the audio", order.id, unusable.message)
+            inputs = self._poster_inputs(order, with_audio=True)
+            pdf = self.renderer(inputs)
         key = final_pdf_key(order.id)
         self.store.put(key, pdf, "application/pdf")
         log.info("PDF generated: %s for order %s", key, order.id)
-        note = "" if inputs.waveform_image is not None else " (waveform drawn from the audio)"
+        note = "" if inputs.audio is None else " (waveform drawn from the audio)"
         return Done(OrderStatus.PDF_RENDERED, {"final_pdf_key": key}, f"PDF generated: {key}{note}")
 
-    def _poster_inputs(self, order: Order) -> PosterInputs:
+    def _poster_inputs(self, order: Order, *, with_audio: bool) -> PosterInputs:
+        """The render's inputs; the audio only if asked for, or if there is no waveform image."""
         assert order.photo_key and order.audio_key  # migrate_files guarantees both
         photo = self.store.get(permanent_key(order.id, "photo", order.photo_key), MAX_PHOTO_BYTES)
         audio_key = permanent_key(order.id, "audio", order.audio_key)
-        audio = self.store.get(audio_key, MAX_AUDIO_BYTES)
         waveform = None
         if order.waveform_key:
             waveform_key = permanent_key(order.id, "waveform", order.waveform_key)
-            if self.store.exists(waveform_key):
+            try:
                 waveform = self.store.get(waveform_key, MAX_WAVEFORM_BYTES)
+            except StepError as error:  # gone since the copy (or never copied): drawn from the audio
+                if error.error_class is not ErrorClass.S3_MISSING_FILE:
+                    raise
+        audio = self.store.get(audio_key, MAX_AUDIO_BYTES) if with_audio or waveform is None else None
         return PosterInputs(
             template=order.template,
             title=order.title,

@@ -18,14 +18,13 @@ import soundfile
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from fulfilment.errors import ErrorClass, StepError
+from fulfilment.render.inputs import MAX_AUDIO_BYTES, MAX_AUDIO_SECONDS
 
 log = logging.getLogger(__name__)
 
 Peaks = tuple[float, ...]
 
 DEFAULT_BINS = 1000
-MAX_AUDIO_BYTES = 200 * 2**20
-MAX_AUDIO_SECONDS = 20 * 60.0
 MAX_IMAGE_PIXELS = 40_000_000
 AUDIO_FORMATS = ("WAV", "MP3", "OGG", "FLAC")
 

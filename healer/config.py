@@ -147,6 +147,11 @@ class Settings:
     def scratch_dir(self) -> Path:
         return self.data_dir / "scratch"
 
+    @property
+    def orders_in_flight(self) -> int:
+        """Orders worked at once: ORDERS_PER_RENDER_PROCESS for each of the `workers` render processes."""
+        return self.workers * ORDERS_PER_RENDER_PROCESS
+
     def embedded_defaults(self) -> list[str]:
         """One sentence per peer that runs on its embedded default, for the start-up banner."""
         notes = []
@@ -206,6 +211,12 @@ DEFAULT_RENDER_MEMORY_MB = 2048
 # 31 s (100 MP PNG, the slowest that fits the memory cap); a render process starts in 0.2 s.
 # 90 s is about 3x the slowest; it is also the default lease's 0.75 (healer.daemon takes the lower).
 DEFAULT_RENDER_TIMEOUT_SECONDS = 90.0
+
+# While one order renders, the others of its render process copy their uploads, upload their PDF
+# and send their email: the render process then never waits on an order's I/O, which on a
+# customer's 12 MP photo takes longer than the render itself (bench/completion_bench.py). Each
+# order waiting for a render holds its inputs in memory (a photo, at most MAX_PHOTO_BYTES).
+ORDERS_PER_RENDER_PROCESS = 3
 
 # No setting means more than a year (of seconds, attempts or workers): a larger value is a typo.
 MAX_NUMBER = 366 * 86400

@@ -82,12 +82,13 @@ class Daemon:
         # Which singleton work (reconciliation, the stuck sweep, container restarts) runs here.
         self.leadership = leadership_for(self.services.engine, owner)
         self.scheduler = build_scheduler(settings, lambda names: self.health.failing(names), self.leadership)
-        self.health = build_monitor(settings, self.services, [scheduler_check(settings, self.scheduler)])
+        self.health = build_monitor(settings, self.services, [scheduler_check(settings, self.scheduler)],
+                                    render=self.render_pool)
         # A step's failure on a dependency runs that dependency's checks at once (confirm).
         self.pipeline: Pipeline = self.services.pipeline(self.render_pool, gate=self.health.gate,
                                                          confirm=self.health.confirm,
                                                          observe=self._observe_step)
-        self.worker = Worker(self.pipeline, concurrency=settings.workers, owner=owner)
+        self.worker = Worker(self.pipeline, concurrency=settings.orders_in_flight, owner=owner)
         self.remediator = build_remediator(
             settings, self.services, self.metrics,
             resume_waiting=self.pipeline.resume_waiting,
@@ -192,7 +193,8 @@ class Daemon:
         s = self.settings
         public, operator = (self.listening_on(i) for i in range(2))
         lines = [
-            f"healer {__version__} starting as worker {self.worker.owner} with {s.workers} worker(s)",
+            f"healer {__version__} starting as worker {self.worker.owner} with {s.workers} render process(es), "
+            f"{s.orders_in_flight} order(s) at once",
             f"  public listener:   http://{public} (customers, Stripe)",
             f"  operator listener: http://{operator} (probes, health, metrics, admin API)",
             *(f"  embedded default: {note}" for note in s.embedded_defaults()),
@@ -348,7 +350,10 @@ def bind_listener(host_variable: str, host: str, port_variable: str, port: int) 
 
 
 def _listening_socket(family: socket.AddressFamily, address: Any) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not 0: accepted connections inherit it, and asyncio sets TCP_NODELAY only
+    # on a socket whose proto says TCP. Without it a keep-alive client (Prometheus) waited out its
+    # delayed ACK (40 ms) on every answer, sent as headers then body.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         # A restarted daemon need not wait out the last one's connections in TIME_WAIT; a port
         # another process listens on stays refused (EADDRINUSE) on Linux all the same.

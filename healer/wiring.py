@@ -82,7 +82,7 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings, *, read_only: bool = False) -> Services:
-        engine = db.make_engine(settings.effective_database_url, pool_size=settings.workers + 4,
+        engine = db.make_engine(settings.effective_database_url, pool_size=settings.orders_in_flight + 4,
                                 read_only=read_only)
         return cls(
             settings=settings,
@@ -152,11 +152,14 @@ def build_payments(settings: Settings) -> Payments:
 # -- health checks ---------------------------------------------------------------------------------
 
 
-def build_monitor(settings: Settings, services: Services, extra_checks: Sequence[Check] = ()) -> HealthMonitor:
+def build_monitor(settings: Settings, services: Services, extra_checks: Sequence[Check] = (),
+                  render: RenderFn | None = None) -> HealthMonitor:
     """The four peer checks from Settings and Services, plus `extra_checks`, in one monitor.
 
     Intervals derive from HEALER_CHECK_INTERVAL_SECONDS (default 30 s), so a test or a demo that
     shortens it speeds up every check alike; at the default they are 15 s, 30 s and 60 s.
+    `render` renders the assets check's canary (the daemon's render pool, so that the daemon's own
+    process never imports the renderer); None: the check renders it in this process.
     """
     interval = settings.check_interval_seconds
     checks: list[Check] = [
@@ -164,13 +167,14 @@ def build_monitor(settings: Settings, services: Services, extra_checks: Sequence
         _s3_check(settings, interval),
         _sendgrid_check(settings, interval),
         _stripe_check(settings, interval),
-        *_resource_checks(settings, services, interval),
+        *_resource_checks(settings, services, interval, render),
         *extra_checks,
     ]
     return HealthMonitor(checks, redact=Redactor(settings.secret_values()))
 
 
-def _resource_checks(settings: Settings, services: Services, interval: float) -> list[Check]:
+def _resource_checks(settings: Settings, services: Services, interval: float,
+                     render: RenderFn | None) -> list[Check]:
     # None of these gates readiness: taking the daemon out of a load balancer would not free a
     # disk or restart a container, and the completion API answers 202 whatever they say; they gate
     # the steps that need them instead, and alert.
@@ -183,7 +187,7 @@ def _resource_checks(settings: Settings, services: Services, interval: float) ->
         ),
         MemoryCheck(interval_seconds=interval, timeout_seconds=5.0, critical=False),
         # A canary render of every template, cached until an asset file changes.
-        AssetsCheck(assets_dir=settings.assets_dir, interval_seconds=interval),
+        AssetsCheck(assets_dir=settings.assets_dir, interval_seconds=interval, render=render),
         DockerCheck(
             base_url=settings.docker_host,
             label=compose_project_label(settings.compose_project),

@@ -1,8 +1,12 @@
 """The completion worker: claims due orders and runs them, a few at a time.
 
 Orders run on a small thread pool (their steps mostly wait on S3, Stripe and SendGrid); renders,
-which are CPU-bound, go to a process pool of the same size so they run on every core
-(healer.render.pool, handed to the pipeline by healer.wiring).
+which are CPU-bound, go to a process pool so they run on every core (healer.render.pool, handed to
+the pipeline by healer.wiring). There are more order threads than render processes
+(healer.config.ORDERS_PER_RENDER_PROCESS), so the I/O of some orders overlaps the render of another.
+
+The scheduler ticks the worker every few seconds, and an order that ends claims the next at once:
+a slot freed in the middle of a backlog is not left empty until the next tick.
 """
 
 from __future__ import annotations
@@ -55,10 +59,13 @@ class Worker:
         self.clock = clock
         self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="order")
         self._in_flight: set[uuid.UUID] = set()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _in_flight
+        # One claim at a time: the scheduler's tick and an ending order's refill would otherwise
+        # both count the same free slots and claim more orders than there are threads.
+        self._claiming = threading.Lock()
         self._stopping = threading.Event()
         # (when the outage was first seen, when it was last logged at WARNING); None: database fine.
-        # Only tick() touches it, and the scheduler never runs two ticks at once (max_instances=1).
+        # Only tick() touches it, under _claiming.
         self._outage: tuple[float, float] | None = None
 
     def tick(self) -> int:
@@ -69,22 +76,23 @@ class Worker:
         `database` check (critical) takes the daemon out of readiness meanwhile; the worker job
         keeps counting as alive, since restarting the daemon would not bring the database back.
         """
-        if self._stopping.is_set():
-            return 0
-        with self._lock:
-            free = self.concurrency - len(self._in_flight)
-            busy = set(self._in_flight)
-        if free <= 0:
-            return 0
-        try:
-            claimed = self.pipeline.claim(self.owner, free, exclude=busy)
-        except SQLAlchemyError as error:
-            self._database_down(error)
-            return 0
-        self._database_up()
-        for order_id in claimed:
-            self._start(order_id)
-        return len(claimed)
+        with self._claiming:
+            if self._stopping.is_set():
+                return 0
+            with self._lock:
+                free = self.concurrency - len(self._in_flight)
+                busy = set(self._in_flight)
+            if free <= 0:
+                return 0
+            try:
+                claimed = self.pipeline.claim(self.owner, free, exclude=busy)
+            except SQLAlchemyError as error:
+                self._database_down(error)
+                return 0
+            self._database_up()
+            for order_id in claimed:
+                self._start(order_id)
+            return len(claimed)
 
     def _start(self, order_id: uuid.UUID) -> None:
         with self._lock:
@@ -133,6 +141,16 @@ class Worker:
         finally:
             with self._lock:
                 self._in_flight.discard(order_id)
+        self._refill()
+
+    def _refill(self) -> None:
+        """Claim for the slot this thread just freed. Not while the database is known to be down:
+        the scheduler's tick waits for its check then, and so does this."""
+        if self._outage is None:
+            try:
+                self.tick()
+            except Exception:  # a bug: said, not lost in this thread's future; the next tick tries again
+                log.exception("Claiming the next order after one ended failed")
 
     @property
     def in_flight(self) -> int:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from reportlab.lib.colors import HexColor
 from reportlab.pdfgen.canvas import Canvas
 
-from fulfilment.errors import ErrorClass, StepError
+from fulfilment.errors import ErrorClass, StepError, WaveformUnusable
 from fulfilment.render.geometry import Rect
 from fulfilment.templates import WaveformSpec, WaveStyle
 from fulfilment.waveform import Peaks, peaks_from_audio, peaks_from_image, resample
@@ -28,7 +28,7 @@ def poster_peaks(inputs: PosterInputs, limits: RenderLimits) -> Peaks:
             return peaks_from_image(inputs.waveform_image)
         except StepError as exc:
             if inputs.audio is None:
-                raise
+                raise WaveformUnusable(f"waveform image unusable and no audio given: {exc.message}") from None
             log.warning("waveform image unusable (%s); drawing the waveform from the audio", exc.message)
     if inputs.audio is not None:
         return peaks_from_audio(

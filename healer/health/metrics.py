@@ -2,10 +2,12 @@
 
 Counters and histograms are fed by `observe_*` calls. Everything that describes current state
 (checks, jobs, orders, unresolved orphan payments and reconciliation runs that missed webhooks, in
-the database) is computed by collectors at scrape time; the database figures at most once per
-`orders_ttl_seconds`, with one aggregate query and two small reads, however often or by how many scrapers the endpoint is read. So every daemon sharing
-the database reports the same figures, whichever of them (or an operator's CLI) changed them. The
-registry is injected, so each test gets a fresh one.
+the database) is computed by collectors at scrape time, the database figures from a snapshot: one
+aggregate query and two small reads, refreshed in the background at most once per `ttl_seconds`,
+however often or by how many scrapers the endpoint is read, and never waited for by a scrape but
+the first (`OrderFigures`). So every daemon sharing the database reports the same figures,
+whichever of them (or an operator's CLI) changed them. The registry is injected, so each test
+gets a fresh one.
 
 A completion's latency carries its trace id as an exemplar (when tracing is on): from the histogram
 on a dashboard to the trace of one slow order. Exemplars exist only in the OpenMetrics format, which
@@ -20,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Protocol
 
 from prometheus_client import (
@@ -46,6 +49,7 @@ from fulfilment.models import Order, OrderStatus, Outcome, Step, utcnow
 from fulfilment.pipeline import ACTIVE
 from fulfilment.recording import StepResult
 from healer import __version__
+from healer.health.coalesce import Coalesced
 from healer.jobs.canary_results import CanaryState, PhaseOutcome
 from healer.jobs.scheduler import JobState
 from healer.sendgrid.events import EmailEventLabel
@@ -59,6 +63,8 @@ STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 3
 # Paid to emailed: seconds when all is well, up to hours when an order waits out an outage.
 LATENCY_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600, 86400)
 COMPLETION_OUTCOMES = ("completed", "needs_attention")
+# Exposition formats whose concurrent scrapes share a render (text, OpenMetrics, a version or two).
+MAX_SHARED_FORMATS = 4
 
 
 class Metrics:
@@ -110,6 +116,8 @@ class Metrics:
             # configured base instead of an address written into dashboards/prometheus/alerts.yml.
             Gauge("healer_runbook_info", "Where alerts' runbook links point (HEALER_RUNBOOK_BASE_URL).",
                   ["base_url"], registry=r).labels(runbook_base_url).set(1)
+        self._renders: dict[str, Coalesced[bytes]] = {}  # content type -> its shared render
+        self._renders_lock = threading.Lock()
         self._zero_known_labels()
 
     def _zero_known_labels(self) -> None:
@@ -167,14 +175,23 @@ class Metrics:
         self.registry.register(_OrdersCollector(figures))
         return figures
 
-
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """`GET /metrics`: body and content type. OpenMetrics (with exemplars) when the scraper's
         `accept` header asks for it, else the text format, as before."""
         encoder, content_type = choose_encoder(accept)
         if content_type.startswith(OPENMETRICS_CONTENT_TYPE.split(";")[0]):
-            return encoder(self.registry), content_type
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+            return self._rendered(content_type, encoder), content_type
+        return self._rendered(CONTENT_TYPE_LATEST, generate_latest), CONTENT_TYPE_LATEST
+
+    def _rendered(self, content_type: str, encoder: Callable[[CollectorRegistry], bytes]) -> bytes:
+        """The exposition, rendered once for the scrapes that ask for it together (`Coalesced`),
+        per format. The formats come from the scraper's header (a version in it): past a few,
+        a format is rendered for each scrape rather than keep one more sharer."""
+        with self._renders_lock:
+            render = self._renders.get(content_type)
+            if render is None and len(self._renders) < MAX_SHARED_FORMATS:
+                render = self._renders[content_type] = Coalesced(partial(encoder, self.registry))
+        return render() if render is not None else encoder(self.registry)
 
 
 class CheckState(Protocol):
@@ -290,7 +307,15 @@ class OrderSnapshot:
 
 class OrderFigures:
     """Order counts from one aggregate query, the unresolved orphan payments and the reconciliation
-    runs in a row that missed webhooks, cached for `ttl_seconds`."""
+    runs in a row that missed webhooks, refreshed at most once per `ttl_seconds`.
+
+    Only the first scrape waits for the query. Afterwards a scrape answers the last snapshot at once
+    and, when that snapshot is `ttl_seconds` old, starts one refresh in a background thread for the
+    next scrape: so a scrape never waits on the database (a slow or hanging one included), the
+    figures are at most one scrape interval behind, and however many scrapers there are, one query
+    runs at a time. A refresh that fails drops the snapshot, so the next scrapes have no order
+    series (absent, not stale; the database check says why) until one succeeds again. With
+    `ttl_seconds=0` every scrape reads afresh, waiting for it (what tests of the figures want)."""
 
     def __init__(self, sessions: sessionmaker[Session], sla_seconds: int, ttl_seconds: float) -> None:
         self.sessions = sessions
@@ -298,23 +323,58 @@ class OrderFigures:
         self.ttl = ttl_seconds
         self.queries = 0
         self._snapshot: OrderSnapshot | None = None
+        self._tried_at: float | None = None  # when the latest query started, whatever came of it
         self._unavailable = False  # the last query failed: said once, not on every scrape
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one query at a time
+        self._refreshing: threading.Thread | None = None
 
     def snapshot(self) -> OrderSnapshot | None:
-        with self._lock:
-            if self._snapshot is None or time.monotonic() - self._snapshot.taken_at >= self.ttl:
-                try:
-                    self._snapshot = self._query()
-                except SQLAlchemyError as error:
-                    log.log(logging.DEBUG if self._unavailable else logging.WARNING,
-                            "Order metrics unavailable: %s", str(error).splitlines()[0])
-                    self._unavailable, self._snapshot = True, None
-                    return None  # absent series, not stale ones: the database check says why
-                if self._unavailable:
-                    self._unavailable = False
-                    log.info("Order metrics available again")
-            return self._snapshot
+        if self.ttl <= 0 or self._tried_at is None:
+            with self._lock:
+                if self.ttl <= 0 or self._tried_at is None:
+                    self._refresh()
+        elif time.monotonic() - self._tried_at >= self.ttl:
+            self._refresh_in_background()
+        return self._snapshot
+
+    def _refresh_in_background(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            return  # a refresh runs already
+        try:
+            if self._tried_at is not None and time.monotonic() - self._tried_at < self.ttl:
+                return  # another scrape started and finished one since this one looked
+            self._tried_at = time.monotonic()  # one thread per interval, even if this one is slow
+            thread = threading.Thread(target=self._refresh_and_release, name="order-metrics", daemon=True)
+            self._refreshing = thread
+            thread.start()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _refresh_and_release(self) -> None:
+        try:
+            self._refresh()
+        finally:
+            self._lock.release()
+
+    def wait_for_refresh(self, timeout: float | None = None) -> None:
+        """Until the background refresh started last (if any) has finished."""
+        if self._refreshing is not None:
+            self._refreshing.join(timeout)
+
+    def _refresh(self) -> None:
+        """The query, under `_lock` (held by the caller)."""
+        self._tried_at = time.monotonic()
+        try:
+            self._snapshot = self._query()
+        except SQLAlchemyError as error:
+            log.log(logging.DEBUG if self._unavailable else logging.WARNING,
+                    "Order metrics unavailable: %s", str(error).splitlines()[0])
+            self._unavailable, self._snapshot = True, None
+            return
+        if self._unavailable:
+            self._unavailable = False
+            log.info("Order metrics available again")
 
     def _query(self) -> OrderSnapshot:
         now = utcnow()

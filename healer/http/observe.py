@@ -88,6 +88,8 @@ class CountRequests:
 
 
 def log_access(listener: str, scope: Scope, route: str, status: int, seconds: float, size: int) -> None:
+    if not access_log.isEnabledFor(logging.INFO):
+        return  # the redacted target and the fields would be built for nothing
     client = scope.get("client")
     fields: dict[str, Any] = {
         "listener": listener, "client": client[0] if client else "-", "method": scope.get(ORIGINAL_METHOD, scope["method"]),

@@ -6,11 +6,17 @@ none waits on a probe, and all redacted.
 or a newline and a bracket that would read as a line of its own (`[+]fake ok`) once echoed into the
 probe's text, is refused with 422, so a misconfigured probe fails where its operator sees it. A
 check that is not critical matches no line: Kubernetes' warning line says so.
+
+The routes and their dependencies are coroutines: they only read memory (the monitor's, the
+scheduler's and the leadership's locks are never held across a probe or a query), so they run on
+the event loop. A plain `def` would send each of them (route and dependencies alike) through
+the thread pool, a hop that costs more than the answer and has kubelets and load balancers
+queue behind every other thread-pool route.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the routes' annotations at run time,
 # and `exclude`'s (the checks of this daemon) is made per app, a name only the enclosing function has.
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -27,7 +33,7 @@ from healer.http.openapi import plain_text, problem
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-def verbose_flag(request: Request, verbose: Annotated[str | None, Query(
+async def verbose_flag(request: Request, verbose: Annotated[str | None, Query(
         description="present (any value, `?verbose` too): a line per check")] = None) -> bool:
     """Whether `?verbose` was given. Given twice it is refused like any malformed parameter:
     a scalar sent as a list means the caller built the query wrong."""
@@ -40,10 +46,10 @@ def verbose_flag(request: Request, verbose: Annotated[str | None, Query(
 Verbose = Annotated[bool, Depends(verbose_flag)]
 
 
-def exclusions(names: tuple[str, ...]) -> Callable[..., tuple[str, ...]]:
+def exclusions(names: tuple[str, ...]) -> Callable[..., Awaitable[tuple[str, ...]]]:
     """A dependency: the `?exclude=` names, each one of `names`, or 422 naming the ones that are not."""
 
-    def excluded(exclude: Annotated[list[str], Query(
+    async def excluded(exclude: Annotated[list[str], Query(
             default_factory=list, description="a check whose failure does not count (repeatable)",
             json_schema_extra={"items": {"type": "string", "enum": list(names)}})]) -> tuple[str, ...]:
         unknown = [{"type": "enum", "loc": ("query", "exclude", index), "input": None,
@@ -104,7 +110,7 @@ def probe_routes(app: FastAPI, liveness: Callable[[], tuple[bool, str]], health:
 
     @app.get("/livez", response_class=PlainTextResponse, summary="The process and its scheduler run",
              responses={200: plain_text("alive"), 503: plain_text("not alive: why")})
-    def livez(verbose: Verbose) -> PlainTextResponse:
+    async def livez(verbose: Verbose) -> PlainTextResponse:
         alive, detail = liveness()
         if verbose:
             body = f"[{'+' if alive else '-'}]scheduler {'ok' if alive else 'failed: ' + detail}\n"
@@ -115,7 +121,7 @@ def probe_routes(app: FastAPI, liveness: Callable[[], tuple[bool, str]], health:
 
     @app.get("/readyz", response_class=PlainTextResponse, summary="The critical checks pass (from the cache)",
              responses={200: plain_text("ready"), 503: plain_text("not ready: a line per critical check")})
-    def readyz(verbose: Verbose, exclude: Annotated[tuple[str, ...], Depends(excluded)]) -> PlainTextResponse:
+    async def readyz(verbose: Verbose, exclude: Annotated[tuple[str, ...], Depends(excluded)]) -> PlainTextResponse:
         readiness = health.ready(exclude) if health else Readiness(True, ())
         return PlainTextResponse(redact(readyz_body(readiness, verbose=verbose)),
                                  status_code=200 if readiness.ready else 503, headers=NO_STORE)
@@ -128,7 +134,7 @@ def health_routes(app: FastAPI, health: HealthMonitor | None, notices: tuple[str
 
     @app.get("/health", response_model=HealthReport, responses=HEALTH_RESPONSES,
              summary="Every check: status, latency, last success, detail, remedy")
-    def health_report() -> JSONResponse:
+    async def health_report() -> JSONResponse:
         body: dict[str, Any] = {"status": "ok", "checks": {}}
         reports = health.reports() if health is not None else []
         if health is not None:
@@ -143,7 +149,7 @@ def health_routes(app: FastAPI, health: HealthMonitor | None, notices: tuple[str
 
     @app.get("/health/{check}", response_model=CheckReport, responses={404: problem("no such check")},
              summary="One check")
-    def health_of(check: str) -> JSONResponse:
+    async def health_of(check: str) -> JSONResponse:
         if health is None or check not in health.names:
             known = ", ".join(health.names) if health else "none"
             raise HTTPException(404, f"unknown check {check[:64]!r}; checks here: {known}")

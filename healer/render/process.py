@@ -4,7 +4,8 @@ Render processes are spawned (see healer.render.pool.RenderPool): each imports o
 handed, so this module stays apart from the pool and from healer.worker, whose imports (the
 pipeline, the database layer, the S3, Stripe and SendGrid clients) a render process has no use
 for. A render process holds ReportLab, Pillow and numpy; about a third of the memory of the
-daemon's full import.
+daemon's full import. The daemon imports this module too (the pool hands its functions over by
+name), so those are imported here only inside the render process: by `start_render_process`.
 
 Each render process is bounded (`start_render_process`, the pool's initializer): its memory by an
 rlimit, so a photo or a recording too large to render fails there with a MemoryError (`bad_input`)
@@ -18,6 +19,7 @@ it, nothing of tracing is imported here.
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 import resource
@@ -27,22 +29,28 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
-from PIL import Image
-
 from fulfilment.errors import ErrorClass, StepError
-from fulfilment.render import PosterInputs, RenderLimits, out_of_memory, render_poster
-from fulfilment.waveform import peaks_from_audio, waveform_png
+from fulfilment.render.inputs import PosterInputs, RenderLimits, out_of_memory
 
 # The watcher only waits on a pipe. Its stack is a private writable mapping, which RLIMIT_DATA
 # counts (cap_memory): the default 8 MiB would come out of every render's memory cap.
 _WATCHER_STACK_BYTES = 256 * 1024
+# What renders and redraws use, imported when the process starts: before its memory is capped, so
+# that the cap is left whole for the work (measured in cap_memory), and so the first render does
+# not pay for the imports.
+_RENDERER_MODULES = ("fulfilment.render.poster", "fulfilment.waveform")
 
 
 def start_render_process(memory_mb: int | None, max_photo_pixels: int) -> None:
-    """The pool's initializer: tie the process to the daemon, cap its memory, size Pillow's check."""
+    """The pool's initializer: tie the process to the daemon, import the renderer, cap its memory,
+    size Pillow's check."""
     end_with_parent()
+    for module in _RENDERER_MODULES:
+        importlib.import_module(module)
     if memory_mb is not None:
         cap_memory(memory_mb)
+    from PIL import Image
+
     # Pillow refuses twice this and warns above it; render_poster checks the header against the
     # setting itself, first. Left at Pillow's default (89 MP), a 200 MP phone photo is refused.
     Image.MAX_IMAGE_PIXELS = max_photo_pixels
@@ -120,6 +128,8 @@ def render_to_scratch(
 def _render_to_scratch(
     assets_dir: Path, inputs: PosterInputs, scratch_dir: Path, limits: RenderLimits, preview: bool
 ) -> str:
+    from fulfilment.render.poster import render_poster  # imported already: start_render_process
+
     pdf = render_poster(assets_dir, inputs, preview=preview, limits=limits)
     path = None
     try:
@@ -138,6 +148,8 @@ def draw_waveform(
     audio: bytes, audio_name: str, limits: RenderLimits, trace_headers: Mapping[str, str] | None = None
 ) -> bytes:
     """A waveform PNG redrawn from the customer's audio: decoding it is as bounded as a render."""
+    from fulfilment.waveform import peaks_from_audio, waveform_png  # imported already: start_render_process
+
     with _traced(trace_headers, "draw_waveform"):
         try:
             peaks = peaks_from_audio(

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from checks.assets import AssetsCheck
 from checks.base import CheckResult, Runbook, Status, run_check
-from tests.fakes.render_fixtures import BUNDLED_ASSETS
+from healer.render.pool import RenderPool
+from tests.fakes.render_fixtures import BUNDLED_ASSETS, render_processes
 
 FONT = "DejaVuSans.ttf"  # a subtitle font of most templates
 
@@ -140,3 +141,30 @@ def test_no_templates_at_all_fails_naming_the_directory(assets_dir: Path) -> Non
 
     result = _failing(run_check(AssetsCheck(assets_dir=assets_dir)))
     assert result.detail == f"no templates (*.toml) in {assets_dir / 'templates'}"
+
+
+def test_in_a_render_process_the_canary_renders_and_names_a_broken_file_the_same_way(
+    assets_dir: Path, tmp_path: Path
+) -> None:
+    # The daemon's way: its render pool renders the canary, and that render loads every font and
+    # background, so a broken file is named with the same message as when the check loads it itself.
+    pool = RenderPool(assets_dir, 1, tmp_path / "scratch")
+    others = set(render_processes(os.getpid()))
+    try:
+        check = AssetsCheck(assets_dir=assets_dir, render=pool)
+        result = run_check(check)
+        assert result.status is Status.OK, result.detail
+        templates = len(list((assets_dir / "templates").glob("*.toml")))
+        assert result.detail.startswith(f"{templates} templates valid, canary rendered")
+        assert len(set(render_processes(os.getpid())) - others) == 1  # it rendered there
+
+        font = assets_dir / "fonts" / FONT
+        font.write_bytes(font.read_bytes()[:4096])  # an interrupted copy
+        broken = _failing(run_check(check))
+        assert f"font file {font} is unreadable" in broken.detail
+        assert broken.data["templates_broken"] > 0
+
+        shutil.copy2(BUNDLED_ASSETS / "fonts" / FONT, font)
+        assert run_check(check).status is Status.OK
+    finally:
+        pool.shutdown()

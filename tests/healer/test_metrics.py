@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 
 from checks.base import CheckResult, Runbook, Status
 from checks.database import DatabaseCheck
@@ -188,3 +190,64 @@ def test_order_figures_come_from_one_cached_query(sessions) -> None:  # type: ig
     assert first[("healer_orders", (("status", "refunded"),))] == 0
     assert first[("healer_orders_stuck", ())] == 1  # the paid one; needs_attention is counted apart
     assert 3990 < first[("healer_oldest_stuck_order_age_seconds", ())] < 4100
+
+
+def _add_order(sessions, status: str) -> None:  # type: ignore[no-untyped-def]
+    with transaction(sessions) as session:
+        session.add(Order(email="a@example.com", amount_cents=100, currency="eur", template="a4-portrait",
+                          status=status))
+
+
+def test_a_scrape_never_waits_for_the_order_query_once_a_snapshot_exists(sessions, pg_engine) -> None:  # type: ignore[no-untyped-def]
+    _add_order(sessions, "paid")
+    metrics = Metrics(CollectorRegistry())
+    figures = metrics.watch_orders(sessions, sla_seconds=600, ttl_seconds=0.2)
+    assert samples(metrics)[("healer_orders", (("status", "paid"),))] == 1  # the first scrape waits for it
+    _add_order(sessions, "paid")
+    time.sleep(0.3)
+    # A real slow query: another transaction holds a lock that blocks every read of the table.
+    with pg_engine.connect() as locker:
+        locker.execute(text("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE"))
+        started = time.monotonic()
+        stale = samples(metrics)  # starts the refresh, which waits on the lock; the scrape does not
+        again = samples(metrics)  # the refresh still runs: no second one
+        waited = time.monotonic() - started
+        assert figures._refreshing is not None and figures._refreshing.is_alive()
+        locker.rollback()
+    assert waited < 1.0
+    assert stale[("healer_orders", (("status", "paid"),))] == again[("healer_orders", (("status", "paid"),))] == 1
+    figures.wait_for_refresh(timeout=10)
+    # The next scrape has the figures as the refresh found them: at most one interval behind.
+    assert samples(metrics)[("healer_orders", (("status", "paid"),))] == 2
+    assert figures.queries == 2
+
+
+def test_figures_are_refreshed_at_most_once_per_interval(sessions) -> None:  # type: ignore[no-untyped-def]
+    metrics = Metrics(CollectorRegistry())
+    figures = metrics.watch_orders(sessions, sla_seconds=600, ttl_seconds=0.5)
+    for _ in range(20):
+        samples(metrics)
+        figures.wait_for_refresh(timeout=10)
+    assert figures.queries == 1
+    time.sleep(0.6)
+    for _ in range(20):
+        samples(metrics)
+        figures.wait_for_refresh(timeout=10)
+    assert figures.queries == 2
+
+
+def test_order_series_are_absent_once_a_refresh_finds_the_database_down(sessions) -> None:  # type: ignore[no-untyped-def]
+    _add_order(sessions, "paid")
+    metrics = Metrics(CollectorRegistry())
+    figures = metrics.watch_orders(sessions, sla_seconds=600, ttl_seconds=0.1)
+    assert ("healer_orders", (("status", "paid"),)) in samples(metrics)
+    outage = db.make_engine(unreachable_pg_url())
+    try:
+        figures.sessions = db.make_session_factory(outage)  # the database goes away
+        time.sleep(0.2)
+        samples(metrics)  # the last snapshot, and a refresh that fails
+        figures.wait_for_refresh(timeout=30)
+        found = samples(metrics)
+    finally:
+        outage.dispose()
+    assert not [key for key in found if key[0].startswith(("healer_orders", "healer_orphan_payments"))]

@@ -183,3 +183,15 @@ def test_the_scheduled_worker_logs_no_traceback_while_the_database_is_down(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(worker_lines(caplog, logging.WARNING)) == 1
     assert OUTAGE_PASSWORD not in caplog.text
+
+
+def test_an_order_that_ends_claims_the_next_without_waiting_for_a_tick(shop: Shop) -> None:
+    order_ids = [shop.paid_order() for _ in range(3)]
+    worker = Worker(shop.pipeline(), concurrency=1, owner="refilling-worker")
+    try:
+        assert worker.tick() == 1  # the only tick: one slot, one order
+        eventually(lambda: all(shop.order(o).status == OrderStatus.COMPLETED.value for o in order_ids),
+                   timeout=90, what="all three orders to complete, one after another")
+    finally:
+        worker.shutdown()
+    assert worker.in_flight == 0
