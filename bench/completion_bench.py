@@ -70,10 +70,10 @@ import soundfile  # noqa: E402
 from PIL import Image  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-from sqlalchemy import Engine, create_engine, insert, text, update  # noqa: E402
+from scratch_db import scratch_database  # noqa: E402
+from sqlalchemy import Engine, insert, text, update  # noqa: E402
 from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
-from sqlalchemy.pool import NullPool  # noqa: E402
 from timing import (  # noqa: E402
     PARTS,
     OrderTime,
@@ -107,7 +107,6 @@ from tests.fakes.sendgrid_server import SendGridServer  # noqa: E402
 from tests.fakes.stripe_server import FakeStripeServer  # noqa: E402
 from tests.fakes.subprocesses import terminate  # noqa: E402
 
-PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/"
 ASSETS = bundled_assets_dir()  # the daemon's default HEALER_ASSETS_DIR
 FROM_EMAIL = "bench@shop.example"
 PUBLIC_BASE_URL = "https://shop.example"
@@ -174,41 +173,17 @@ class Peers:
 
 @contextmanager
 def local_peers(pool_size: int) -> Iterator[Peers]:
-    name = f"healer_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG + "postgres", isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
     scratch = Path(tempfile.mkdtemp(prefix="bench-completion-"))
-    engine = db.make_engine(PG + name, pool_size=pool_size)
     try:
-        db.upgrade(engine)
-        with s3_server() as s3_url, SendGridServer() as sendgrid, FakeStripeServer() as stripe:
+        with (scratch_database("completion", pool_size) as (_, engine), s3_server() as s3_url,
+              SendGridServer() as sendgrid, FakeStripeServer() as stripe):
             client = make_s3_client(access_key_id="bench", secret_access_key="bench-secret", region="us-east-1",
                                     endpoint_url=s3_url)
             client.create_bucket(Bucket="healer-bench")
             yield Peers(engine, db.make_session_factory(engine), client, S3Store(client, "healer-bench"),
                         sendgrid, stripe, scratch)
     finally:
-        engine.dispose()
         shutil.rmtree(scratch, ignore_errors=True)
-        drop_scratch_database(admin, name)
-        admin.dispose()
-
-
-def drop_scratch_database(admin: Engine, name: str, patience: float = 120.0) -> None:
-    """Drop it even if the shared server is restarting just now (others' tests restart it): a
-    scratch database left behind would stay on everyone's server."""
-    deadline = time.monotonic() + patience
-    while True:
-        try:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            return
-        except SQLAlchemyError:
-            if time.monotonic() > deadline:
-                console.log(f"[bold red]could not drop the scratch database {name}: drop it by hand")
-                return
-            time.sleep(2)
 
 
 @contextmanager

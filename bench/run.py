@@ -25,6 +25,8 @@ Sections, each with the baseline its figures are a ratio of, measured in the sam
 - endpoints: /readyz, /health and /metrics under 16 concurrent clients with 100,000 orders in the
   database, against /livez (bench/health_bench.py's client); then /readyz under 50 clients while
   the SendGrid probe hangs (its peer a tarpit, bench/tarpit.py), against /livez under the same.
+- scale: the worker's claim, the /metrics order aggregate and `healer orders list --stuck` with
+  1,000,000 orders in PostgreSQL, against the same with 100,000 (bench/scale_bench.py).
 - reconcile: 10,000 PaymentIntents, first run and steady state (bench/reconcile_bench.py), against
   the first run.
 - observability: completion throughput with the daemon's JSON logs at INFO, tracing off, against
@@ -40,6 +42,7 @@ figures; a section not run in this invocation has every key null:
      "footprint": {"idle_cpu_pct", "idle_pss_mib"},
      "endpoints": {"readyz_p99_ms", "metrics_p99_ms", "health_p99_ms", "readyz_p99_hanging_probe_ms",
                    "readyz_p99_page_loaded_over_alone"},
+     "scale": {"claim_1m_over_100k", "metrics_1m_over_100k", "stuck_list_1m_over_100k"},
      "reconcile": {"steady_requests"}}
 
 The completion figures are those of the 12 MP JPEG: end to end over rendering alone and over the
@@ -53,8 +56,6 @@ tmpfs and restarts PostgreSQL (the machine's shared server), so it needs root an
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
 import os
@@ -69,7 +70,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,17 +83,22 @@ import health_bench  # noqa: E402
 import observability_bench  # noqa: E402
 import psutil  # noqa: E402
 import reconcile_bench  # noqa: E402
+import scale_bench  # noqa: E402
 from baseline import COMMAND as BASELINE_COMMAND  # noqa: E402
 from baseline import BaselineTarget  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-from sqlalchemy import Engine, create_engine, text  # noqa: E402
+from scratch_db import (  # noqa: E402
+    PG,
+    bulk_insert_orders,
+    scratch_database,
+)
+from sqlalchemy import Engine, create_engine  # noqa: E402
 from sqlalchemy.pool import NullPool  # noqa: E402
 from tarpit import Tarpit  # noqa: E402
 
 from fulfilment.storage import make_s3_client  # noqa: E402
-from healer import db  # noqa: E402
 from healer.render.pool import IDLE_SECONDS  # noqa: E402
 from tests.fakes.db_fixtures import restart_postgresql  # noqa: E402
 from tests.fakes.render_fixtures import copy_assets, render_processes  # noqa: E402
@@ -103,8 +109,7 @@ from tests.faults.processes import HEALER_RUN, Slot, http, wait_until_answering 
 from tests.faults.scenario import FaultPlan, Peers, Scenario, Shop, count_by_status, peer_env  # noqa: E402
 from tests.faults.sendgrid_tap import TappedSendGrid  # noqa: E402
 
-PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/"
-SECTIONS = ("completion", "faults", "footprint", "endpoints", "reconcile", "observability")
+SECTIONS = ("completion", "faults", "footprint", "endpoints", "scale", "reconcile", "observability")
 # Wide enough for the tables when the output is a file or a pipe (no terminal to ask).
 console = Console(width=int(os.environ.get("COLUMNS", "160")))
 Row = dict[str, Any]
@@ -119,7 +124,7 @@ def main() -> None:
                               "sections": {}}
     runners: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
         "completion": completion, "faults": faults, "footprint": footprint, "endpoints": endpoints,
-        "reconcile": reconcile, "observability": observability}
+        "scale": scale, "reconcile": reconcile, "observability": observability}
     for name in args.only or SECTIONS:
         console.rule(f"[bold]{name}")
         section_started, load_before, postgres_before = time.perf_counter(), os.getloadavg(), _postgres_started_at()
@@ -220,22 +225,6 @@ def _figure(verdict: Verdict, key: str) -> float | None:
         return float(len(verdict.emailed_not_completed))
     value = getattr(verdict, key)
     return None if value is None else float(value)
-
-
-@contextmanager
-def scratch_database(label: str) -> Iterator[tuple[str, Engine]]:
-    name = f"healer_bench_{label.replace('-', '_')}_{uuid.uuid4().hex[:6]}"
-    admin = create_engine(PG + "postgres", isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine = db.make_engine(PG + name)
-    try:
-        db.upgrade(engine)
-        yield PG + name, engine
-    finally:
-        engine.dispose()
-        completion_bench.drop_scratch_database(admin, name)
-        admin.dispose()
 
 
 @contextmanager
@@ -341,9 +330,6 @@ def _warm_up(shop: Shop, engine: Engine, base_url: str, *, daemon: bool) -> None
 
 # -- endpoints --------------------------------------------------------------------------------------
 
-ORDER_MIX = (("completed", 0.95), ("pending_payment", 0.03), ("needs_attention", 0.01), ("refunded", 0.01))
-COPY_COLUMNS = ("id", "status", "email", "amount_cents", "currency", "template", "title", "subtitle", "created_at",
-                "paid_at", "completed_at", "attempts", "last_error_step", "last_error_class", "last_error")
 
 
 HANGING_CLIENTS = 50  # issue 17: /readyz under 50 clients while one probe hangs
@@ -462,7 +448,8 @@ def readyz_with_a_hanging_probe(peers: Peers, requests: int) -> dict[str, Any]:
 
 
 def _check_status(ops_url: str, check: str) -> str | None:
-    return json.loads(http("GET", f"{ops_url}/health/{check}", timeout=10)[1]).get("status")
+    status = json.loads(http("GET", f"{ops_url}/health/{check}", timeout=10)[1]).get("status")
+    return None if status is None else str(status)
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -471,37 +458,6 @@ def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.2)
-
-
-def bulk_insert_orders(engine: Engine, n: int) -> float:
-    """`n` orders in one COPY, in the shop's proportions: mostly completed, some unpaid or failed."""
-    started = time.perf_counter()
-    now = datetime.now(UTC)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    thresholds, total = [], 0.0
-    for status, share in ORDER_MIX:
-        total += share
-        thresholds.append((total, status))
-    for i in range(n):
-        status = next(s for limit, s in thresholds if (i % 1000) / 1000 < limit)
-        created = now - timedelta(seconds=(n - i) * 30)
-        paid = created + timedelta(seconds=60) if status in ("completed", "refunded", "needs_attention") else None
-        writer.writerow([uuid.uuid4(), status, f"c{i}@example.com", 4900, "eur", "a4-portrait", "Zoë & Ömer", "Our first dance",
-                         created.isoformat(), paid.isoformat() if paid else "",
-                         (paid + timedelta(seconds=40)).isoformat() if status == "completed" and paid else "", 0,
-                         "render" if status == "needs_attention" else "",
-                         "bad_input" if status == "needs_attention" else "",
-                         "photo is not a readable image" if status == "needs_attention" else ""])
-    buffer.seek(0)
-    raw = engine.raw_connection()
-    try:
-        cursor = raw.cursor()
-        cursor.copy_expert(f"COPY orders ({', '.join(COPY_COLUMNS)}) FROM STDIN WITH (FORMAT csv, NULL '')", buffer)
-        raw.commit()
-    finally:
-        raw.close()
-    return time.perf_counter() - started
 
 
 def _wait_ready(base: str, timeout: float = 90.0) -> None:
@@ -520,6 +476,17 @@ def _timed(action: Callable[[], object]) -> float:
     started = time.perf_counter()
     action()
     return time.perf_counter() - started
+
+
+# -- scale ------------------------------------------------------------------------------------------
+
+
+def scale(args: argparse.Namespace) -> dict[str, Any]:
+    """The per-tick order queries at 100,000 and 1,000,000 orders (bench/scale_bench.py)."""
+    result = scale_bench.measure()
+    for table in scale_bench.tables(result):
+        console.print(table)
+    return result
 
 
 # -- reconcile --------------------------------------------------------------------------------------
@@ -568,12 +535,16 @@ GOALS: dict[tuple[str, str], Goal] = {
     ("endpoints", "metrics_p99_ms"): Goal("p99 ≤ 50 ms", 50.0),
     ("endpoints", "health_p99_ms"): Goal("p99 ≤ 20 ms", 20.0),
     ("endpoints", "readyz_p99_hanging_probe_ms"): Goal("p99 ≤ 10 ms", 10.0),
+    ("scale", "claim_1m_over_100k"): Goal("≤ 2x", 2.0),
+    ("scale", "metrics_1m_over_100k"): Goal("≤ 2x", 2.0),
+    ("scale", "stuck_list_1m_over_100k"): Goal("≤ 2x", 2.0),
 }
 HEADLINE_KEYS: dict[str, tuple[str, ...]] = {
     "completion": ("e2e_over_render_1w", "e2e_over_floor_1w", "speedup_2w_over_1w", "p99_paid_to_emailed_s"),
     "footprint": ("idle_cpu_pct", "idle_pss_mib"),
     "endpoints": ("readyz_p99_ms", "metrics_p99_ms", "health_p99_ms", "readyz_p99_hanging_probe_ms",
                   "readyz_p99_page_loaded_over_alone"),
+    "scale": ("claim_1m_over_100k", "metrics_1m_over_100k", "stuck_list_1m_over_100k"),
     "reconcile": ("steady_requests",),
     "observability": ("json_logs_over_silent",),
 }
@@ -594,6 +565,8 @@ def headlines(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         out["endpoints"] = {"readyz_p99_ms": p99["/readyz"], "metrics_p99_ms": p99["/metrics"],
                             "health_p99_ms": p99["/health"], "readyz_p99_hanging_probe_ms": hanging["/readyz"],
                             "readyz_p99_page_loaded_over_alone": s["endpoints"]["status_page"]["readyz_p99_over_alone"]}
+    if "scale" in s:
+        out["scale"] = {key: s["scale"]["ratios"][key] for key in HEADLINE_KEYS["scale"]}
     if "reconcile" in s:
         out["reconcile"] = {"steady_requests": s["reconcile"]["rows"][-1]["stripe_requests"]}
     if "observability" in s:
@@ -639,6 +612,13 @@ def summary(report: dict[str, Any]) -> None:
             f"{h['pss_mib'] / b['pss_mib']:.2f}", ("footprint", "idle_pss_mib"))
     if "endpoints" in s:
         _summarise_endpoints(s["endpoints"], add)
+    if "scale" in s:
+        small, large = s["scale"]["sizes"][0], s["scale"]["sizes"][-1]
+        for query, figure in (("claim", "claim query"), ("metrics", "/metrics order aggregate (off the scrape path)"),
+                              ("stuck_list", "healer orders list --stuck")):
+            add(f"{figure}, ms at {large['orders']:,} orders", f"{large[query + '_s'] * 1000:.1f}",
+                f"{small['orders']:,} orders: {small[query + '_s'] * 1000:.1f}",
+                f"{large[query + '_s'] / small[query + '_s']:.2f}", ("scale", f"{query}_1m_over_100k"))
     if "reconcile" in s:
         rows = s["reconcile"]["rows"]
         first, steady = rows[0], rows[-1]

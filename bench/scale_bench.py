@@ -27,15 +27,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-from sqlalchemy import Engine, create_engine, text  # noqa: E402
+from scratch_db import bulk_insert_orders, scratch_database  # noqa: E402
+from sqlalchemy import Engine, text  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
-from sqlalchemy.pool import NullPool  # noqa: E402
 
-from bench.run import bulk_insert_orders  # noqa: E402
 from fulfilment.mailer import OutboxMailer  # noqa: E402
 from fulfilment.payments import StripePayments  # noqa: E402
 from fulfilment.pipeline import Pipeline  # noqa: E402
@@ -44,7 +43,6 @@ from fulfilment.storage import LocalStore  # noqa: E402
 from healer import db, orders  # noqa: E402
 from healer.health.metrics import OrderFigures  # noqa: E402
 
-PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/"
 SLA_SECONDS = 600  # HEALER_ORDER_SLA_SECONDS' default
 CLAIM_BATCH = 10
 RUNS = 7
@@ -71,15 +69,9 @@ SHAPE = (
 
 
 @contextmanager
-def scratch_database(n: int) -> Iterator[Engine]:
-    """A database of its own at the latest migration, with `n` orders shaped as above."""
-    name = f"healer_scale_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG + "postgres", isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine = db.make_engine(PG + name)
-    try:
-        db.upgrade(engine)
+def shaped_database(n: int) -> Iterator[Engine]:
+    """A database of its own (bench.run.scratch_database) with `n` orders shaped as above."""
+    with scratch_database(f"scale_{n}") as (_, engine):
         bulk_insert_orders(engine, n)
         with engine.begin() as conn:
             for statement in SHAPE:
@@ -87,11 +79,6 @@ def scratch_database(n: int) -> Iterator[Engine]:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("VACUUM ANALYZE orders"))  # as autovacuum would, long before a tick
         yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _median(action: Callable[[], object], runs: int = RUNS) -> float:
@@ -114,7 +101,7 @@ def _pipeline(sessions: sessionmaker[Session], scratch: Path) -> Pipeline:
 
 def measure_size(n: int, scratch: Path) -> dict[str, Any]:
     """Seconds (median) of each query with `n` orders, and the backlog it ran against."""
-    with scratch_database(n) as engine:
+    with shaped_database(n) as engine:
         sessions = db.make_session_factory(engine)
         pipeline = _pipeline(sessions, scratch)
         figures = OrderFigures(sessions, SLA_SECONDS, ttl_seconds=0)

@@ -70,7 +70,9 @@ def test_customer_completion_through_the_running_daemon(shop: Shop, daemon: Runn
 def test_sigterm_stops_the_daemon_cleanly_with_a_render_in_flight(
         shop: Shop, daemon_env: dict[str, str], tmp_path: Path) -> None:
     # A short time limit: the render in flight at SIGTERM is one the daemon waits for, to its end.
-    env = dict(daemon_env, HEALER_RENDER_TIMEOUT_SECONDS="2")
+    # One render process: the assets check renders its canary through the pool too, and with two
+    # slots it could hold the second process when the first order came.
+    env = dict(daemon_env, HEALER_RENDER_TIMEOUT_SECONDS="2", HEALER_WORKERS="1")
     with running_daemon(env, tmp_path / "daemon.log") as daemon:
         done = shop.paid_order()
         eventually(lambda: shop.order(done).status == "completed", timeout=60, what="the order to complete")
