@@ -33,15 +33,10 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from scratch_db import bulk_insert_orders, scratch_database  # noqa: E402
 from sqlalchemy import Engine, text  # noqa: E402
-from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
-from fulfilment.mailer import OutboxMailer  # noqa: E402
-from fulfilment.payments import StripePayments  # noqa: E402
-from fulfilment.pipeline import Pipeline  # noqa: E402
-from fulfilment.recording import RetryPolicy  # noqa: E402
-from fulfilment.storage import LocalStore  # noqa: E402
 from healer import db, orders  # noqa: E402
 from healer.health.metrics import OrderFigures  # noqa: E402
+from tests.fakes.query_pipeline import claims_only_pipeline  # noqa: E402
 
 SLA_SECONDS = 600  # HEALER_ORDER_SLA_SECONDS' default
 CLAIM_BATCH = 10
@@ -91,19 +86,11 @@ def _median(action: Callable[[], object], runs: int = RUNS) -> float:
     return statistics.median(times)
 
 
-def _pipeline(sessions: sessionmaker[Session], scratch: Path) -> Pipeline:
-    return Pipeline(sessions=sessions, store=LocalStore(scratch / "store"),
-                    payments=StripePayments("sk_test_unused", api_base="http://127.0.0.1:9"),
-                    mailer=OutboxMailer(scratch / "outbox", "bench@shop.example"),
-                    render=lambda _inputs: b"", public_base_url="https://shop.example",
-                    retry=RetryPolicy(), lease_seconds=120)
-
-
 def measure_size(n: int, scratch: Path) -> dict[str, Any]:
     """Seconds (median) of each query with `n` orders, and the backlog it ran against."""
     with shaped_database(n) as engine:
         sessions = db.make_session_factory(engine)
-        pipeline = _pipeline(sessions, scratch)
+        pipeline = claims_only_pipeline(sessions, scratch)
         figures = OrderFigures(sessions, SLA_SECONDS, ttl_seconds=0)
         # One owner throughout: `lease_free(owner)` lets it take its own leases again, so every run
         # claims the same due orders, doing the work of a real claim (select and compare-and-set).

@@ -111,6 +111,7 @@ class Daemon:
                           canary=self.canary.state if self.canary is not None else None)
         self.public_app, self.operator_app = apps.public, apps.operator
         self.servers: list[uvicorn.Server] = []
+        self._stop_requested = False  # a signal came before the listeners existed to be told
         self._sockets: list[list[socket.socket]] = []  # per listener: public, operator
         self._prepared = False
 
@@ -224,17 +225,23 @@ class Daemon:
 
     def serve(self, on_started: Callable[[], None] | None = None) -> None:
         """Run both listeners until SIGTERM/SIGINT, then shut down in order."""
-        self.prepare()
-        self.announce()
-        self.servers = [_Listener(self.public_app), _Listener(self.operator_app)]
+        # First: a SIGTERM while the daemon starts (its first checks, its first render process) stops
+        # it as cleanly as one later, instead of killing it with the signal's default action.
         previous = _install_signal_handlers(self._on_signal)
-        self.scheduler.start()
-        if on_started is not None:
-            on_started()
         try:
-            asyncio.run(self._serve_listeners())
+            self.prepare()
+            self.announce()
+            self.servers = [_Listener(self.public_app), _Listener(self.operator_app)]
+            if self._stop_requested:
+                self.stop()  # the listeners start, see they should exit, and the daemon shuts down
+            self.scheduler.start()
+            if on_started is not None:
+                on_started()
+            try:
+                asyncio.run(self._serve_listeners())
+            finally:
+                self.shutdown()
         finally:
-            self.shutdown()
             _install_signal_handlers(previous)
 
     async def _serve_listeners(self) -> None:
@@ -257,6 +264,7 @@ class Daemon:
         self.stop()
 
     def stop(self) -> None:
+        self._stop_requested = True
         for server in self.servers:
             server.should_exit = True
 

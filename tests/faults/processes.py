@@ -130,7 +130,14 @@ class Slot:
         threading.Thread(target=restart, name=f"restart-{self.name}", daemon=True).start()
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM, as an operator's `docker stop`; returns the exit code (None: had to SIGKILL)."""
+        """SIGTERM, as an operator's `docker stop`; returns the exit code (None: had to SIGKILL).
+
+        A daemon restarted moments ago is given the time to answer first: SIGTERM while Python is
+        still importing takes the signal's default action (exit -15) before any handler exists, and
+        the shutdown judged here is a started daemon's."""
+        current = self.current
+        if current is not None and current.ops_url is not None:
+            wait_until_answering(current)
         code = self._terminate(timeout)
         for reaper in self._reapers:  # every kill's orphans counted before the run is judged
             reaper.join(timeout=ORPHAN_GRACE_SECONDS + 10)

@@ -20,15 +20,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from checks.base import CheckFailed, CheckWarning
 from checks.orders import OrdersCheck
-from fulfilment.mailer import OutboxMailer
 from fulfilment.models import OrderStatus
-from fulfilment.payments import StripePayments
-from fulfilment.pipeline import Pipeline
-from fulfilment.recording import RetryPolicy
-from fulfilment.storage import LocalStore
 from healer import db, orders
 from healer.health.metrics import OrderFigures
 from healer.jobs.stuck import requeue_stuck
+from tests.fakes.query_pipeline import claims_only_pipeline
 
 ORDERS = 50_000  # enough that reading them all costs the planner more than any index
 SLA = 600
@@ -95,20 +91,12 @@ def plans(engine: Engine, run: Callable[[], object]) -> list[str]:
     return found
 
 
-def _pipeline(sessions: sessionmaker[Session], tmp_path: Path) -> Pipeline:
-    return Pipeline(sessions=sessions, store=LocalStore(tmp_path / "store"),
-                    payments=StripePayments("sk_test_unused", api_base="http://127.0.0.1:9"),
-                    mailer=OutboxMailer(tmp_path / "outbox", "plans@shop.example"),
-                    render=lambda _inputs: b"", public_base_url="https://shop.example",
-                    retry=RetryPolicy(), lease_seconds=120)
-
-
 PER_TICK = ("claim", "orders list --stuck", "status page: needs_attention", "money at risk", "stuck sweep",
             "orders check")
 
 
 def per_tick_queries(sessions: sessionmaker[Session], tmp_path: Path) -> dict[str, Callable[[], object]]:
-    pipeline = _pipeline(sessions, tmp_path)
+    pipeline = claims_only_pipeline(sessions, tmp_path)
     return {
         "claim": lambda: pipeline.claim("plans-owner", 10),
         "orders list --stuck": lambda: orders.list_orders(sessions, stuck_after_seconds=SLA),
