@@ -25,7 +25,7 @@ Sections, each with the baseline its figures are a ratio of, measured in the sam
 - endpoints: /readyz, /health and /metrics under 16 concurrent clients with 100,000 orders in the
   database, against /livez (bench/health_bench.py's client); then /readyz under 50 clients while
   the SendGrid probe hangs (its peer a tarpit, bench/tarpit.py), against /livez under the same.
-- scale: the worker's claim, the /metrics order aggregate and `healer orders list --stuck` with
+- scale: the worker's claim, the /metrics order figures and `healer orders list --stuck` with
   1,000,000 orders in PostgreSQL, against the same with 100,000 (bench/scale_bench.py).
 - reconcile: 10,000 PaymentIntents, first run and steady state (bench/reconcile_bench.py), against
   the first run.
@@ -614,7 +614,7 @@ def summary(report: dict[str, Any]) -> None:
         _summarise_endpoints(s["endpoints"], add)
     if "scale" in s:
         small, large = s["scale"]["sizes"][0], s["scale"]["sizes"][-1]
-        for query, figure in (("claim", "claim query"), ("metrics", "/metrics order aggregate (off the scrape path)"),
+        for query, figure in (("claim", "claim query"), ("metrics", "/metrics order figures (tally and stuck orders)"),
                               ("stuck_list", "healer orders list --stuck")):
             add(f"{figure}, ms at {large['orders']:,} orders", f"{large[query + '_s'] * 1000:.1f}",
                 f"{small['orders']:,} orders: {small[query + '_s'] * 1000:.1f}",

@@ -5,7 +5,8 @@ events SendGrid reported.
 They are declared on `fulfilment.models.Base` so that one metadata (and one Alembic history) holds
 the whole schema; `fulfilment` never imports them. Revision 0002 creates them, by hand, and these
 classes must stay in step with it (tests compare them); 0004 adds how an orphan was resolved, 0006
-the SendGrid events, 0007_reconcile_missed the sales each reconciliation run judged.
+the SendGrid events, 0007_reconcile_missed the sales each reconciliation run judged, 0009 the
+tally of orders by status.
 """
 
 from __future__ import annotations
@@ -135,6 +136,18 @@ class SendGridEvent(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     result: Mapped[str] = mapped_column(String(32))
     order_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)  # no FK: events may name no order
+
+
+class OrderStatusTally(Base):
+    """How many orders each status has gained or lost, appended by triggers on `orders` (migration
+    0009) and folded back to one row per status by healer.db.tally: a status's count is the sum of
+    its rows. Never written by hand, except by that folding."""
+
+    __tablename__ = "order_status_tally"
+
+    id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True, autoincrement=True)
+    status: Mapped[str] = mapped_column(String(32))
+    delta: Mapped[int] = mapped_column(BigInteger)
 
 
 def insert_once(session: Session, model: type[Base], **values: Any) -> bool:

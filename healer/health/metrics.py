@@ -39,7 +39,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -49,6 +49,7 @@ from fulfilment.models import Order, OrderStatus, Outcome, Step, utcnow
 from fulfilment.pipeline import ACTIVE
 from fulfilment.recording import StepResult
 from healer import __version__
+from healer.db import tally
 from healer.health.coalesce import Coalesced
 from healer.jobs.canary_results import CanaryState, PhaseOutcome
 from healer.jobs.scheduler import JobState
@@ -306,8 +307,9 @@ class OrderSnapshot:
 
 
 class OrderFigures:
-    """Order counts from one aggregate query, the unresolved orphan payments and the reconciliation
-    runs in a row that missed webhooks, refreshed at most once per `ttl_seconds`.
+    """Order counts from the database's tally (healer.db.tally), the stuck orders, the unresolved
+    orphan payments and the reconciliation runs in a row that missed webhooks, refreshed at most
+    once per `ttl_seconds`: none of it reads more than the open orders.
 
     Only the first scrape waits for the query. Afterwards a scrape answers the last snapshot at once
     and, when that snapshot is `ttl_seconds` old, starts one refresh in a background thread for the
@@ -377,29 +379,24 @@ class OrderFigures:
             log.info("Order metrics available again")
 
     def _query(self) -> OrderSnapshot:
+        """Counts from the tally the database keeps (healer.db.tally: no order is read); the stuck
+        ones from the few open orders, found by their status's index."""
         now = utcnow()
-        stuck = (Order.status.in_(ACTIVE)) & (Order.paid_at.is_not(None)) & (Order.paid_at < now - self.sla)
         with self.sessions() as session:
-            rows = session.execute(
-                select(
-                    Order.status,
-                    func.count(),
-                    func.sum(case((stuck, 1), else_=0)),
-                    func.min(case((stuck, Order.paid_at), else_=None)),
-                ).where(Order.is_canary.is_(False)).group_by(Order.status)
-            ).all()
+            counted, tally_rows = tally.counts(session)
+            stuck_count, oldest = session.execute(
+                select(func.count(), func.min(Order.paid_at)).where(
+                    Order.status.in_(ACTIVE), Order.is_canary.is_(False),
+                    Order.paid_at.is_not(None), Order.paid_at < now - self.sla)
+            ).one()
             orphans = count_unresolved(session)
             streak = missed_streak(session)
+        if tally_rows > tally.FOLD_AFTER_ROWS:
+            with self.sessions() as session, session.begin():
+                tally.fold(session)
         self.queries += 1
-        by_status = {status.value: 0 for status in OrderStatus}
-        stuck_count, oldest = 0, None
-        for status, count, stuck_in_status, oldest_paid in rows:
-            by_status[status] = count
-            stuck_count += int(stuck_in_status or 0)
-            if oldest_paid is not None:
-                oldest_paid = _aware(oldest_paid)
-                oldest = oldest_paid if oldest is None else min(oldest, oldest_paid)
-        age = (now - oldest).total_seconds() if oldest is not None else 0.0
+        by_status = {status.value: counted.get(status.value, 0) for status in OrderStatus}
+        age = (now - _aware(oldest)).total_seconds() if oldest is not None else 0.0
         return OrderSnapshot(by_status, stuck_count, age, orphans, streak, time.monotonic())
 
 

@@ -12,10 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import Engine
 
-from fulfilment.models import Base
 from healer import db
+from tests.fakes.db_fixtures import empty_tables
 from tests.fakes.render_fixtures import copy_assets
 from tests.fakes.s3_fixtures import moto_client, unique_bucket_name
 from tests.fakes.stripe_server import FakeStripeServer
@@ -48,7 +47,7 @@ def outcome(pg_url: str, moto_server: str, stripe_server_session: FakeStripeServ
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
     work = tmp_path_factory.mktemp("replicas")
     engine = db.make_engine(pg_url, pool_size=4)
-    _empty_tables(engine)
+    empty_tables(engine)  # rows of other tests would be worked by these daemons too
     stripe_server_session.reset()
     bucket = unique_bucket_name("healer-replicas")
     moto_client(moto_server).create_bucket(Bucket=bucket)
@@ -63,18 +62,12 @@ def outcome(pg_url: str, moto_server: str, stripe_server_session: FakeStripeServ
         yield Outcome(record, verdict)
     finally:
         stripe_server_session.reset()
-        _empty_tables(engine)
+        empty_tables(engine)  # rows of other tests would be worked by these daemons too
         engine.dispose()
 
 
 def _log(line: str) -> None:
     print(f"[replicas {time.strftime('%H:%M:%S')}] {line}", flush=True)
-
-
-def _empty_tables(engine: Engine) -> None:
-    with engine.begin() as conn:  # rows of other tests would be worked by these replicas too
-        for table in reversed(Base.metadata.sorted_tables):
-            conn.execute(table.delete())
 
 
 def _tail(record: ReplicaRecord, lines: int = 30) -> str:

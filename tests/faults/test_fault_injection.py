@@ -17,11 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import Engine
 
-from fulfilment.models import Base
 from healer import db
-from tests.fakes.db_fixtures import restart_postgresql
+from tests.fakes.db_fixtures import empty_tables, restart_postgresql
 from tests.fakes.render_fixtures import copy_assets
 from tests.fakes.s3_fixtures import moto_client, unique_bucket_name
 from tests.fakes.stripe_server import FakeStripeServer
@@ -50,7 +48,7 @@ def outcome(pg_url: str, moto_server: str, stripe_server_session: FakeStripeServ
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request
     work = tmp_path_factory.mktemp("faults")
     engine = db.make_engine(pg_url)
-    _empty_tables(engine)
+    empty_tables(engine)  # rows of other tests would be worked by these daemons too
     stripe_server_session.reset()
     bucket = unique_bucket_name("healer-faults")
     moto_client(moto_server).create_bucket(Bucket=bucket)
@@ -68,13 +66,6 @@ def outcome(pg_url: str, moto_server: str, stripe_server_session: FakeStripeServ
 
 def _log(line: str) -> None:
     print(f"[faults {time.strftime('%H:%M:%S')}] {line}", flush=True)
-
-
-def _empty_tables(engine: Engine) -> None:
-    # Rows left by earlier tests would be worked by these daemons too.
-    with engine.begin() as conn:
-        for table in reversed(Base.metadata.sorted_tables):
-            conn.execute(table.delete())
 
 
 def _logs(record: RunRecord, lines: int = 40) -> str:
