@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from checks.database import stored_revision
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic itself (and mako, under it) is imported only to migrate: `healer run` on a migrated
+# database never needs it, and it would cost the daemon about 10 MiB for good (issue 17's footprint).
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,8 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 def alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["engine"] = engine
@@ -87,6 +93,8 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    from alembic import command
+
     command.upgrade(alembic_config(engine), revision)
 
 
@@ -98,4 +106,19 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def head_revision() -> str | None:
-    return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    """The newest migration, the one no other revises; None if there is none.
+
+    Read from the migrations' own `revision` and `down_revision` assignments, not through alembic's
+    ScriptDirectory (see above; tests compare the two). Several heads are a branch someone forgot
+    to merge: an error, as it is to alembic."""
+    revises: dict[str, tuple[str, ...]] = {}
+    for path in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
+        assigned = {target.id: node.value for node in ast.parse(path.read_text()).body
+                    if isinstance(node, ast.Assign) for target in node.targets if isinstance(target, ast.Name)}
+        if "revision" in assigned:
+            down = ast.literal_eval(assigned.get("down_revision", ast.Constant(None)))
+            revises[ast.literal_eval(assigned["revision"])] = (down,) if isinstance(down, str) else tuple(down or ())
+    heads = set(revises) - {down for downs in revises.values() for down in downs}
+    if len(heads) > 1:
+        raise RuntimeError(f"the migrations have several heads: {', '.join(sorted(heads))}")
+    return heads.pop() if heads else None

@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
 
+from healer import db
 from tests.e2e.daemon import REPO
 
 pytestmark = pytest.mark.timeout(180)
@@ -54,3 +56,33 @@ def test_the_daemon_process_never_imports_the_renderer(tmp_path: Path) -> None:
     assert seen["png"]
     # ...and the daemon's own process holds none of it.
     assert seen["heavy"] == [], f"the daemon's process imported {seen['heavy']}: keep them in render processes"
+
+
+SCHEMA_CHECK_THEN_MODULES = """
+import json, sys
+from healer import db
+import healer.daemon, healer.wiring
+
+engine = db.make_engine(sys.argv[1])
+print(json.dumps({"current": db.current_revision(engine), "head": db.head_revision(),
+                  "alembic": sorted({name.split(".")[0] for name in sys.modules} & {"alembic", "mako"})}))
+"""
+
+
+def test_checking_a_migrated_schema_does_not_import_alembic(tmp_path: Path) -> None:
+    """Alembic (with mako, about 10 MiB) is the migrator's: `healer run` on a migrated database
+    compares the schema's revision with the code's without it."""
+    url = f"sqlite:///{tmp_path / 'healer.sqlite3'}"
+    db.upgrade(db.make_engine(url))
+
+    done = subprocess.run([sys.executable, "-c", SCHEMA_CHECK_THEN_MODULES, url], cwd=REPO,
+                          capture_output=True, text=True, timeout=150, check=False)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["current"] == seen["head"] == db.head_revision()
+    assert seen["alembic"] == []
+
+
+def test_the_head_revision_read_from_the_files_is_alembics() -> None:
+    assert db.head_revision() == ScriptDirectory(str(db.MIGRATIONS_DIR)).get_current_head()
