@@ -238,7 +238,10 @@ class Daemon:
             if on_started is not None:
                 on_started()
             try:
-                asyncio.run(self._serve_listeners())
+                # The loop the listeners' configuration names (uvloop when installed), as uvicorn's
+                # own `run` would make it: asyncio.run would make the stock loop instead.
+                with asyncio.Runner(loop_factory=self.servers[0].config.get_loop_factory()) as runner:
+                    runner.run(self._serve_listeners())
             finally:
                 self.shutdown()
         finally:
@@ -297,8 +300,11 @@ class _Listener(uvicorn.Server):
     that one signal stops both listeners (uvicorn's own handler would stop only the last one)."""
 
     def __init__(self, app: FastAPI) -> None:
-        # No host or port: it serves the sockets the daemon bound (bind_listener).
-        super().__init__(uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=10))
+        # No host or port: it serves the sockets the daemon bound (bind_listener). uvloop's loop and
+        # httptools' parser when installed (the dependencies name both: an answer costs less CPU on
+        # them), asyncio's and h11 where they are not.
+        super().__init__(uvicorn.Config(app, loop="auto", http="auto", log_config=None, access_log=False,
+                                        timeout_graceful_shutdown=10))
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -33,6 +33,7 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -72,6 +73,11 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, runbook_base_url: str | None = None) -> None:
         """`runbook_base_url`: where the alerts' runbook links point (Settings.runbook_base_url); the
         daemon passes it, and commands that export nothing need not."""
+        # No `<name>_created` series. In the text format each child of a counter or histogram has one,
+        # a gauge of when the process made it: a quarter of the samples a scrape renders (and of its
+        # CPU), a series each in Prometheus, read by no dashboard or alert. The switch is the
+        # client library's, for the whole process: the one that exports is the daemon.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)

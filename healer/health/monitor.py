@@ -159,6 +159,7 @@ class HealthMonitor:
         self._redact = redact
         self._lock = threading.Lock()  # guards _entries and _listeners; never held during a probe
         self._entries: dict[str, _Entry] = {}
+        self._generation = 0  # how many results were recorded (`generation`)
         self._listeners: list[Listener] = []
         # One caller at a time per check (a scheduled run and `run_all` may meet); the last probe
         # started per check, which may outlive its caller when it hangs.
@@ -280,6 +281,7 @@ class HealthMonitor:
             reported = _held(check, raw, previous, failures) if hold else raw
             last_success = raw.checked_at if raw.status in _SUCCESS else (entry.last_success if entry else None)
             self._entries[check.name] = _Entry(reported, raw, failures, last_success)
+            self._generation += 1
             listeners = list(self._listeners)
         _log_transition(reported, previous)
         for listener in listeners:
@@ -297,6 +299,13 @@ class HealthMonitor:
         return replace(result, detail=detail, remedy=remedy)
 
     # -- reading the cache (never waits on a probe) ----------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        """Changes with every result recorded (the reports, readiness and the verdict follow from
+        them): what is made from the reports (the /health body) may be kept until it does. Read it
+        before the reports: a result recorded meanwhile then outdates what was made at once."""
+        return self._generation
 
     def results(self) -> dict[str, CheckResult]:
         """The reported result of every check that has run, in display order."""

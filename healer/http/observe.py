@@ -59,6 +59,10 @@ class CountRequests:
         self.app = app
         self.metrics = metrics
         self.listener = listener
+        # (route, status) -> its count and duration series: looked up once, not per request (a
+        # child's lookup takes the metric's lock and builds its label tuple). As bounded as the
+        # metrics themselves: routes are templates, and statuses few.
+        self._series: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,9 +86,15 @@ class CountRequests:
             # The router writes the matched route into the scope it was given.
             route = str(getattr(scope.get("route"), "path", UNMATCHED))
             seconds = time.monotonic() - started
-            self.metrics.requests.labels(self.listener, route, str(status)).inc()
-            self.metrics.duration.labels(self.listener, route).observe(seconds)
+            count, duration = self._series.get((route, status)) or self._labelled(route, status)
+            count.inc()
+            duration.observe(seconds)
             log_access(self.listener, scope, route, status, seconds, size)
+
+    def _labelled(self, route: str, status: int) -> tuple[Counter, Histogram]:
+        series = self._series[route, status] = (self.metrics.requests.labels(self.listener, route, str(status)),
+                                                self.metrics.duration.labels(self.listener, route))
+        return series
 
 
 def log_access(listener: str, scope: Scope, route: str, status: int, seconds: float, size: int) -> None:

@@ -107,10 +107,11 @@ def create_operator_app(ctx: OperatorContext) -> FastAPI:
     app = FastAPI(title="healer operator API", version=__version__, generate_unique_id_function=operation_id,
                   docs_url=None, redoc_url=None, telemetry=native_telemetry(server_spans=False))
     install_layers(app, "operator", ctx.http_metrics)
-    _order_routes(app, ctx)
+    # The routes polled most first: the router tries each route in turn until one matches.
     probe_routes(app, ctx.liveness, ctx.health, ctx.redact)
     health_routes(app, ctx.health, ctx.notices, ctx.redact, ctx.leaders)
     _exposition_routes(app, ctx)
+    _order_routes(app, ctx)
     _docs_routes(app)
     runbook_routes(app)
     status_page_routes(app, ctx)

@@ -16,12 +16,12 @@ queue behind every other thread-pool route.
 
 # No `from __future__ import annotations` here: FastAPI reads the routes' annotations at run time,
 # and `exclude`'s (the checks of this daemon) is made per app, a name only the enclosing function has.
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict
 
 from checks.base import Status
@@ -33,33 +33,38 @@ from healer.http.openapi import plain_text, problem
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-async def verbose_flag(request: Request, verbose: Annotated[str | None, Query(
-        description="present (any value, `?verbose` too): a line per check")] = None) -> bool:
+# The probes' parameters are the routes' own, checked in the route, not FastAPI dependencies:
+# solving a dependency (its own four kinds of parameter, its cache key) per request was most of
+# what a probe cost the event loop, kubelets and load balancers calling it every few seconds.
+Verbose = Annotated[str | None, Query(description="present (any value, `?verbose` too): a line per check")]
+
+
+def verbose_given(request: Request, verbose: str | None) -> bool:
     """Whether `?verbose` was given. Given twice it is refused like any malformed parameter:
     a scalar sent as a list means the caller built the query wrong."""
-    if len(request.query_params.getlist("verbose")) > 1:
+    if verbose is not None and len(request.query_params.getlist("verbose")) > 1:
         raise RequestValidationError([{"type": "too_long", "loc": ("query", "verbose"),
                                        "msg": "verbose may be given once", "input": None}])
     return verbose is not None
 
 
-Verbose = Annotated[bool, Depends(verbose_flag)]
+def exclude_query(names: tuple[str, ...]) -> Any:
+    """The `?exclude=` parameter: names of this daemon's checks (an enum in the schema; `checked_exclusions`
+    refuses the rest). A default, not a default_factory: pydantic asks a factory's signature whether
+    it takes the validated data on every request without the parameter (inspect parsing `list`'s
+    text signature was half of what /readyz cost)."""
+    return Query(description="a check whose failure does not count (repeatable)",
+                 json_schema_extra={"items": {"type": "string", "enum": list(names)}})
 
 
-def exclusions(names: tuple[str, ...]) -> Callable[..., Awaitable[tuple[str, ...]]]:
-    """A dependency: the `?exclude=` names, each one of `names`, or 422 naming the ones that are not."""
-
-    async def excluded(exclude: Annotated[list[str], Query(
-            default_factory=list, description="a check whose failure does not count (repeatable)",
-            json_schema_extra={"items": {"type": "string", "enum": list(names)}})]) -> tuple[str, ...]:
-        unknown = [{"type": "enum", "loc": ("query", "exclude", index), "input": None,
-                    "msg": f"not a check of this daemon; its checks: {', '.join(names) or 'none'}"}
-                   for index, name in enumerate(exclude) if name not in names]
-        if unknown:
-            raise RequestValidationError(unknown)
-        return tuple(exclude)
-
-    return excluded
+def checked_exclusions(exclude: tuple[str, ...], names: tuple[str, ...]) -> tuple[str, ...]:
+    """`exclude` if each is one of `names`, else 422 naming the ones that are not."""
+    unknown = [{"type": "enum", "loc": ("query", "exclude", index), "input": None,
+                "msg": f"not a check of this daemon; its checks: {', '.join(names) or 'none'}"}
+               for index, name in enumerate(exclude) if name not in names]
+    if unknown:
+        raise RequestValidationError(unknown)
+    return exclude
 
 
 class CheckReport(BaseModel):
@@ -106,13 +111,13 @@ HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 def probe_routes(app: FastAPI, liveness: Callable[[], tuple[bool, str]], health: HealthMonitor | None,
                  redact: Redactor) -> None:
     """Kubernetes-style liveness and readiness, answered from the scheduler and the check cache."""
-    excluded = exclusions(tuple(health.names) if health else ())
+    names = tuple(health.names) if health else ()
 
     @app.get("/livez", response_class=PlainTextResponse, summary="The process and its scheduler run",
              responses={200: plain_text("alive"), 503: plain_text("not alive: why")})
-    async def livez(verbose: Verbose) -> PlainTextResponse:
+    async def livez(request: Request, verbose: Verbose = None) -> PlainTextResponse:
         alive, detail = liveness()
-        if verbose:
+        if verbose_given(request, verbose):
             body = f"[{'+' if alive else '-'}]scheduler {'ok' if alive else 'failed: ' + detail}\n"
             body += f"livez check {'passed' if alive else 'failed'}\n"
         else:
@@ -121,9 +126,12 @@ def probe_routes(app: FastAPI, liveness: Callable[[], tuple[bool, str]], health:
 
     @app.get("/readyz", response_class=PlainTextResponse, summary="The critical checks pass (from the cache)",
              responses={200: plain_text("ready"), 503: plain_text("not ready: a line per critical check")})
-    async def readyz(verbose: Verbose, exclude: Annotated[tuple[str, ...], Depends(excluded)]) -> PlainTextResponse:
+    async def readyz(request: Request, verbose: Verbose = None,
+                     exclude: Annotated[tuple[str, ...], exclude_query(names)] = ()) -> PlainTextResponse:
+        lines = verbose_given(request, verbose)
+        exclude = checked_exclusions(exclude, names)
         readiness = health.ready(exclude) if health else Readiness(True, ())
-        return PlainTextResponse(redact(readyz_body(readiness, verbose=verbose)),
+        return PlainTextResponse(redact(readyz_body(readiness, verbose=lines)),
                                  status_code=200 if readiness.ready else 503, headers=NO_STORE)
 
 
@@ -132,20 +140,22 @@ def health_routes(app: FastAPI, health: HealthMonitor | None, notices: tuple[str
     """Every check as JSON (status, latency, last success, detail, remedy), redacted; `leaders`:
     the singleton roles and whether this replica leads each."""
 
+    # The last answer, with what it was made from: (generation, leadership), body, code. Kept until
+    # a check records a result or the leadership changes: redacting and encoding the same reports
+    # again was most of the cost of an answer, for the kubelets and monitors polling it.
+    rendered: tuple[tuple[int, tuple[tuple[str, bool], ...]], bytes, int] | None = None
+
     @app.get("/health", response_model=HealthReport, responses=HEALTH_RESPONSES,
              summary="Every check: status, latency, last success, detail, remedy")
-    async def health_report() -> JSONResponse:
-        body: dict[str, Any] = {"status": "ok", "checks": {}}
-        reports = health.reports() if health is not None else []
-        if health is not None:
-            body = {"status": health.overall().value, "checks": {report.name: report.as_dict() for report in reports}}
-        body["notices"] = list(notices)
-        if leaders is not None:
-            body["leader"] = dict(leaders())
-        # The code answers what an HTTP monitor can act on: this daemon cannot do its work. A
-        # failing check that is not critical is in the body (and `status`), not worth a 503.
-        code = 503 if critical_failing(reports) else 200
-        return JSONResponse(redacted_json(body, redact), status_code=code, headers=NO_STORE)
+    async def health_report() -> Response:
+        nonlocal rendered
+        leading = dict(leaders()) if leaders is not None else None
+        # The generation first (see HealthMonitor.generation); the body never depends on the query.
+        made_from = (health.generation if health is not None else 0, tuple((leading or {}).items()))
+        if rendered is None or rendered[0] != made_from:
+            rendered = (made_from, *health_body(health, notices, redact, leading))
+        _, body, code = rendered
+        return Response(body, status_code=code, media_type=JSONResponse.media_type, headers=NO_STORE)
 
     @app.get("/health/{check}", response_model=CheckReport, responses={404: problem("no such check")},
              summary="One check")
@@ -154,6 +164,22 @@ def health_routes(app: FastAPI, health: HealthMonitor | None, notices: tuple[str
             known = ", ".join(health.names) if health else "none"
             raise HTTPException(404, f"unknown check {check[:64]!r}; checks here: {known}")
         return JSONResponse(redacted_json(health.report(check).as_dict(), redact), headers=NO_STORE)
+
+
+def health_body(health: HealthMonitor | None, notices: tuple[str, ...], redact: Redactor,
+                leading: dict[str, bool] | None) -> tuple[bytes, int]:
+    """/health's body (JSON, redacted) and status code, from the monitor's reports now."""
+    body: dict[str, Any] = {"status": "ok", "checks": {}}
+    reports = health.reports() if health is not None else []
+    if health is not None:
+        body = {"status": health.overall().value, "checks": {report.name: report.as_dict() for report in reports}}
+    body["notices"] = list(notices)
+    if leading is not None:
+        body["leader"] = leading
+    # The code answers what an HTTP monitor can act on: this daemon cannot do its work. A
+    # failing check that is not critical is in the body (and `status`), not worth a 503.
+    code = 503 if critical_failing(reports) else 200
+    return bytes(JSONResponse(redacted_json(body, redact)).body), code
 
 
 def critical_failing(reports: Iterable[MonitorReport]) -> list[str]:

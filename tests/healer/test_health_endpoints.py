@@ -5,10 +5,12 @@ They answer from the monitor's cache: a probe that hangs on its peer never holds
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -172,6 +174,37 @@ def test_health_is_503_with_the_same_report_while_a_critical_check_fails(
     assert body["checks"]["s3"]["status"] == "failing" and body["checks"]["s3"]["critical"] is True
     assert body["checks"]["s3"]["detail"] == "access denied: list s3://shop/healthcheck/"
     assert recovered.status_code == 200 and recovered.json()["checks"]["s3"]["status"] == "ok"
+
+
+def test_health_shows_each_new_result_at_once_though_it_keeps_its_body_between_them(
+    services: Services, monitor: HealthMonitor, s3: Peer
+) -> None:
+    # /health keeps its rendered body until the monitor records a result: no answer may be one
+    # result behind, whichever way the status goes, nor keep a probe's earlier figures.
+    monitor.run_all()
+    client = client_for(services, monitor)
+
+    def after_run(name: str) -> tuple[dict[str, Any], int, dict[str, Any]]:
+        """Run one check; what the monitor then reports of it, and the /health answered next."""
+        monitor.run(name)
+        reported = json.loads(json.dumps(monitor.report(name).as_dict()))  # as the body has it
+        response = client.get("/health")
+        return reported, response.status_code, response.json()
+
+    steady = client.get("/health").json()
+    s3.set(Status.FAILING, "access denied: list s3://shop/healthcheck/")
+    failing, failing_code, failing_body = after_run("s3")  # failure_threshold=1: failing at once
+    s3.set(Status.OK, "fine")
+    recovered, recovered_code, recovered_body = after_run("s3")
+    stripe, _, stripe_body = after_run("stripe")  # failing again (not critical): one more failure in a row
+
+    assert steady["checks"]["s3"]["status"] == "ok"
+    assert failing["status"] == "failing" and failing["consecutive_failures"] == 1
+    assert (failing_code, failing_body["status"], failing_body["checks"]["s3"]) == (503, "failing", failing)
+    assert recovered["status"] == "ok" and recovered["consecutive_failures"] == 0
+    assert (recovered_code, recovered_body["checks"]["s3"]) == (200, recovered)
+    assert (stripe["status"], stripe["consecutive_failures"]) == ("failing", 2)
+    assert stripe_body["checks"] == {**recovered_body["checks"], "stripe": stripe}
 
 
 def test_health_answers_like_readyz_on_critical_failures_but_not_before_the_first_run(
