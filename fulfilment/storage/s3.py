@@ -70,23 +70,32 @@ class S3Store:
         validate_key(src_key)
         validate_key(dst_key)
         target = f"copy {self._url(src_key)} -> {self._url(dst_key)}"
-        src = self._head(src_key, target)
-        if src is None:
-            raise StepError(ErrorClass.S3_MISSING_FILE, f"{target}: source object not found")
-        # The source's HEAD proved the bucket exists, so a 404 here simply means "not copied yet".
+        # Two requests on a first attempt, not three: the destination's HEAD (absent, as a rule),
+        # then the copy, which names a missing source or bucket in its error body (HEAD has no
+        # body to tell them apart). The source is HEADed only when the destination exists, to
+        # tell a copy already made (same size: not made again) from a torn one.
         dst = self._head_object(dst_key, target)
-        if dst is not None and dst["ContentLength"] == src["ContentLength"]:
-            log.debug("%s: destination already present with the same size, not copied", target)
-            return False
+        if dst is not None:
+            src = self._head_object(src_key, target)
+            if src is None:
+                raise StepError(ErrorClass.S3_MISSING_FILE, f"{target}: source object not found")
+            if dst["ContentLength"] == src["ContentLength"]:
+                log.debug("%s: destination already present with the same size, not copied", target)
+                return False
         # copy_object is server-side and handles objects up to 5 GB, far above any upload.
         with s3_errors(target):
-            self._client.copy_object(
-                Bucket=self.bucket,
-                Key=dst_key,
-                CopySource={"Bucket": self.bucket, "Key": src_key},
-                MetadataDirective="COPY",
-            )
-        log.info("%s: copied %d bytes", target, int(src["ContentLength"]))
+            try:
+                self._client.copy_object(
+                    Bucket=self.bucket,
+                    Key=dst_key,
+                    CopySource={"Bucket": self.bucket, "Key": src_key},
+                    MetadataDirective="COPY",
+                )
+            except ClientError as exc:
+                if error_code(exc) not in MISSING_CODES:
+                    raise  # NoSuchBucket among them: classified by s3_errors as the configuration fault it is
+                raise StepError(ErrorClass.S3_MISSING_FILE, f"{target}: source object not found") from exc
+        log.info("%s: copied", target)
         return True
 
     def delete(self, key: str) -> None:
