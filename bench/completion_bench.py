@@ -67,6 +67,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 import soundfile  # noqa: E402
+from cpu import GROUPS, CpuMeter, CpuUse  # noqa: E402
 from PIL import Image  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -347,6 +348,7 @@ class Run:
     results: list[StepResult]
     orders: list[OrderTime] = field(default_factory=list)
     disturbed: str = ""  # what disturbed the run from outside, if anything
+    cpu: CpuUse | None = None  # by process, from the orders' queueing to the last email
 
 
 def postgres_started_at(engine: Engine) -> datetime | None:
@@ -404,19 +406,22 @@ def end_to_end(peers: Peers, upload: Upload, n: int, workers: int, tick_seconds:
     timeline = Timeline()
     timeline.expect(order_ids)
     postgres_before = postgres_started_at(peers.engine)
+    meter = CpuMeter()
     with daemon_parts(peers, upload, workers, timeline) as (worker, progress):
+        meter.start()
         queued = queue_all(peers, order_ids)
         deadline = time.monotonic() + 120 + 10 * n
         while len(progress.emailed) < n:
             progress.check(deadline)
             worker.tick()
             time.sleep(tick_seconds)
+        cpu = meter.stop()
         wall = max(progress.emailed.values()) - queued
     if len(peers.sendgrid.messages) - emails_before != n:
         raise SystemExit("every order gets exactly one email, and did not")
     return Run(upload.label, workers, wall, progress.results,
                breakdown(timeline, dict.fromkeys(order_ids, queued), render_slots=workers),
-               disturbance(postgres_before, postgres_started_at(peers.engine), timeline, progress))
+               disturbance(postgres_before, postgres_started_at(peers.engine), timeline, progress), cpu)
 
 
 def paced(peers: Peers, upload: Upload, n: int, workers: int, *, mean_gap: float = PACED_GAP_SECONDS,
@@ -515,6 +520,7 @@ def _row(n: int, render_alone: RenderAlone, io_alone: IoAlone, run: Run, pdf_byt
         "alone_p50_ms": {"render": statistics.median(render_alone.renders) * 1000,
                          **{part: statistics.median(v) * 1000 for part, v in io_alone.parts.items()}},
         "parts": summarise(run.orders), "disturbed": "; ".join(disturbed),
+        **({"cpu_ms_per_order": run.cpu.per_item_ms(n), "cores_busy": run.cpu.cores_busy} if run.cpu else {}),
     }
 
 
@@ -551,7 +557,22 @@ def tables(measured: dict[str, Any]) -> list[Table]:
         if paced and paced["upload"] == upload:
             columns.append((f"paced, {paced['workers']} worker(s){_flag(paced)}", paced["parts"], None))
         out.append(_parts_table(upload, columns))
+    out.append(_cpu_table(rows))
     return out
+
+
+def _cpu_table(rows: list[dict[str, Any]]) -> Table:
+    """Whose CPU an order costs end to end: on two cores shared with the peers, the bound."""
+    table = Table("process", title="CPU per order end to end, by process (ms of CPU; bench/cpu.py), and the cores "
+                  "busy on average over the run")
+    measured = [r for r in rows if "cpu_ms_per_order" in r]
+    for r in measured:
+        table.add_column(f"{r['upload']}\n{r['workers']} worker(s)", justify="right")
+    for group in GROUPS:
+        table.add_row(group, *(f"{r['cpu_ms_per_order'][group]:.0f}" for r in measured))
+    table.add_row("all", *(f"{sum(r['cpu_ms_per_order'].values()):.0f}" for r in measured))
+    table.add_row("cores busy", *(f"{r['cores_busy']:.2f}" for r in measured))
+    return table
 
 
 def _flag(row: dict[str, Any]) -> str:
