@@ -116,6 +116,7 @@ FAST_TICK_SECONDS = 0.02  # see the module docstring: the pipeline's speed, not 
 DAEMON_TICK_SECONDS = 2.0  # HEALER_WORKER_INTERVAL_SECONDS' default, for the paced run
 PACED_GAP_SECONDS = 3.0
 JPEG, PNG = "12 MP JPEG", "12 MP PNG"
+CORES = len(os.sched_getaffinity(0))
 console = Console(width=int(os.environ.get("COLUMNS", "160")))  # tables fit, terminal or not
 
 
@@ -520,8 +521,17 @@ def _row(n: int, render_alone: RenderAlone, io_alone: IoAlone, run: Run, pdf_byt
         "alone_p50_ms": {"render": statistics.median(render_alone.renders) * 1000,
                          **{part: statistics.median(v) * 1000 for part, v in io_alone.parts.items()}},
         "parts": summarise(run.orders), "disturbed": "; ".join(disturbed),
-        **({"cpu_ms_per_order": run.cpu.per_item_ms(n), "cores_busy": run.cpu.cores_busy} if run.cpu else {}),
+        **(_cpu_figures(run.cpu, n) if run.cpu else {}),
     }
+
+
+def _cpu_figures(cpu: CpuUse, n: int) -> dict[str, Any]:
+    """CPU per order by process, and the ceiling it sets: the most orders/s these cores could give
+    at that CPU per order, every core busy (the floors assume rendering and I/O each have cores of
+    their own; on a machine shared with the peers they do not)."""
+    per_order = cpu.per_item_ms(n)
+    return {"cpu_ms_per_order": per_order, "cores_busy": cpu.cores_busy,
+            "cpu_ceiling_per_second": CORES * 1000 / sum(per_order.values())}
 
 
 def _paced_row(run: Run, n: int) -> dict[str, Any]:
@@ -572,6 +582,8 @@ def _cpu_table(rows: list[dict[str, Any]]) -> Table:
         table.add_row(group, *(f"{r['cpu_ms_per_order'][group]:.0f}" for r in measured))
     table.add_row("all", *(f"{sum(r['cpu_ms_per_order'].values()):.0f}" for r in measured))
     table.add_row("cores busy", *(f"{r['cores_busy']:.2f}" for r in measured))
+    table.add_row(f"ceiling: {CORES} cores ÷ CPU per order, orders/s", *(f"{r['cpu_ceiling_per_second']:.2f}" for r in measured))
+    table.add_row("orders/s ÷ ceiling", *(f"{r['orders_per_second'] / r['cpu_ceiling_per_second']:.2f}" for r in measured))
     return table
 
 

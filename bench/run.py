@@ -650,6 +650,11 @@ def _summarise_completion(section: dict[str, Any], add: Callable[..., None]) -> 
         add(f"completion, {r['upload']}, {r['workers']} worker(s): orders/s{flag}", f"{r['orders_per_second']:.2f}",
             f"render alone {r['renders_per_second']:.2f}/s, I/O alone {r['io_alone_per_second']:.2f}/s",
             f"{r['e2e_over_floor']:.2f}x floor, {r['e2e_over_render']:.2f}x render", goal)
+        if "cpu_ceiling_per_second" in r:
+            cpu = r["cpu_ms_per_order"]
+            add(f"  CPU per order, ms: {', '.join(f'{group} {ms:.0f}' for group, ms in cpu.items())}",
+                f"{sum(cpu.values()):.0f}", f"ceiling {r['cpu_ceiling_per_second']:.2f} orders/s (the cores ÷ CPU per order)",
+                f"{r['orders_per_second'] / r['cpu_ceiling_per_second']:.2f}x ceiling")
         if r["workers"] > 1:
             add(f"  speed-up over 1 worker, {r['upload']}", f"{r['speedup_vs_1_worker']:.2f}x", "1 worker", "",
                 ("completion", "speedup_2w_over_1w") if jpeg else None)
