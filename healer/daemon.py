@@ -107,7 +107,7 @@ class Daemon:
         # Order counts are cached for a typical scrape interval: one query per scrape at most.
         self.metrics.watch_orders(self.services.sessions, settings.order_sla_seconds, ttl_seconds=15)
         apps = build_apps(settings, self.services, self.pipeline, self.health, self.metrics,
-                          self.scheduler.liveness, self.remediator.on_missing_download, self.leadership.roles,
+                          self.scheduler.liveness, self.remediator.on_missing_download, self.leadership,
                           canary=self.canary.state if self.canary is not None else None)
         self.public_app, self.operator_app = apps.public, apps.operator
         self.servers: list[uvicorn.Server] = []

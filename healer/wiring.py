@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -426,12 +426,13 @@ class Apps:
 def build_apps(settings: Settings, services: Services, pipeline: Pipeline, health: HealthMonitor,
                metrics: Metrics, liveness: Callable[[], tuple[bool, str]],
                restore_pdf: Callable[[uuid.UUID, str], bool],
-               leaders: Callable[[], Mapping[str, bool]] | None = None,
+               leadership: Leadership | None = None,
                canary: Callable[[], CanaryState] | None = None) -> Apps:
     """The two listeners' apps: the public one with Stripe's and SendGrid's webhooks, the operator
     one serving the public one's schema beside its own. Both count their requests in the one registry.
-    `leaders`: the singleton roles and whether this replica leads each (Leadership.roles), for /health;
-    `canary`: the canary job's state, for the status page (None: the canary is off)."""
+    `leadership`: which singleton roles this replica leads, for /health and the status page (one
+    object for both, so they cannot disagree; None: no roles); `canary`: the canary job's state, for
+    the status page (None: the canary is off)."""
     http_metrics = HttpMetrics(metrics.registry)
     public = create_public_app(PublicContext(
         sessions=services.sessions, pipeline=pipeline, store=services.store,
@@ -446,16 +447,17 @@ def build_apps(settings: Settings, services: Services, pipeline: Pipeline, healt
         sessions=services.sessions, pipeline=pipeline, admin_token=settings.admin_token,
         redact=Redactor(settings.secret_values()), liveness=liveness, health=health,
         metrics=metrics.exposition, public_schema=public.openapi, notices=tuple(settings.embedded_defaults()),
-        http_metrics=http_metrics, pages=page_config(settings, services, metrics, canary), leaders=leaders,
+        http_metrics=http_metrics, pages=page_config(settings, services, metrics, canary, leadership),
+        leaders=leadership.roles if leadership is not None else None,
     ))
     return Apps(public, operator)
 
 
 def page_config(settings: Settings, services: Services, metrics: Metrics,
-                canary: Callable[[], CanaryState] | None = None) -> PageConfig:
+                canary: Callable[[], CanaryState] | None = None, leadership: Leadership | None = None) -> PageConfig:
     """What the status page judges by: the SLA, whether and how often reconciliation runs (only
-    with Stripe, as `reconcile_job` decides), this daemon's count of webhook deliveries, and its
-    canary's state (None: off)."""
+    with Stripe, as `reconcile_job` decides), this daemon's count of webhook deliveries, its
+    canary's state (None: off) and its leadership of singleton work (None: no roles)."""
     reconciles = isinstance(services.payments, StripePayments)
     return PageConfig(
         order_sla_seconds=settings.order_sla_seconds,
@@ -463,4 +465,5 @@ def page_config(settings: Settings, services: Services, metrics: Metrics,
         webhook_deliveries=lambda: webhook_deliveries(metrics.webhook_events),
         canary=canary,
         canary_interval_seconds=settings.canary_interval_seconds,
+        leadership=leadership.view if leadership is not None else None,
     )

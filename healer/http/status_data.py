@@ -1,7 +1,9 @@
 """What the operator's status page shows, read from sources that are cheap to ask every few seconds.
 
-The checks come from the health monitor's cache (no probe runs for a page view); each database
-section is one or two small queries over an index or a short key range; nothing calls Stripe or S3.
+The checks come from the health monitor's cache (no probe runs for a page view); which singleton
+work this replica leads comes from its leadership, the same reading as /health's `leader` (memory,
+no query); each database section is one or two small queries over an index or a short key range;
+nothing calls Stripe or S3.
 A section whose query fails says so on its own (`Unavailable`) while the others still show: the
 page must work best exactly when the database is what is broken.
 
@@ -32,6 +34,7 @@ from healer import orders
 from healer.db.models import ReconcileRun, RunResult, WebhookEvent
 from healer.health.monitor import CheckReport, HealthMonitor
 from healer.jobs.canary_results import CanaryState
+from healer.jobs.leadership import LeadershipView, Standing
 from healer.remediation.audit import RemediationView, list_remediations
 from healer.stripe.orphans import count_unresolved
 from healer.stripe.webhook_events import WebhookResult
@@ -72,6 +75,9 @@ class PageConfig:
     # The canary job's state (healer.jobs.canary.CanaryJob.state); None: the canary is off here.
     canary: Callable[[], CanaryState] | None = None
     canary_interval_seconds: float | None = None
+    # This replica's leadership (healer.jobs.leadership.Leadership.view), the one /health's `leader`
+    # reads; None: no singleton roles here (leadership does not apply).
+    leadership: Callable[[], LeadershipView] | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,22 @@ class CanaryView:
 
 
 @dataclass(frozen=True)
+class RolesView:
+    """Which singleton roles (reconcile, stuck, canary, containers) this replica leads, and why it
+    does not lead the others. Each role is in exactly one of the tuples, in declaration order."""
+
+    # alone: one process on SQLite, every role its own; leader: leads one role or more; follower:
+    # leads none and the database answered; no_database: leads none, and some role's last try met
+    # a database error; stopping: shutting down, every role given up.
+    state: str
+    leads: tuple[str, ...]
+    follows: tuple[str, ...]  # another replica leads them
+    no_database: tuple[str, ...]  # the last try met a database error: not led here, maybe elsewhere
+    not_tried: tuple[str, ...]  # their work has not come up on this replica since it started
+    released: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class StatusPage:
     generated_at: datetime
     verdict: str  # what `healer check` says: ok, warning, failing, unknown
@@ -195,6 +217,7 @@ class StatusPage:
     reconcile: ReconcileView | Unavailable
     webhooks: WebhookView | Unavailable
     canary: CanaryView | None = None  # None: the canary is off on this daemon
+    roles: RolesView | None = None  # None: no singleton roles here (leadership does not apply)
 
 
 @dataclass(frozen=True)
@@ -225,6 +248,7 @@ def status_page(sessions: sessionmaker[Session], health: HealthMonitor | None, n
         reconcile=_guarded(lambda: reconcile_view(sessions, config.reconcile_interval_seconds, now)),
         webhooks=_guarded(lambda: webhook_view(sessions, config.webhook_deliveries(), now)),
         canary=canary_view(config.canary(), config.canary_interval_seconds) if config.canary else None,
+        roles=roles_view(config.leadership()) if config.leadership else None,
     )
     return redacted(page, redact)
 
@@ -351,6 +375,24 @@ def canary_view(state: CanaryState, interval_seconds: float | None) -> CanaryVie
         remedy=failure.remedy if failure else "", runbook=runbook_link(failure.runbook) if failure else None,
         last_success_at=state.last_success_at,
     )
+
+
+def roles_view(leadership: LeadershipView) -> RolesView | None:
+    """Where this replica stands on each singleton role; None when no role is declared."""
+    if not leadership.standings:
+        return None
+    leads, no_database = leadership.having(Standing.LEADS), leadership.having(Standing.NO_DATABASE)
+    released = leadership.having(Standing.RELEASED)
+    if released:
+        state = "stopping"
+    elif leadership.sole:
+        state = "alone"
+    elif leads:
+        state = "leader"
+    else:
+        state = "no_database" if no_database else "follower"
+    return RolesView(state, leads, leadership.having(Standing.FOLLOWS), no_database,
+                     leadership.having(Standing.NOT_TRIED), released)
 
 
 def webhook_deliveries(counter: Counter) -> dict[str, int]:

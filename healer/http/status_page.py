@@ -239,7 +239,7 @@ def money(amount: tuple[str, int]) -> str:
 # orders, story lines, remediations, reconciliation and webhooks.
 TONES = {
     **dict.fromkeys(("ok", "success", "completed", "applied"), "ok"),
-    **dict.fromkeys(("failing", "failure", "gave_up", "escalated", "needs_attention"), "failing"),
+    **dict.fromkeys(("failing", "failure", "gave_up", "escalated", "needs_attention", "no_database"), "failing"),
     **dict.fromkeys(("warning", "failed", "waiting", "late", "refused"), "warning"),
 }
 

@@ -15,6 +15,12 @@ follows until it can take it again.
 
 On SQLite (dev, `healer demo`: one process on one file) every role is this process's.
 
+What a replica knows of a role is what its last `lead` found (`roles()`: /health's `leader`,
+healer_leader), and why a role it does not lead is not its own (`view()`: the status page): another
+replica holds it, its last try met a database error, it has not been asked for yet (the canary's
+first period, a container to restart), or this replica is stopping. Nothing here asks the database
+for a report: a page or a probe reads memory.
+
 `AdvisoryLock` is the one advisory lock of the daemon: leadership holds one per role, and
 reconciliation (healer.stripe.reconcile_job) takes one around each run, so that a foreground
 `healer reconcile` and the leader's scheduled run never overlap.
@@ -22,10 +28,12 @@ reconciliation (healer.stripe.reconcile_job) takes one around each run, so that 
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import Engine, text
@@ -135,16 +143,43 @@ class SoleLock:
         return None
 
 
+class Standing(enum.StrEnum):
+    """Where this replica stands on one role, as of its last `lead` of it."""
+
+    LEADS = "leads"
+    FOLLOWS = "follows"  # another replica holds the role's lock
+    NO_DATABASE = "no_database"  # the last try met a database error: not led here, maybe by none
+    NOT_TRIED = "not_tried"  # declared, never asked for yet: its work has not come up here
+    RELEASED = "released"  # this replica is stopping and gave it up
+
+
+@dataclass(frozen=True)
+class LeadershipView:
+    """Every declared role's standing, read at once with what `roles()` answers (a role is led
+    exactly when its standing is LEADS); `sole`: one process owns the database (SQLite), so no
+    other replica can lead anything."""
+
+    standings: dict[str, Standing]
+    sole: bool
+
+    def having(self, standing: Standing) -> tuple[str, ...]:
+        """The roles of that standing, in the order they were declared."""
+        return tuple(role for role, found in self.standings.items() if found is standing)
+
+
 class Leadership:
     """Which roles this replica leads, one lock per role from `make_lock`; thread-safe (jobs and
-    the remediator ask from their own threads)."""
+    the remediator ask from their own threads). `sole`: every lock is this process's whatever
+    happens (SoleLock), said so on the status page."""
 
-    def __init__(self, make_lock: Callable[[str], RoleLock]) -> None:
+    def __init__(self, make_lock: Callable[[str], RoleLock], *, sole: bool = False) -> None:
         self._make_lock = make_lock
+        self.sole = sole
         self._locks: dict[str, RoleLock] = {}
         self._role_locks: dict[str, threading.Lock] = {}
         self._leading: dict[str, bool] = {}
         self._failing: set[str] = set()  # roles whose last try met a database error (said once)
+        self._tried: set[str] = set()  # roles asked for at least once: the others are not contended yet
         self._closed = False
         self._guard = threading.Lock()
 
@@ -169,12 +204,12 @@ class Leadership:
                 taken = lock.acquire()
             except SQLAlchemyError as error:
                 self._failed(role, error)
-                taken = False
+                taken, failing = False, True
             else:
-                self._failing.discard(role)
+                failing = False
             if taken:
                 log.info("Leading %s now: this replica runs it until it stops or loses the database", role)
-            self._set(role, taken)
+            self._settle(role, taken, failing=failing)
             return taken
 
     def leads(self, role: str) -> bool:
@@ -186,6 +221,23 @@ class Leadership:
         """Every declared role, and whether this replica leads it (healer_leader, /health)."""
         with self._guard:
             return dict(self._leading)
+
+    def view(self) -> LeadershipView:
+        """Every declared role's standing (the status page): `roles()` and why a role is not led
+        here, from one reading under the same lock, so the two never disagree."""
+        with self._guard:
+            return LeadershipView({role: self._standing(role, leading) for role, leading in self._leading.items()},
+                                  self.sole)
+
+    def _standing(self, role: str, leading: bool) -> Standing:
+        # Under self._guard. A role led is led whatever else is known of it (released roles are not).
+        if leading:
+            return Standing.LEADS
+        if self._closed:
+            return Standing.RELEASED
+        if role in self._failing:
+            return Standing.NO_DATABASE
+        return Standing.FOLLOWS if role in self._tried else Standing.NOT_TRIED
 
     def release(self) -> None:
         """Give up every role (shutdown): the others take them at their next period. Later calls
@@ -209,7 +261,8 @@ class Leadership:
             why = "the lock is no longer this replica's"
         except SQLAlchemyError as error:
             why = f"its database connection failed: {one_line(error, 300)}"
-            self._failing.add(role)
+            with self._guard:
+                self._failing.add(role)
         log.warning("Lost leadership of %s (%s): following until its lock can be taken again", role, why)
         self._set(role, False)
         return False
@@ -217,13 +270,23 @@ class Leadership:
     def _failed(self, role: str, error: SQLAlchemyError) -> None:
         # While the database is down every period fails alike: the database check raises the
         # alarm; one line here when it starts.
-        level = logging.DEBUG if role in self._failing else logging.WARNING
-        self._failing.add(role)
+        with self._guard:
+            level = logging.DEBUG if role in self._failing else logging.WARNING
         log.log(level, "Cannot try to lead %s: %s; trying again next period", role, one_line(error, 300))
 
     def _set(self, role: str, leading: bool) -> None:
         with self._guard:
             self._leading[role] = leading
+
+    def _settle(self, role: str, leading: bool, *, failing: bool) -> None:
+        """The outcome of a try: led or not, and whether the database answered it."""
+        with self._guard:
+            self._leading[role] = leading
+            self._tried.add(role)
+            if failing:
+                self._failing.add(role)
+            else:
+                self._failing.discard(role)
 
 
 def leadership_for(engine: Engine, owner: str) -> Leadership:
@@ -231,4 +294,4 @@ def leadership_for(engine: Engine, owner: str) -> Leadership:
     `owner` names this replica on its lock connections (pg_stat_activity.application_name)."""
     if engine.dialect.name == "postgresql":
         return Leadership(lambda role: AdvisoryLock(engine, role_key(role), name=f"healer {role} leader {owner}"))
-    return Leadership(lambda _role: SoleLock())
+    return Leadership(lambda _role: SoleLock(), sole=True)

@@ -2,7 +2,8 @@
 no console error (so nothing broke the Content-Security-Policy or asked for anything that is not
 there), a failing check appears within one of the page's own reloads of the fault and goes within
 one of the fix, the page fits a phone, and the retry button re-queues an order in `needs_attention`
-(a wrong token changes nothing). It also saves the screenshot docs/status-page.png.
+(a wrong token changes nothing), and it names the singleton work this replica leads. It also saves
+the screenshot docs/status-page.png.
 
 Chromium is Debian's (`apt-get install chromium`), never a download: the test fails, not skips,
 when it is missing, since the suite must say when something it promises is no longer checked.
@@ -111,6 +112,11 @@ def test_an_operator_sees_a_fault_come_and_go_and_retries_an_order_from_a_phone(
     expect(attention).to_contain_text("migrate_files / s3_missing_file")
     expect(phone.locator("#money")).to_contain_text("1 paid order not completed: 49.00 EUR")
     assert fits_the_screen(phone), "the status page scrolls sideways on a phone"
+    # The one replica on PostgreSQL leads the singleton work it has tried (the stuck sweep runs at
+    # start), as its /health says.
+    expect(phone.locator("#leadership strong")).to_contain_text("stuck", timeout=ONE_REFRESH_MS)
+    assert json.loads(daemon.ops("GET", "/health")[2])["leader"]["stuck"] is True
+    expect(phone.locator("#leadership .pill")).to_have_text("leader")
 
     # The fault: SendGrid refuses the key. The page, left alone, shows it at its next reload.
     shop.sendgrid.set_key_valid(False)

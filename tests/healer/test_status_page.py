@@ -1,7 +1,8 @@
 """The status page (`GET /`), an order's page (`GET /orders/{id}`) and the retry form, over ASGI on
 the operator app as healer.wiring builds it: real PostgreSQL (SQLite too, for the money-at-risk
 query), a real health monitor with stand-in checks, real orders, story lines, remediations,
-reconciliation runs and webhook events. What a real browser makes of the pages is
+reconciliation runs and webhook events; replicas' leadership of singleton work is real too (advisory
+locks, healer.jobs.leadership). What a real browser makes of the pages is
 tests/browser/test_status_page.py's question."""
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from healer.health.metrics import Metrics
 from healer.health.monitor import HealthMonitor
 from healer.http.runbook import guide_page
 from healer.http.status_data import RUNBOOK_ANCHORS
+from healer.jobs.leadership import Leadership, leadership_for
 from healer.remediation.audit import Action, Remediation, Result
 from healer.wiring import Services, build_apps
+from tests.eventually import eventually
 from tests.fakes.tcp_proxy import TcpProxy
 from tests.healer.listeners import Listeners, get
 from tests.healer.test_health import Peer, StandIn
@@ -89,6 +92,7 @@ class Operator:
     metrics: Metrics
     monitor: HealthMonitor
     services: Services
+    leadership: Leadership | None
 
     def page(self, path: str = "/") -> Page:
         answer = self.client.get(path)
@@ -108,11 +112,15 @@ def checks(*specs: tuple[str, Runbook, Peer], critical: tuple[str, ...] = ()) ->
 @pytest.fixture
 def operator_app(pg_engine: Engine, pg_url: str, tmp_path: Path) -> Iterator[Callable[..., Operator]]:
     """The operator app as the daemon builds it; `database_url` may lead through a proxy, and the
-    monitor carries no redactor of its own, so that what the page shows is redacted by the page."""
+    monitor carries no redactor of its own, so that what the page shows is redacted by the page.
+    `replica`: this daemon is a replica by that name, with its leadership of `roles` (declared, as
+    the daemon's jobs do; none asked for yet), on its own engine as a process has; None: no roles."""
     made: list[Services] = []
+    leaderships: list[Leadership] = []
 
     def make(*, admin: str | None = ADMIN, stripe: bool = True, monitored: list[Check] | None = None,
-             database_url: str = pg_url) -> Operator:
+             database_url: str = pg_url, replica: str | None = None,
+             roles: tuple[str, ...] = ("reconcile", "stuck", "canary", "containers")) -> Operator:
         env = {"DATABASE_URL": database_url, "HEALER_DATA_DIR": str(tmp_path / "data"),
                "STRIPE_WEBHOOK_SECRET": "whsec_statuspage0123456789abcdef"}
         if admin:
@@ -124,12 +132,20 @@ def operator_app(pg_engine: Engine, pg_url: str, tmp_path: Path) -> Iterator[Cal
         made.append(services)
         monitor = HealthMonitor(monitored or [])
         metrics = Metrics()
+        leadership = None
+        if replica is not None:
+            leadership = leadership_for(services.engine, replica)
+            leaderships.append(leadership)
+            for role in roles:
+                leadership.declare(role)
         apps = build_apps(settings, services, services.pipeline(lambda _inputs: b""), monitor, metrics,
-                          lambda: (True, "ok"), lambda _order_id, _why: False)
+                          lambda: (True, "ok"), lambda _order_id, _why: False, leadership)
         return Operator(TestClient(apps.operator, follow_redirects=False), services.sessions, metrics, monitor,
-                        services)
+                        services, leadership)
 
     yield make
+    for leadership in leaderships:
+        leadership.release()
     for services in made:
         services.close()
 
@@ -555,6 +571,106 @@ def test_recent_remediations_are_listed_newest_first(operator_app: Callable[...,
 
     assert text.index("restart container escalated") < text.index("free scratch success")
     assert "shop-minio-1 : unhealthy for 90 s" in text
+
+
+# -- which singleton work this replica leads ------------------------------------------------------------
+
+ROLES = ("reconcile", "stuck", "canary", "containers")
+NOT_TRIED = "not tried yet: containers (its work has not come up here)"
+AS_HEALTH = "As of each role's last try, as /health reports it."
+
+
+def leadership_line(operator: Operator) -> tuple[str, str | None]:
+    """The page's leadership line as text, and the roles it names as led (its <strong>), or None
+    for no line."""
+    found = re.search(r'<p id="leadership">(.*?)</p>', operator.client.get("/").text, re.S)
+    if found is None:
+        return "", None
+    led = re.search(r"<strong>(.*?)</strong>", found.group(1))
+    return Page(found.group(1)).text, led.group(1) if led else None
+
+
+def health_leader(operator: Operator) -> dict[str, bool] | None:
+    leader: dict[str, bool] | None = operator.client.get("/health").json().get("leader")
+    return leader
+
+
+def test_each_replica_says_which_singleton_work_it_leads_and_which_another_replica_leads(
+        operator_app: Callable[..., Operator]) -> None:
+    a, b, c = (operator_app(replica=f"replica-{name}") for name in "abc")
+    assert a.leadership and b.leadership and c.leadership
+    assert a.leadership.lead("reconcile") and a.leadership.lead("stuck") and b.leadership.lead("canary")
+    assert not a.leadership.lead("canary") and not b.leadership.lead("reconcile") and not b.leadership.lead("stuck")
+    assert not any(c.leadership.lead(role) for role in ("reconcile", "stuck", "canary"))
+
+    lines = {name: leadership_line(replica) for name, replica in zip("abc", (a, b, c), strict=True)}
+
+    assert lines["a"] == ("leader This replica leads reconcile, stuck ; follows canary (another replica leads it); "
+                          f"{NOT_TRIED}. {AS_HEALTH}", "reconcile, stuck")
+    assert lines["b"] == ("leader This replica leads canary ; follows reconcile, stuck (another replica leads them); "
+                          f"{NOT_TRIED}. {AS_HEALTH}", "canary")
+    assert lines["c"] == ("follower This replica leads nothing ; follows reconcile, stuck, canary (another replica "
+                          f"leads them); {NOT_TRIED}. {AS_HEALTH}", "nothing")
+    # The page names as led exactly what /health's `leader` says is: the one reading of one object.
+    for (_, led), replica in zip(lines.values(), (a, b, c), strict=True):
+        health = health_leader(replica)
+        assert health is not None and list(health) == list(ROLES)
+        assert (led or "").split(", ") == [role for role, leads in health.items() if leads] or ["nothing"]
+
+    a.leadership.release()  # replica a stops (SIGTERM): another takes its roles at their next period
+
+    assert leadership_line(a)[0] == ("stopping This replica is stopping and has given up all singleton work "
+                                     f"(reconcile, stuck, canary, containers): the other replicas take it over at "
+                                     f"their next period. {AS_HEALTH}")
+    assert health_leader(a) == dict.fromkeys(ROLES, False)
+    assert b.leadership.lead("reconcile") and b.leadership.lead("stuck")
+    assert leadership_line(b)[1] == "reconcile, stuck, canary"
+
+
+def test_a_replica_that_lost_its_database_leads_nothing_and_the_page_says_why(
+        operator_app: Callable[..., Operator], pg_proxy: TcpProxy, pg_url: str) -> None:
+    cut_off = operator_app(replica="replica-a", database_url=pg_proxy.replace_port(pg_url))
+    other = operator_app(replica="replica-b").leadership
+    assert cut_off.leadership and other
+    assert cut_off.leadership.lead("reconcile") and cut_off.leadership.lead("stuck")
+    assert not other.lead("reconcile")
+    cut_off.services.engine.dispose()
+    pg_proxy.cut()
+
+    assert not cut_off.leadership.lead("reconcile") and not cut_off.leadership.lead("stuck")
+    # The server freed the cut-off replica's locks with its connections: another replica leads.
+    eventually(lambda: other.lead("reconcile"), what="replica b to take reconcile over")
+    answer = cut_off.client.get("/")
+    line, led = leadership_line(cut_off)
+    health = health_leader(cut_off)
+    pg_proxy.restore()
+
+    assert answer.status_code == 200
+    assert line == ("no database This replica leads nothing ; cannot lead reconcile, stuck: the database did not "
+                    "answer its last try ; not tried yet: canary, containers (their work has not come up here). "
+                    f"{AS_HEALTH}")
+    assert led == "nothing" and health == dict.fromkeys(ROLES, False)
+    assert 'class="pill is-failing">no database<' in answer.text
+    # Once the database answers again it is a follower: replica b kept reconcile, and stuck is free.
+    assert not cut_off.leadership.lead("reconcile") and cut_off.leadership.lead("stuck")
+    assert leadership_line(cut_off)[0].startswith(
+        "leader This replica leads stuck ; follows reconcile (another replica leads it); not tried yet")
+
+
+def test_without_singleton_roles_there_is_no_line_and_on_sqlite_the_process_runs_alone(
+        operator_app: Callable[..., Operator], tmp_path: Path) -> None:
+    no_leadership, no_roles = operator_app(), operator_app(replica="replica-a", roles=())
+    alone = operator_app(replica="demo", database_url=f"sqlite:///{tmp_path / 'alone.sqlite3'}")
+    db.upgrade(alone.services.engine)
+    assert alone.leadership and alone.leadership.lead("reconcile") and alone.leadership.lead("stuck")
+
+    assert "leadership" not in no_leadership.page().ids and health_leader(no_leadership) is None
+    assert "leadership" not in no_roles.page().ids and health_leader(no_roles) == {}
+    assert leadership_line(alone) == (
+        "alone This process runs alone (one process on its SQLite file), so all singleton work is its own: it leads "
+        "reconcile, stuck ; not tried yet: canary, containers (their work has not come up here). " + AS_HEALTH,
+        "reconcile, stuck")
+    assert health_leader(alone) == {"reconcile": True, "stuck": True, "canary": False, "containers": False}
 
 
 # -- outages, headers, schema and listeners -------------------------------------------------------------
