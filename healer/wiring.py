@@ -384,8 +384,7 @@ def canary_job(settings: Settings, services: Services, render: RenderFn, metrics
     if interval is None:
         return None
     job = CanaryJob(build_canary(settings, services, render, owner=f"canary:{owner}"), interval)
-    # A run's phases are current until the run after next is due: then they have been overtaken.
-    metrics.watch_canary(job.state, fresh_seconds=2 * interval + 60)
+    metrics.watch_canary(job.state, interval_seconds=interval)
     return job
 
 

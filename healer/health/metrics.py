@@ -170,10 +170,10 @@ class Metrics:
         """healer_leader{job}: 1 on the replica leading each singleton role (Leadership.roles)."""
         self.registry.register(_LeadersCollector(roles))
 
-    def watch_canary(self, state: Callable[[], CanaryState], fresh_seconds: float) -> None:
-        """healer_canary_*: the canary's latest run (healer.jobs.canary), its phases' success and
-        duration only while that run is younger than `fresh_seconds` (see _CanaryCollector)."""
-        self.registry.register(_CanaryCollector(state, fresh_seconds))
+    def watch_canary(self, state: Callable[[], CanaryState], interval_seconds: float) -> None:
+        """healer_canary_*: the canary's latest run (healer.jobs.canary), run every `interval_seconds`
+        (HEALER_CANARY_INTERVAL_SECONDS), its phases only while that run is current (see _CanaryCollector)."""
+        self.registry.register(_CanaryCollector(state, interval_seconds))
 
     def watch_orders(
         self, sessions: sessionmaker[Session], sla_seconds: int, ttl_seconds: float = 15.0
@@ -273,33 +273,45 @@ class _LeadersCollector(Collector):
 
 class _CanaryCollector(Collector):
     """Like blackbox_exporter's probe_success and probe_duration_seconds, per phase: 1 or 0, and
-    seconds, for the phases the latest run reached (no sample for one it skipped). A daemon whose
-    latest run is older than `fresh_seconds` (it waits on a failing dependency, or another replica
-    runs the canary now) says nothing of the phases, so no stale failure keeps an alert firing;
-    when the canary last passed stays, for the "not succeeded for too long" alert."""
+    seconds, for the phases the latest run reached (no sample for one it skipped), with how many
+    runs in a row have failed. They describe the latest run, so they last while it is current: until
+    the run after next is due (two intervals, and a minute for the run itself). A daemon whose latest
+    run is older (it waits on a failing dependency, or another replica runs the canary now) says
+    nothing of them, so no stale failure keeps an alert firing. When the canary last passed stays,
+    and so does the interval: the "not succeeded for too long" alert compares the two, and needs
+    them most when no run is current. The alerts read the interval rather than assume the default,
+    so they follow a shop's HEALER_CANARY_INTERVAL_SECONDS."""
 
-    def __init__(self, state: Callable[[], CanaryState], fresh_seconds: float) -> None:
+    def __init__(self, state: Callable[[], CanaryState], interval_seconds: float) -> None:
         self.state = state
-        self.fresh_seconds = fresh_seconds
+        self.interval_seconds = interval_seconds
+        self.fresh_seconds = 2 * interval_seconds + 60
 
     def collect(self) -> Iterable[Metric]:
         success = GaugeMetricFamily("healer_canary_success", "1 if the canary's phase passed in its latest "
                                     "run, 0 if it failed; no sample for a phase not reached.", labels=["phase"])
         duration = GaugeMetricFamily("healer_canary_duration_seconds", "How long the phase took in the "
                                      "canary's latest run.", labels=["phase"])
+        failed = GaugeMetricFamily("healer_canary_failed_runs_in_a_row",
+                                   "Canary runs in a row, the latest back, that failed (0 once one passes); "
+                                   "no sample once the latest run is two intervals old.")
         last = GaugeMetricFamily("healer_canary_last_success_timestamp_seconds",
                                  "When a canary run last passed every phase.")
+        interval = GaugeMetricFamily("healer_canary_interval_seconds",
+                                     "How often the scheduled canary runs (HEALER_CANARY_INTERVAL_SECONDS).",
+                                     value=self.interval_seconds)
         state = self.state()
         if state.last_success_at is not None:
             last.add_metric([], state.last_success_at.timestamp())
         run = state.latest
         if run is not None and (utcnow() - run.finished_at).total_seconds() <= self.fresh_seconds:
+            failed.add_metric([], state.failed_in_a_row)
             for phase in run.phases:
                 if phase.outcome is PhaseOutcome.SKIPPED:
                     continue
                 success.add_metric([phase.phase.value], 1 if phase.outcome is PhaseOutcome.OK else 0)
                 duration.add_metric([phase.phase.value], phase.duration_seconds)
-        return [success, duration, last]
+        return [success, duration, failed, last, interval]
 
 
 @dataclass(frozen=True)

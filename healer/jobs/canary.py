@@ -21,7 +21,8 @@ order's attempt), the rest are skipped, and the cleanup always runs:
 
 A failure is classified as a step's is (fulfilment.errors), so it names its runbook issue and what
 to do (healer.jobs.canary_results). A failed canary is a finding, not a failed job: it is reported in
-`healer_canary_success{phase}`, the status page and one log line, never raised to the scheduler.
+`healer_canary_success{phase}` (and `healer_canary_failed_runs_in_a_row`, what its alert reads), the
+status page and one log line, never raised to the scheduler.
 """
 
 from __future__ import annotations
@@ -239,7 +240,9 @@ class CanaryJob:
     def __call__(self) -> None:
         run = self.canary.run()
         with self._lock:
-            self._state = CanaryState(run, run.finished_at if run.ok else self._state.last_success_at)
+            previous = self._state
+            self._state = (CanaryState(run, run.finished_at) if run.ok
+                           else CanaryState(run, previous.last_success_at, previous.failed_in_a_row + 1))
         log_run(run)
 
     def state(self) -> CanaryState:

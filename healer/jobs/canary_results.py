@@ -106,7 +106,10 @@ class CanaryRun:
 
 @dataclass(frozen=True)
 class CanaryState:
-    """What the metrics and the status page read: the latest run, and when one last passed."""
+    """What the metrics and the status page read: the latest run, when one last passed, and how
+    many runs in a row, the latest back, have failed (0 after a pass; counted in memory, so from 0
+    again after a restart)."""
 
     latest: CanaryRun | None = None
     last_success_at: datetime | None = None
+    failed_in_a_row: int = 0

@@ -245,7 +245,7 @@ def exported(sqlite_engine: Engine) -> set[str]:
     metrics.watch_orders(db.make_session_factory(sqlite_engine), sla_seconds=600)
     now = utcnow()
     canary = CanaryRun(uuid.uuid4(), now, now, tuple(PhaseResult(p, PhaseOutcome.OK, 0.5, "ok") for p in Phase))
-    metrics.watch_canary(lambda: CanaryState(canary, canary.finished_at), fresh_seconds=60)
+    metrics.watch_canary(lambda: CanaryState(canary, canary.finished_at), interval_seconds=60)
     names: set[str] = set()
     for family in metrics.registry.collect():
         if family.type == "histogram":

@@ -54,8 +54,9 @@ REQUIRED_ALERTS = {
     "HealerOrdersCheckFailing": 'healer_check_status{check="orders", status=~"warning|failing"}',
     "HealerJobNotSucceeding": "healer_job_last_success_timestamp_seconds",
     "HealerPublicServerErrors": 'healer_http_requests_total{listener="public", code=~"5.."}',
-    "HealerCanaryFailing": "healer_canary_success",  # issue 16: twice in a row
-    "HealerCanaryNotSucceeded": "healer_canary_last_success_timestamp_seconds",  # issue 16: for 3 intervals
+    # issue 16: twice in a row, and for three intervals, at whatever interval the shop configured
+    "HealerCanaryFailing": "healer_canary_failed_runs_in_a_row) >= 2",
+    "HealerCanaryNotSucceeded": "> 3 * max by (job) (last_over_time(healer_canary_interval_seconds[1d]))",
 }
 # Each "warning or failing" alert, and the critical alert that pages on the failure.
 ESCALATIONS = {"HealerDiskLow": "HealerDiskFull", "HealerMemoryLow": "HealerMemoryExhausted"}

@@ -28,6 +28,9 @@ def test_the_daemon_runs_the_canary_on_its_interval_and_shows_it_in_metrics_and_
     for phase in ("stripe", "s3", "render", "email", "cleanup"):
         assert f'healer_canary_success{{phase="{phase}"}} 1.0' in metrics
     assert "healer_canary_last_success_timestamp_seconds" in metrics
+    # What the canary's alerts read: its failed runs in a row, and the interval they count in.
+    assert "healer_canary_failed_runs_in_a_row 0.0" in metrics
+    assert "healer_canary_interval_seconds 2.0" in metrics  # HEALER_CANARY_INTERVAL_SECONDS
     assert 'healer_leader{job="canary"} 1.0' in metrics  # one replica at a time runs it
     assert 'id="canary"' in page and "went through every phase" in page
     assert "Canary passed in" in daemon.log()

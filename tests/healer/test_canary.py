@@ -3,7 +3,8 @@ on real peers (PostgreSQL, moto's S3 server, the fake SendGrid and Stripe of tes
 processes on a private copy of the assets). It charges nothing, delivers nothing (SendGrid's sandbox
 mode), leaves nothing behind, is counted nowhere a customer's order is, and when it fails it names
 the phase, the runbook issue and what to do: in its metrics, on the status page, and in the exit
-code of `healer canary`."""
+code of `healer canary`. Its metrics count failed runs in a row and export its interval, so that its
+alerts follow HEALER_CANARY_INTERVAL_SECONDS (tests/dashboards test the rules that read them)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import json
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import pytest
@@ -29,7 +30,7 @@ from healer.health.metrics import Metrics
 from healer.health.monitor import HealthMonitor
 from healer.jobs.canary import CanaryJob, canary_keys, uploads
 from healer.jobs.canary_results import CanaryRun, Phase, PhaseOutcome
-from healer.wiring import Services, build_apps, build_canary, rendering
+from healer.wiring import Services, build_apps, canary_job, rendering
 from tests.e2e.daemon import HEALER, REPO
 from tests.fakes.shop_fixtures import FROM_EMAIL, Shop
 
@@ -50,21 +51,26 @@ class Canaries:
         return run
 
     def samples(self) -> dict[str, float]:
-        exposition = self.metrics.exposition()[0].decode()
-        return {f"{s.name}{{{','.join(f'{k}={v}' for k, v in s.labels.items())}}}": s.value
-                for family in text_string_to_metric_families(exposition) if family.name.startswith("healer_canary")
-                for s in family.samples}
+        return canary_samples(self.metrics)
+
+
+def canary_samples(metrics: Metrics) -> dict[str, float]:
+    """The healer_canary_* samples of a scrape, by `name{label=value,...}`."""
+    exposition = metrics.exposition()[0].decode()
+    return {f"{s.name}{{{','.join(f'{k}={v}' for k, v in s.labels.items())}}}": s.value
+            for family in text_string_to_metric_families(exposition) if family.name.startswith("healer_canary")
+            for s in family.samples}
 
 
 @pytest.fixture
 def canaries(shop: Shop, shop_env: dict[str, str]) -> Iterator[Canaries]:
-    """The canary job as the daemon builds it, on the shop's peers, with its metrics."""
-    settings = Settings.from_env({**shop_env, "HEALER_WORKERS": "1"})
+    """The canary job as the daemon builds it (every minute), on the shop's peers, with its metrics."""
+    settings = Settings.from_env({**shop_env, "HEALER_WORKERS": "1", "HEALER_CANARY_INTERVAL_SECONDS": "60"})
     services = Services.build(settings)
     metrics = Metrics()
     with rendering(settings) as render:
-        job = CanaryJob(build_canary(settings, services, render), interval_seconds=60)
-        metrics.watch_canary(job.state, fresh_seconds=180)
+        job = canary_job(settings, services, render, metrics, owner="test")
+        assert job is not None
         yield Canaries(job, metrics, services, settings)
     services.close()
 
@@ -118,6 +124,8 @@ def test_a_canary_passes_every_phase_charges_and_delivers_nothing_and_leaves_not
         f"healer_canary_success{{phase={phase.value}}}": 1.0 for phase in Phase}
     assert all(samples[f"healer_canary_duration_seconds{{phase={phase.value}}}"] > 0 for phase in Phase)
     assert samples["healer_canary_last_success_timestamp_seconds{}"] == run.finished_at.timestamp()
+    assert samples["healer_canary_failed_runs_in_a_row{}"] == 0.0
+    assert samples["healer_canary_interval_seconds{}"] == 60.0  # HEALER_CANARY_INTERVAL_SECONDS
     # Nothing left: not its objects nor the crashed run's (under canary/, orders/, pdfs/), no row, no story.
     assert bucket_keys(shop) == []
     assert canary_rows(shop) == (0, 0)
@@ -134,7 +142,8 @@ def test_a_missing_font_fails_the_render_phase_naming_runbook_3_until_it_is_rest
     shop: Shop, canaries: Canaries, shop_env: dict[str, str],
 ) -> None:
     font = canaries.settings.assets_dir / FONT
-    assert canaries.run().ok
+    passed = canaries.run()
+    assert passed.ok
     font.rename(font.with_suffix(".away"))
 
     failed = canaries.run()
@@ -150,6 +159,7 @@ def test_a_missing_font_fails_the_render_phase_naming_runbook_3_until_it_is_rest
     samples = canaries.samples()
     assert samples["healer_canary_success{phase=render}"] == 0.0
     assert "healer_canary_success{phase=email}" not in samples  # not reached: no verdict
+    assert samples["healer_canary_failed_runs_in_a_row{}"] == 1.0
     assert cli.returncode == 1, cli.stdout + cli.stderr
     said = json.loads(cli.stdout)
     assert said["status"] == "failed"
@@ -159,11 +169,19 @@ def test_a_missing_font_fails_the_render_phase_naming_runbook_3_until_it_is_rest
     assert 'id="canary"' in page and "failed at <strong>render</strong> (asset_missing)" in page
     assert "#runbook-3-pdf-generation-failing" in page
 
+    assert not canaries.run().ok
+    samples = canaries.samples()
+    assert samples["healer_canary_failed_runs_in_a_row{}"] == 2.0  # what HealerCanaryFailing pages on
+    assert samples["healer_canary_last_success_timestamp_seconds{}"] == passed.finished_at.timestamp()
+
     font.with_suffix(".away").rename(font)
     recovered = canaries.run()
 
     assert recovered.ok, recovered.phases
-    assert canaries.samples()["healer_canary_success{phase=render}"] == 1.0
+    samples = canaries.samples()
+    assert samples["healer_canary_success{phase=render}"] == 1.0
+    assert samples["healer_canary_failed_runs_in_a_row{}"] == 0.0
+    assert samples["healer_canary_last_success_timestamp_seconds{}"] == recovered.finished_at.timestamp()
     assert bucket_keys(shop) == [] and canary_rows(shop) == (0, 0)
     assert shop.sendgrid.messages == [] and len(shop.sendgrid.sandboxed) == 2  # the passing runs' alone
 
@@ -176,3 +194,30 @@ def status_page(canaries: Canaries) -> str:
     answer = TestClient(apps.operator).get("/")
     assert answer.status_code == 200, answer.text
     return str(answer.text)
+
+
+def test_a_run_two_intervals_old_says_nothing_of_its_phases_or_failures_but_the_interval_stays(
+    canaries: Canaries,
+) -> None:
+    # Before the first run (one interval after start): the interval alone, for the alerts.
+    assert canaries.samples() == {"healer_canary_interval_seconds{}": 60.0}
+    (canaries.settings.assets_dir / FONT).unlink()
+    failed = canaries.run()
+    assert not failed.ok
+
+    def aged(seconds: float) -> dict[str, float]:
+        """The same metrics, as scraped `seconds` after the run finished (the daemon waits on a
+        failing check, or another replica runs the canary now)."""
+        state = canaries.job.state()
+        metrics = Metrics()
+        older = replace(failed, finished_at=failed.finished_at - timedelta(seconds=seconds))
+        metrics.watch_canary(lambda: replace(state, latest=older), interval_seconds=canaries.job.interval_seconds)
+        return canary_samples(metrics)
+
+    # Current until the run after next is due: two intervals and a minute for the run itself.
+    current = aged(170)
+    assert current["healer_canary_failed_runs_in_a_row{}"] == 1.0
+    assert current["healer_canary_success{phase=render}"] == 0.0
+    # Past that, nothing of the run: no stale failure keeps an alert firing. It never passed, so no
+    # last success either; the interval stays.
+    assert aged(190) == {"healer_canary_interval_seconds{}": 60.0}
