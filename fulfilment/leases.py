@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -115,19 +116,31 @@ def _unsupported(element: FunctionElement[datetime], compiler: SQLCompiler, **kw
     raise CompileError(f"leases need PostgreSQL or SQLite, not {compiler.dialect.name}")
 
 
-def renew_lease(
-    session: Session, order_id: uuid.UUID, owner: str, status: OrderStatus, seconds: float, *,
-    only_if_live: bool,
-) -> bool:
+def renew_lease(session: Session, order_id: uuid.UUID, owner: str, status: OrderStatus, seconds: float) -> bool:
     """Compare-and-set: extend `owner`'s lease on the order to `seconds` from the database's now,
     if the order is still `owner`'s and still in `status`. False if it is not (someone took it,
-    it was refunded, it moved on), or, with `only_if_live`, if the lease has run out: then another
-    daemon may claim it any moment, so nothing new may be started on it."""
-    condition = [Order.id == order_id, Order.lease_owner == owner, Order.status == status]
-    if only_if_live:
-        condition.append(Order.lease_expires_at > db_now())
-    renewed = session.execute(update(Order).where(*condition).values(lease_expires_at=db_later(seconds)))
+    it was refunded, it moved on)."""
+    renewed = session.execute(
+        update(Order).where(Order.id == order_id, Order.lease_owner == owner, Order.status == status)
+        .values(lease_expires_at=db_later(seconds))
+    )
     return bool(renewed.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def lease_for_step(
+    session: Session, order_id: uuid.UUID, owner: str, statuses: Collection[OrderStatus], seconds: float
+) -> Order | None:
+    """Before a step starts: a full lease from the database's now, and the order as it stands, in
+    one statement; None unless `owner` holds a live lease on it and it is in one of `statuses`.
+    A lease that has run out is not renewed here: another daemon may claim the order any moment,
+    so nothing new may be started on it."""
+    return session.scalars(
+        update(Order)
+        .where(Order.id == order_id, Order.lease_owner == owner, Order.status.in_(statuses),
+               Order.lease_expires_at > db_now())
+        .values(lease_expires_at=db_later(seconds))
+        .returning(Order)
+    ).one_or_none()
 
 
 def lease_free(owner: str) -> ColumnElement[bool]:
@@ -195,8 +208,7 @@ class LeaseKeeper:
         database could not be asked."""
         try:
             with transaction(self.sessions) as session:
-                kept = renew_lease(session, self.order_id, self.owner, self.status, self.lease_seconds,
-                                   only_if_live=False)
+                kept = renew_lease(session, self.order_id, self.owner, self.status, self.lease_seconds)
         except SQLAlchemyError as error:
             if not self._stop.is_set():
                 log.warning("Could not renew the lease on order %s during %s (database: %s); trying again "

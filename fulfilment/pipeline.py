@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from structlog.contextvars import bound_contextvars
 
 from fulfilment.errors import ErrorClass, StepError, one_line
-from fulfilment.leases import LeaseKeeper, database_time, db_later, db_now, lease_free, release_lease, renew_lease
+from fulfilment.leases import LeaseKeeper, database_time, db_later, db_now, lease_for_step, lease_free, release_lease
 from fulfilment.mailer import Mailer
 from fulfilment.models import Order, OrderStatus, Outcome, Step, transaction, utcnow
 from fulfilment.payments import Payments
@@ -360,16 +360,18 @@ class Pipeline:
         self, order_id: uuid.UUID, owner: str, stopping: Callable[[], bool], attempt: _AttemptTrace
     ) -> list[StepResult]:
         results: list[StepResult] = []
+        leased: Order | None = None  # as the last step's commit left it: leased to us afresh
         while True:
             if stopping():
                 self.release(order_id, owner)
                 return results
-            result = self._run_step(order_id, owner, stopping, attempt)
+            result = self._run_step(order_id, owner, stopping, attempt, leased)
             if result is None:
                 return results
             results.append(result)
             if result.outcome is not Outcome.OK or result.status not in NEXT_STEP:
                 return results
+            leased = result.order
 
     def release(self, order_id: uuid.UUID, owner: str) -> None:
         with self._transaction() as session:
@@ -385,13 +387,14 @@ class Pipeline:
             return result
 
     def _run_step(
-        self, order_id: uuid.UUID, owner: str, stopping: Callable[[], bool], attempt: _AttemptTrace
+        self, order_id: uuid.UUID, owner: str, stopping: Callable[[], bool], attempt: _AttemptTrace,
+        leased: Order | None = None,
     ) -> StepResult | None:
-        order = self.get(order_id)
-        if order.lease_owner != owner or order.status not in NEXT_STEP:
-            return None
-        if not self._renew(order, owner):
-            return None  # ours no longer: another daemon may claim it any moment, so start nothing
+        """The order's next step, if `owner` holds a live lease on it; `leased`: the order as the
+        previous step's commit left it this instant (with a full lease), else it is read here."""
+        order = leased or self._lease_for_step(order_id, owner)
+        if order is None:
+            return None  # not ours (any longer), or nothing left to do: start nothing
         step = NEXT_STEP[order.status]
         with bound_contextvars(order_id=str(order.id), step=step.value, attempt=order.attempts + 1):
             if step is Step.VERIFY_PAYMENT and not self.steps.payments.enabled:
@@ -447,12 +450,11 @@ class Pipeline:
             return None
         return f"{failure.error_class} confirmed by its check: {reason} (the step: {failure.message})"
 
-    def _renew(self, order: Order, owner: str) -> bool:
+    def _lease_for_step(self, order_id: uuid.UUID, owner: str) -> Order | None:
         """Renew-or-fail before a step starts: the lease must still be live on the database's
-        clock, and a step that starts gets a full lease."""
+        clock, and a step that starts gets a full lease; the order as it stands, or None."""
         with self._transaction() as session:
-            return renew_lease(session, order.id, owner, order.status, self.lease_seconds,
-                               only_if_live=True)
+            return lease_for_step(session, order_id, owner, NEXT_STEP, self.lease_seconds)
 
     def _keeping_lease(self, order: Order, owner: str, step: Step) -> LeaseKeeper:
         # Renewed while the step's own work runs, not while its result is recorded: that commit

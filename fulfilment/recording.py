@@ -67,6 +67,10 @@ class StepResult:
     message: str = ""
     completion_latency_seconds: float | None = None  # paid to emailed, on the email step
     trace_id: str | None = None  # the completion attempt's trace (W3C hex), when tracing is on
+    # The order as this step's commit left it, still leased to its worker for a further step (the
+    # commit stamps a full lease), so that step starts without reading it again; None when no
+    # further step follows, or when the commit's answer was lost and the order must be read.
+    order: Order | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -117,21 +121,24 @@ class Recorder:
         self, order: Order, step: Step, owner: str, started: float, done: Done, stopping: Callable[[], bool]
     ) -> StepResult | None:
         """Record a step that did its work; None if the order is no longer ours."""
-        recorded_at = self._record_done(order, step, owner, started, done, stopping)
-        if recorded_at is None:
+        recorded = self._record_done(order, step, owner, started, done, stopping)
+        if recorded is None:
             _lost_lease(order.id, step)
             return None
+        recorded_at, after = recorded
         latency = None
         if done.status is OrderStatus.COMPLETED and order.paid_at is not None:
             latency = (recorded_at - order.paid_at).total_seconds()
         return StepResult(order.id, step, Outcome.OK, time.monotonic() - started, done.status,
-                          message=done.message, completion_latency_seconds=latency, trace_id=_trace_id())
+                          message=done.message, completion_latency_seconds=latency, trace_id=_trace_id(),
+                          order=after if done.status in self.continuing else None)
 
     def _record_done(
         self, order: Order, step: Step, owner: str, started: float, done: Done, stopping: Callable[[], bool]
-    ) -> datetime | None:
+    ) -> tuple[datetime, Order | None] | None:
         """Commit a step that did its work, retrying through a database outage; the moment it was
-        recorded, or None if the order is no longer ours.
+        recorded and the order as the commit left it (None if only a later attempt found it
+        recorded), or None if the order is no longer ours.
 
         The work is done (an email accepted, a PDF stored): forgetting it means doing it again, and
         for the email step that is a second email to the customer. So a lost connection is retried
@@ -144,15 +151,15 @@ class Recorder:
         """
         attempts = 0
 
-        def attempt() -> datetime | None:
+        def attempt() -> tuple[datetime, Order | None] | None:
             nonlocal attempts
             attempts += 1
             now = self.clock()
             record = OutcomeRecord(order.id, owner, step, order.status, self._done_values(done),
                                    StoryLine(Outcome.OK, done.message, started))
-            if self.commit(record):
-                return now
-            return now if attempts > 1 and self._recorded_by(order.id, step, owner) else None
+            if (after := self.commit(record)) is not None:
+                return now, after
+            return (now, None) if attempts > 1 and self._recorded_by(order.id, step, owner) else None
 
         retrying = Retrying(
             retry=retry_if_exception(database_unreachable),
@@ -161,10 +168,10 @@ class Recorder:
             before_sleep=lambda state: _log_record_retry(state, order.id, step),
             reraise=True,
         )
-        recorded_at = retrying(attempt)
+        recorded = retrying(attempt)
         if attempts > 1:
             log.info("Recorded %s for order %s after %d attempts", step, order.id, attempts)
-        return recorded_at
+        return recorded
 
     def _done_values(self, done: Done) -> dict[str, object]:
         values = dict(done.values)
@@ -221,7 +228,7 @@ class Recorder:
 
     def _commit_failure(self, record: OutcomeRecord) -> bool:
         try:
-            return self.commit(record)
+            return self.commit(record) is not None
         except SQLAlchemyError as db_error:
             # The database itself is down: the lease expires and the step is retried then.
             log.error("Could not record failure of %s for order %s: %s", record.step, record.order_id,
@@ -268,21 +275,23 @@ class Recorder:
             "last_error": message,
         }
 
-    def commit(self, record: OutcomeRecord) -> bool:
+    def commit(self, record: OutcomeRecord) -> Order | None:
         """Apply a step's result if we still hold the lease and the order still stands where the
-        step found it; False if someone (another worker, a webhook, an operator) moved it meanwhile."""
+        step found it: the order as it then stands (read back by the same statement). None if
+        someone (another worker, a webhook, an operator) moved it meanwhile."""
         with self._transaction() as session:
-            updated = session.execute(
+            updated = session.scalars(
                 update(Order)
                 .where(Order.id == record.order_id, Order.lease_owner == record.owner,
                        Order.status == record.from_status)
                 .values(**record.values)
-            )
-            if updated.rowcount != 1:  # type: ignore[attr-defined]
-                return False
+                .returning(Order)
+            ).one_or_none()
+            if updated is None:
+                return None
             if record.line is not None:
                 self.add_event(session, record.order_id, record.step, record.line, record.owner)
-        return True
+        return updated
 
     def add_event(
         self, session: Session, order_id: uuid.UUID, step: Step, line: StoryLine, worker: str | None = None

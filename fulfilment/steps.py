@@ -177,12 +177,14 @@ class Steps:
         # Committed before sending, so a resent email carries the same link as the first.
         token = secrets.token_urlsafe(32)
         with transaction(self.sessions) as session:
-            session.execute(
+            stored = session.scalar(
                 update(Order)
                 .where(Order.id == order.id, Order.download_token.is_(None))
                 .values(download_token=token)
+                .returning(Order.download_token)
             )
-            stored = session.scalar(select(Order.download_token).where(Order.id == order.id))
+            if stored is None:  # issued since this order was read: the link already sent, if any
+                stored = session.scalar(select(Order.download_token).where(Order.id == order.id))
         return stored or token
 
 

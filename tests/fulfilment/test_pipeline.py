@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 from sqlalchemy.exc import OperationalError
 
 from fulfilment.errors import ErrorClass
@@ -60,6 +60,34 @@ def test_paid_order_is_completed_with_files_pdf_and_one_email(shop: Shop) -> Non
     assert story == [(s.value, "ok") for s in Step]
     assert [r.step for r in shop.results] == list(Step)
     assert shop.results[-1].completion_latency_seconds is not None
+
+
+def test_an_attempt_reads_and_leases_its_order_once_and_each_step_starts_from_the_last_commit(shop: Shop) -> None:
+    # The first step's lease and the order come back from one UPDATE ... RETURNING; every later
+    # step starts from what the commit of the one before returned (a full lease stamped by it),
+    # with no statement of its own: round trips an order no longer pays for.
+    order_id = shop.paid_order()
+    pipeline = shop.pipeline()
+    _make_due(pipeline, order_id)
+    assert pipeline.claim_order(order_id, OWNER)
+    statements: list[str] = []
+
+    def noted(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(" ".join(statement.split()))
+
+    engine = pipeline.sessions.kw["bind"]
+    event.listen(engine, "before_cursor_execute", noted)
+    try:
+        results = pipeline.run(order_id, OWNER)
+    finally:
+        event.remove(engine, "before_cursor_execute", noted)
+
+    assert [r.outcome for r in results] == [Outcome.OK] * len(Step)
+    leases = [s for s in statements if s.startswith("UPDATE orders SET lease_expires_at=") and "RETURNING" in s]
+    commits = [s for s in statements if s.startswith("UPDATE orders SET status=") and "RETURNING" in s]
+    assert len(leases) == 1 and len(commits) == len(Step), statements
+    assert [s for s in statements if s.startswith("SELECT") and "FROM orders" in s] == [], statements
+    assert [r.order is not None for r in results] == [True] * (len(Step) - 1) + [False]  # none after the last
 
 
 def test_completed_order_is_not_worked_again(shop: Shop) -> None:

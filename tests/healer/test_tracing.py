@@ -51,8 +51,9 @@ def traced_env(shop_env: dict[str, str], receiver: OtlpReceiver, **overrides: st
 
 
 @pytest.fixture
-def daemon(shop_env: dict[str, str], receiver: OtlpReceiver, tmp_path: Path) -> Iterator[RunningDaemon]:
+def daemon(shop: Shop, shop_env: dict[str, str], receiver: OtlpReceiver, tmp_path: Path) -> Iterator[RunningDaemon]:
     with running_daemon(traced_env(shop_env, receiver), tmp_path / "daemon.log") as running:
+        reconciled_at_start(shop)
         yield running
 
 
@@ -95,7 +96,6 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> int:
 def test_a_completed_order_is_one_trace_from_its_steps_down_to_its_calls_and_its_render_process(
     shop: Shop, daemon: RunningDaemon, receiver: OtlpReceiver
 ) -> None:
-    reconciled_at_start(shop)
     order_id = shop.paid_order()
     eventually(lambda: shop.order(order_id).status == "completed", timeout=60, what="the order to complete")
 
@@ -204,6 +204,7 @@ def test_an_order_waiting_on_a_failing_check_makes_no_trace_while_it_waits(
     with running_daemon(env, tmp_path / "daemon.log") as daemon:
         eventually(lambda: json.loads(daemon.ops("GET", "/health/sendgrid")[2])["status"] == "failing",
                    timeout=30, what="the sendgrid check to fail")
+        reconciled_at_start(shop)
         order_id = shop.paid_order()
         eventually(lambda: (o := shop.order(order_id)).status == "pdf_rendered" and str(o.last_error).startswith("waiting"),
                    timeout=60, what="the order to wait before its email")
