@@ -32,7 +32,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponent
 from tenacity.stop import stop_base
 
 from fulfilment.errors import ErrorClass, StepError, one_line
-from fulfilment.leases import db_later, db_now
+from fulfilment.leases import NOTHING_TO_SYNCHRONIZE, db_later, db_now
 from fulfilment.models import Order, OrderEvent, OrderStatus, Outcome, Step, database_unreachable, transaction
 
 log = logging.getLogger(__name__)
@@ -286,6 +286,7 @@ class Recorder:
                        Order.status == record.from_status)
                 .values(**record.values)
                 .returning(Order)
+                .execution_options(**NOTHING_TO_SYNCHRONIZE)
             ).one_or_none()
             if updated is None:
                 return None
