@@ -24,6 +24,11 @@ outside: wrappers around the store, payments, mailer and render function handed 
 SQLAlchemy events on its engine. What they add is a few microseconds per call (two clock reads, a
 search of the key or parameters for the order's id, a list append), against milliseconds per call.
 
+Each end-to-end run also reads every process's CPU time (bench/cpu.py): healer's (this process),
+the render processes', moto's and PostgreSQL's, per order. Their sum over the machine's cores is
+the ceiling a run bound by CPU cannot pass, whatever overlaps: on a machine whose S3 and database
+share the cores with healer, that, not the floor, is what end to end meets first.
+
 Then a paced run, as a healthy shop sees it: the JPEG orders arrive paid one at a time (Poisson, a
 mean gap of 3 s), as Stripe's webhook leaves them (paid, verified, due now), and the worker is
 asked for work every 2 s as the daemon does; paid-to-emailed is the daemon's own figure (the
