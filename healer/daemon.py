@@ -97,6 +97,8 @@ class Daemon:
             worker=self.worker.owner,
             leadership=self.leadership,
         )
+        # While the database check fails, this replica claims no singleton role; asks again once it passes.
+        self.health.add_listener(self.leadership.on_check_result)
         # Restarts containers, frees scratch, resumes orders waiting on a check that turned green.
         self.health.add_listener(self.remediator.on_check_result)
         self.health.add_listener(self.scheduler.resume_waiting)  # and jobs waiting on it

@@ -265,7 +265,8 @@ class _LeadersCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily("healer_leader", "1 if this replica leads the singleton job (one replica "
-                                   "at a time runs it), 0 if another does.", labels=["job"])
+                                   "at a time runs it), 0 if another does or this replica's database check "
+                                   "fails.", labels=["job"])
         for role, leading in sorted(self.roles().items()):
             family.add_metric([role], 1 if leading else 0)
         return [family]

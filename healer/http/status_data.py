@@ -195,11 +195,12 @@ class RolesView:
 
     # alone: one process on SQLite, every role its own; leader: leads one role or more; follower:
     # leads none and the database answered; no_database: leads none, and some role's last try met
-    # a database error; stopping: shutting down, every role given up.
+    # a database error (or the database check has failed since); stopping: shutting down, every
+    # role given up.
     state: str
     leads: tuple[str, ...]
     follows: tuple[str, ...]  # another replica leads them
-    no_database: tuple[str, ...]  # the last try met a database error: not led here, maybe elsewhere
+    no_database: tuple[str, ...]  # the database did not answer (Standing.NO_DATABASE): not led here, maybe elsewhere
     not_tried: tuple[str, ...]  # their work has not come up on this replica since it started
     released: tuple[str, ...]
 

@@ -21,6 +21,13 @@ replica holds it, its last try met a database error, it has not been asked for y
 first period, a container to restart), or this replica is stopping. Nothing here asks the database
 for a report: a page or a probe reads memory.
 
+Except while the database check fails (`on_check_result`, a health monitor listener): a job
+waiting on that check is not run, so its `lead` is not asked, maybe for a whole period (the
+canary's is 15 minutes), while the lock's connection may be gone and another replica may lead.
+So when the check starts failing, this replica claims no role: it lets go of every lock without
+asking the server (closing the connection frees the lock if the server still has it) and says
+no_database; once the check passes, it asks for each such role at once, on a new connection.
+
 `AdvisoryLock` is the one advisory lock of the daemon: leadership holds one per role, and
 reconciliation (healer.stripe.reconcile_job) takes one around each run, so that a foreground
 `healer reconcile` and the leader's scheduled run never overlap.
@@ -40,11 +47,14 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from checks.base import CheckResult, Status
+from checks.database import DatabaseCheck
 from fulfilment.errors import one_line
 
 log = logging.getLogger(__name__)
 
 LOCK_NAMESPACE = 0x6865616C  # "heal" in ASCII: the high half of every role's lock key
+LOST = "Lost leadership of %s (%s): following until its lock can be taken again"
 
 
 def role_key(role: str) -> int:
@@ -59,6 +69,8 @@ class RoleLock(Protocol):
     def held(self) -> bool: ...  # still ours? raises if the database cannot say
 
     def release(self) -> None: ...
+
+    def drop(self) -> None: ...  # let go without asking the database (it may be gone)
 
 
 class AdvisoryLock:
@@ -106,10 +118,10 @@ class AdvisoryLock:
                 " AND pid = pg_backend_pid() AND classid = :high AND objid = :low AND objsubid = 1)"),
                 {"high": high, "low": low}))
         except BaseException:
-            self._drop()
+            self.drop()
             raise
         if not held:
-            self._drop()
+            self.drop()
         return held
 
     def release(self) -> None:
@@ -123,7 +135,9 @@ class AdvisoryLock:
         finally:
             connection.close()
 
-    def _drop(self) -> None:
+    def drop(self) -> None:
+        """Close the connection without a statement: the server frees the lock with the session
+        (at once if it can still hear us), and nothing here waits on a database that is gone."""
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.invalidate()
@@ -142,13 +156,18 @@ class SoleLock:
     def release(self) -> None:
         return None
 
+    def drop(self) -> None:
+        return None
+
 
 class Standing(enum.StrEnum):
     """Where this replica stands on one role, as of its last `lead` of it."""
 
     LEADS = "leads"
     FOLLOWS = "follows"  # another replica holds the role's lock
-    NO_DATABASE = "no_database"  # the last try met a database error: not led here, maybe by none
+    # Its last try met a database error, or the database check has failed since: not led here,
+    # maybe by none.
+    NO_DATABASE = "no_database"
     NOT_TRIED = "not_tried"  # declared, never asked for yet: its work has not come up here
     RELEASED = "released"  # this replica is stopping and gave it up
 
@@ -178,7 +197,7 @@ class Leadership:
         self._locks: dict[str, RoleLock] = {}
         self._role_locks: dict[str, threading.Lock] = {}
         self._leading: dict[str, bool] = {}
-        self._failing: set[str] = set()  # roles whose last try met a database error (said once)
+        self._failing: set[str] = set()  # roles whose last try met a database error, or since (said once)
         self._tried: set[str] = set()  # roles asked for at least once: the others are not contended yet
         self._closed = False
         self._guard = threading.Lock()
@@ -254,6 +273,39 @@ class Leadership:
                     log.info("Released leadership of %s: another replica takes it over", role)
                 self._set(role, False)
 
+    def on_check_result(self, new: CheckResult, previous: CheckResult | None) -> None:
+        """A health monitor listener: see the module. Only the database check's transitions count:
+        a `lead` that succeeds while it still fails is an answer from the database, and stands."""
+        if new.name != DatabaseCheck.name:
+            return
+        was_failing = previous is not None and previous.status is Status.FAILING
+        if new.status is Status.FAILING and not was_failing:
+            self._unconfirm()
+        elif was_failing and new.status is not Status.FAILING:
+            with self._guard:
+                waiting = [role for role in self._leading if role in self._failing]
+            for role in waiting:
+                self.lead(role)
+
+    def _unconfirm(self) -> None:
+        with self._guard:
+            roles = [role for role in self._leading if role in self._tried and not self._closed]
+        for role in roles:
+            guard = self._role_locks[role]
+            # A try under way settles the role itself, with the database's own answer; waiting for
+            # it could hold this check's thread for a connect timeout.
+            if not guard.acquire(blocking=False):
+                continue
+            try:
+                lock = self._locks.get(role)
+                if lock is not None:
+                    lock.drop()
+                if self.leads(role):
+                    log.warning(LOST, role, "the database check is failing, so its lock cannot be confirmed")
+                self._settle(role, False, failing=True)
+            finally:
+                guard.release()
+
     def _still_held(self, role: str, lock: RoleLock) -> bool:
         try:
             if lock.held():
@@ -263,7 +315,7 @@ class Leadership:
             why = f"its database connection failed: {one_line(error, 300)}"
             with self._guard:
                 self._failing.add(role)
-        log.warning("Lost leadership of %s (%s): following until its lock can be taken again", role, why)
+        log.warning(LOST, role, why)
         self._set(role, False)
         return False
 

@@ -1,25 +1,30 @@
 """Leadership of singleton work (healer.jobs.leadership) against the real PostgreSQL: replicas are
 Leadership instances on engines of their own, as separate processes have; a leader's death is its
 backend terminated by the server (pg_terminate_backend), as when its process is killed or its
-connection cut. Then the scheduler running a singleton job only where it leads, and what a
-follower reports."""
+connection cut. Then the scheduler running a singleton job only where it leads, what a
+follower reports, and what a leader reports while its database check fails (the daemon as built)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
 from checks.base import Status, run_check
 from checks.scheduler import SchedulerCheck
 from healer import db
+from healer.config import Settings
+from healer.daemon import Daemon
 from healer.health.metrics import Metrics
-from healer.jobs.leadership import Leadership, leadership_for, role_key
+from healer.jobs.leadership import Leadership, Standing, leadership_for, role_key
 from healer.jobs.scheduler import RunOutcome, Scheduler
 from tests.eventually import eventually
+from tests.fakes.tcp_proxy import TcpProxy
 
 INTERVAL = 0.1
 
@@ -179,3 +184,51 @@ def test_a_singleton_job_runs_on_the_leader_only_and_its_follower_is_neither_lat
     finally:
         for scheduler in schedulers:
             scheduler.shutdown()
+
+
+def test_a_leader_whose_database_check_fails_claims_no_role_until_the_database_answers_again(
+    pg_proxy: TcpProxy, pg_url: str, replicas: Callable[[str], Leadership], engines: Callable[[], Engine],
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The daemon as built (its monitor, listeners, /health and healer_leader), not started: the
+    # test runs its database check and takes its roles as its jobs would. Its database is reached
+    # through the proxy, cut for its outage while another replica still reaches the server.
+    caplog.set_level(logging.INFO, logger="healer.jobs.leadership")
+    daemon = Daemon(Settings.from_env({
+        "DATABASE_URL": pg_proxy.replace_port(pg_url), "HEALER_DATA_DIR": str(tmp_path),
+        "STRIPE_SECRET_KEY": "sk_test_leadership", "STRIPE_WEBHOOK_SECRET": "whsec_leadership"}))
+    other = replicas("replica-b")
+    try:
+        client = TestClient(daemon.operator_app)
+
+        def claims() -> tuple[bool, bool, float | None, Standing]:
+            """What /health's `leader`, roles(), healer_leader and the page's reading say of stuck."""
+            leader = client.get("/health").json()["leader"]["stuck"]
+            exported = daemon.metrics.registry.get_sample_value("healer_leader", {"job": "stuck"})
+            return leader, daemon.leadership.roles()["stuck"], exported, daemon.leadership.view().standings["stuck"]
+
+        assert daemon.health.run("database").status is Status.OK
+        assert daemon.leadership.lead("stuck") and not other.lead("stuck")  # each one's sweep, one period
+        assert claims() == (True, True, 1, Standing.LEADS)
+
+        pg_proxy.cut()  # the leader's database is gone: its sweep is skipped from now on, lead() not asked
+        eventually(lambda: daemon.health.run("database").status is Status.FAILING, what="the database check to fail")
+
+        # Its lock went with its connection: another replica takes the role, and this one must
+        # not claim it as well, long before the stuck sweep's next period.
+        eventually(lambda: other.lead("stuck"), what="replica b to take stuck over")
+        assert claims() == (False, False, 0, Standing.NO_DATABASE)
+        assert any(line.startswith("Lost leadership of stuck (the database check is failing")
+                   for line in lines(caplog, logging.WARNING))
+
+        other.release()  # replica b stops; the database comes back for this one
+        pg_proxy.restore()
+        eventually(lambda: daemon.health.run("database").status is Status.OK, what="the database check to pass")
+
+        # Asked again once its check passes (a new lock connection, not the dead one), not at the
+        # sweep's next period: it leads again, as the server's lock table says.
+        assert claims() == (True, True, 1, Standing.LEADS)
+        found = holder(engines(), "stuck")
+        assert found is not None and found[1].startswith("healer stuck leader ")
+    finally:
+        daemon.shutdown()

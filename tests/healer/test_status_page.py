@@ -577,7 +577,7 @@ def test_recent_remediations_are_listed_newest_first(operator_app: Callable[...,
 
 ROLES = ("reconcile", "stuck", "canary", "containers")
 NOT_TRIED = "not tried yet: containers (its work has not come up here)"
-AS_HEALTH = "As of each role's last try, as /health reports it."
+AS_HEALTH = "As of each role's last try and the database check, as /health reports it."
 
 
 def leadership_line(operator: Operator) -> tuple[str, str | None]:
@@ -647,7 +647,7 @@ def test_a_replica_that_lost_its_database_leads_nothing_and_the_page_says_why(
 
     assert answer.status_code == 200
     assert line == ("no database This replica leads nothing ; cannot lead reconcile, stuck: the database did not "
-                    "answer its last try ; not tried yet: canary, containers (their work has not come up here). "
+                    "answer ; not tried yet: canary, containers (their work has not come up here). "
                     f"{AS_HEALTH}")
     assert led == "nothing" and health == dict.fromkeys(ROLES, False)
     assert 'class="pill is-failing">no database<' in answer.text
