@@ -392,7 +392,7 @@ class Pipeline:
     ) -> StepResult | None:
         """The order's next step, if `owner` holds a live lease on it; `leased`: the order as the
         previous step's commit left it this instant (with a full lease), else it is read here."""
-        order = leased or self._lease_for_step(order_id, owner)
+        order = leased if leased is not None else self._lease_for_step(order_id, owner)
         if order is None:
             return None  # not ours (any longer), or nothing left to do: start nothing
         step = NEXT_STEP[order.status]
